@@ -1,0 +1,71 @@
+//! Service configuration: command-line flags with environment fallbacks.
+//!
+//! Every setting has a default that works against the local PostgreSQL that
+//! `scripts/postgres.sh` prepares, so `sinkgate serve` runs with no flags.
+
+use std::net::SocketAddr;
+
+/// Settings of a running service (`sinkgate serve`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// Address and port to listen on.
+    #[arg(long, env = "SINKGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+
+    /// Log format: `human` (default) or `json`.
+    #[arg(long, env = "SINKGATE_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
+
+    /// Largest JSON request body, in bytes (`POST /writes` with a JSON body included).
+    #[arg(long, env = "SINKGATE_MAX_JSON_BODY", default_value_t = 64 * 1024 * 1024)]
+    pub max_json_body_bytes: usize,
+
+    /// Largest NDJSON `/writes` body, in bytes. It is streamed, never held whole.
+    #[arg(long, env = "SINKGATE_MAX_NDJSON_BODY", default_value_t = 16 * 1024 * 1024 * 1024)]
+    pub max_ndjson_body_bytes: u64,
+
+    /// Largest inline state handle in an ack, in bytes of JSON.
+    #[arg(long, env = "SINKGATE_MAX_INLINE_STATE", default_value_t = 64 * 1024)]
+    pub max_inline_state_bytes: usize,
+
+    /// How often the scheduler (interval triggers, timeouts, promotion retries) runs.
+    #[arg(long, env = "SINKGATE_TICK_MS", default_value_t = 200)]
+    pub tick_ms: u64,
+}
+
+/// Where the metadata lives. Shared by `serve` and `migrate`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DatabaseConfig {
+    /// PostgreSQL connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://sinkgate:sinkgate@127.0.0.1:5432/sinkgate"
+    )]
+    pub database_url: String,
+
+    /// Maximum connections in the pool.
+    #[arg(long, env = "SINKGATE_POOL_SIZE", default_value_t = 32)]
+    pub pool_size: u32,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: defaults everywhere.
+    pub fn for_database(database_url: &str) -> Self {
+        Config {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            database: DatabaseConfig {
+                database_url: database_url.to_owned(),
+                pool_size: 16,
+            },
+            log_format: "human".into(),
+            max_json_body_bytes: 64 * 1024 * 1024,
+            max_ndjson_body_bytes: 16 * 1024 * 1024 * 1024,
+            max_inline_state_bytes: 64 * 1024,
+            tick_ms: 200,
+        }
+    }
+}

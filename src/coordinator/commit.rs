@@ -1,0 +1,131 @@
+//! Commit: promote what a decided checkpoint covers, exactly once.
+//!
+//! Called in the transaction that decides a checkpoint, and again (roll
+//! forward) at start-up, by the scheduler, and by `/attempts`, for a
+//! checkpoint that was decided but whose promotion failed or never ran. The
+//! caller holds the job row (`FOR NO KEY UPDATE` or stronger), so two
+//! replicas never promote the same checkpoint: the second one sees
+//! `last_committed_id` already moved.
+
+use sqlx::{Connection, PgConnection};
+
+use super::JobRow;
+use crate::error::Result;
+use crate::sink::promote::{clear_promoted, promote};
+
+/// What a commit attempt did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommitOutcome {
+    /// Nothing was decided and unpromoted.
+    Nothing,
+    /// The checkpoint is committed; its rows are in the sink.
+    Committed { checkpoint_id: i64, rows: u64 },
+    /// Promotion failed; the checkpoint stays `completed` with the error
+    /// recorded, and is retried later. Nothing of it reached the sink.
+    Failed { checkpoint_id: i64, error: String },
+}
+
+/// Promotes all staged rows up to the last decided checkpoint, marks it (and
+/// any decided ones it covers) committed, and prunes old ack details.
+/// Updates `job` to match.
+pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result<CommitOutcome> {
+    let Some(decided) = job.last_decided_id else {
+        return Ok(CommitOutcome::Nothing);
+    };
+    let committed = job.last_committed_id.unwrap_or(0);
+    if decided <= committed {
+        return Ok(CommitOutcome::Nothing);
+    }
+
+    // A savepoint, so that a failed promotion rolls back only itself and the
+    // decision (made earlier in this transaction) still commits.
+    let mut savepoint = conn.begin().await?;
+    let promoted = match promote(&mut savepoint, &job.sink_target(), committed, decided).await {
+        Ok(promoted) => {
+            clear_promoted(
+                &mut savepoint,
+                &job.job_id,
+                committed,
+                decided,
+                job.next_checkpoint_id,
+            )
+            .await?;
+            savepoint.commit().await?;
+            promoted
+        }
+        Err(error) => {
+            savepoint.rollback().await?;
+            let message = match error.as_database_error() {
+                Some(db) => db.message().to_owned(),
+                None => error.to_string(),
+            };
+            tracing::warn!(job = %job.job_id, checkpoint = decided, error = %message, "promotion failed; will retry");
+            sqlx::query(
+                "UPDATE checkpoints SET promotion_error = $3, promotion_attempts = promotion_attempts + 1
+                 WHERE job_id = $1 AND checkpoint_id = $2",
+            )
+            .bind(&job.job_id)
+            .bind(decided)
+            .bind(&message)
+            .execute(&mut *conn)
+            .await?;
+            return Ok(CommitOutcome::Failed {
+                checkpoint_id: decided,
+                error: message,
+            });
+        }
+    };
+
+    sqlx::query(
+        "UPDATE checkpoints SET status = 'committed', committed_at = clock_timestamp(), promotion_error = NULL,
+                promoted_rows = CASE WHEN checkpoint_id = $3 THEN $4 ELSE 0 END,
+                promotion_ms = CASE WHEN checkpoint_id = $3 THEN $5 END,
+                promotion_attempts = promotion_attempts + 1
+         WHERE job_id = $1 AND status = 'completed' AND checkpoint_id > $2 AND checkpoint_id <= $3",
+    )
+    .bind(&job.job_id)
+    .bind(committed)
+    .bind(decided)
+    .bind(promoted.rows as i64)
+    .bind(promoted.millis)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE jobs SET last_committed_id = $2 WHERE job_id = $1")
+        .bind(&job.job_id)
+        .bind(decided)
+        .execute(&mut *conn)
+        .await?;
+    job.last_committed_id = Some(decided);
+    prune_history(&mut *conn, job).await?;
+    Ok(CommitOutcome::Committed {
+        checkpoint_id: decided,
+        rows: promoted.rows,
+    })
+}
+
+/// Keeps ack details (and batch records) of the `retained` most recent
+/// decided checkpoints; older ones are deleted.
+async fn prune_history(conn: &mut PgConnection, job: &JobRow) -> Result<()> {
+    let horizon: Option<i64> = sqlx::query_scalar(
+        "SELECT checkpoint_id FROM checkpoints
+         WHERE job_id = $1 AND status IN ('completed', 'committed')
+         ORDER BY checkpoint_id DESC OFFSET $2 - 1 LIMIT 1",
+    )
+    .bind(&job.job_id)
+    .bind(job.retained as i64)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(horizon) = horizon {
+        sqlx::query("DELETE FROM acks WHERE job_id = $1 AND checkpoint_id < $2")
+            .bind(&job.job_id)
+            .bind(horizon)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM batches WHERE job_id = $1 AND checkpoint_tag < $2")
+            .bind(&job.job_id)
+            .bind(horizon)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! The checkpoint protocol of `DESIGN.md`: epochs, writes, checkpoints, acks,
+//! decisions, recovery.
+//!
+//! Every function here is a plain async function over a PostgreSQL
+//! connection that the caller has opened a transaction on; none of them sees
+//! HTTP. All state lives in the database and every state change happens under
+//! row locks on the job's row, so any number of service replicas can share
+//! one database. The lock discipline, always job row first:
+//!
+//! | operation | job row | task row |
+//! |---|---|---|
+//! | write (stage a batch) | `FOR KEY SHARE` | `FOR SHARE` |
+//! | ack, decline, trigger, scheduler | `FOR NO KEY UPDATE` | `FOR UPDATE` (ack) |
+//! | attempt, job update, delete | `FOR UPDATE` | – |
+//!
+//! `FOR KEY SHARE` does not conflict with `FOR NO KEY UPDATE`, so writes run
+//! concurrently with acks of other tasks; it does conflict with `FOR UPDATE`,
+//! so a write is either wholly before an epoch bump (and then aborted with its
+//! epoch) or sees the new epoch and is fenced. A task's write (`FOR SHARE`)
+//! and its ack (`FOR UPDATE`) serialize on the task row, which makes the
+//! checkpoint tag a write computes exact.
+
+pub mod acks;
+pub mod attempts;
+pub mod checkpoints;
+pub mod commit;
+pub mod jobs;
+pub mod notify;
+pub mod scheduler;
+pub mod writes;
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use sqlx::PgConnection;
+
+use crate::error::{Error, Result};
+use crate::model::{SinkMode, SinkSpec};
+use crate::sink::promote::SinkTarget;
+use crate::sink::schema::ColumnDef;
+
+/// Limits that the coordinator enforces on request contents.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_inline_state_bytes: usize,
+    pub max_ndjson_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_inline_state_bytes: 64 * 1024,
+            max_ndjson_body_bytes: 16 << 30,
+        }
+    }
+}
+
+/// A job's row, as the protocol reads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct JobRow {
+    pub job_id: String,
+    pub sink_schema: String,
+    pub sink_table: String,
+    pub sink_mode: String,
+    pub sink_key: Vec<String>,
+    pub sink_columns: Json<Vec<ColumnDef>>,
+    pub interval_ms: Option<i64>,
+    pub timeout_ms: i64,
+    pub min_pause_ms: i64,
+    pub max_concurrent: i32,
+    pub retained: i32,
+    pub epoch: i64,
+    pub epoch_first_checkpoint: i64,
+    pub next_checkpoint_id: i64,
+    pub last_decided_id: Option<i64>,
+    pub last_committed_id: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl JobRow {
+    pub fn mode(&self) -> SinkMode {
+        if self.sink_mode == "upsert" {
+            SinkMode::Upsert
+        } else {
+            SinkMode::Append
+        }
+    }
+
+    pub fn sink_spec(&self) -> SinkSpec {
+        SinkSpec {
+            table: format!("{}.{}", self.sink_schema, self.sink_table),
+            mode: self.mode(),
+            key: self.sink_key.clone(),
+        }
+    }
+
+    pub fn sink_target(&self) -> SinkTarget<'_> {
+        SinkTarget {
+            job_id: &self.job_id,
+            schema: &self.sink_schema,
+            table: &self.sink_table,
+            mode: self.mode(),
+            key: &self.sink_key,
+            columns: &self.sink_columns.0,
+        }
+    }
+
+    /// Refuses a request from an older epoch (a zombie) or one never issued.
+    pub fn check_epoch(&self, sent: i64) -> Result<()> {
+        if sent < self.epoch {
+            return Err(Error::Fenced {
+                sent,
+                current: self.epoch,
+            });
+        }
+        if sent > self.epoch {
+            return Err(Error::validation(
+                "epoch",
+                if self.epoch == 0 {
+                    format!(
+                        "epoch {sent} was never issued: start an attempt first (POST /attempts)"
+                    )
+                } else {
+                    format!(
+                        "epoch {sent} was never issued; the current epoch is {}",
+                        self.epoch
+                    )
+                },
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Row lock taken on the job's row.
+#[derive(Debug, Clone, Copy)]
+pub enum JobLock {
+    None,
+    KeyShare,
+    NoKeyUpdate,
+    Update,
+}
+
+/// Loads (and locks) a job's row, or `not-found`.
+pub async fn load_job(conn: &mut PgConnection, job_id: &str, lock: JobLock) -> Result<JobRow> {
+    let suffix = match lock {
+        JobLock::None => "",
+        JobLock::KeyShare => " FOR KEY SHARE",
+        JobLock::NoKeyUpdate => " FOR NO KEY UPDATE",
+        JobLock::Update => " FOR UPDATE",
+    };
+    sqlx::query_as::<_, JobRow>(&format!("SELECT * FROM jobs WHERE job_id = $1{suffix}"))
+        .bind(job_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("job {job_id:?} does not exist")))
+}
+
+/// Checks that a task belongs to the job and locks its row; returns its last
+/// acked checkpoint in the current epoch.
+pub async fn lock_task(
+    conn: &mut PgConnection,
+    job_id: &str,
+    task_id: &str,
+    exclusive: bool,
+) -> Result<Option<i64>> {
+    let lock = if exclusive { "FOR UPDATE" } else { "FOR SHARE" };
+    let row: Option<(Option<i64>,)> = sqlx::query_as(&format!(
+        "SELECT last_acked_id FROM tasks WHERE job_id = $1 AND task_id = $2 {lock}"
+    ))
+    .bind(job_id)
+    .bind(task_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.map(|(last,)| last)
+        .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
+}
+
+/// A non-empty identifier from a request body, of bounded length.
+pub fn require_name(field: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::validation(
+            field,
+            format!("{field} must not be empty"),
+        ));
+    }
+    if value.len() > max {
+        return Err(Error::validation(
+            field,
+            format!("{field} is longer than {max} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::validation(
+            field,
+            format!("{field} contains control characters"),
+        ));
+    }
+    Ok(())
+}

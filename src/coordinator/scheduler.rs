@@ -1,0 +1,152 @@
+//! Periodic work: interval triggers, timeouts, promotion retries.
+//!
+//! Every replica runs the loop, but only the one holding a PostgreSQL
+//! advisory lock acts; if it dies, its session ends, the lock is released,
+//! and another replica takes over on its next tick. Even so, every action is
+//! an ordinary protocol transaction under the job's row lock, so a second
+//! actor could only be redundant, never wrong.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::checkpoints::{abort_timed_out, trigger, TriggerKind};
+use super::commit::commit_decided;
+use super::{load_job, JobLock};
+use crate::error::{Error, Result};
+
+/// Key of the advisory lock that elects the scheduling replica.
+pub const SCHEDULER_LOCK_KEY: i64 = 0x5349_4e4b_4741_5445; // "SINKGATE"
+
+/// Failed promotions are retried at most this often per job.
+const PROMOTION_RETRY: Duration = Duration::from_secs(2);
+
+/// Runs until `shutdown` turns true; releases the lock on the way out.
+pub async fn run(pool: PgPool, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut leader: Option<PoolConnection<Postgres>> = None;
+    let mut last_retry: HashMap<String, Instant> = HashMap::new();
+    loop {
+        if leader.is_none() {
+            leader = try_lead(&pool).await;
+        }
+        if leader.is_some() {
+            if let Err(error) = tick_once(&pool, &mut last_retry).await {
+                tracing::warn!(%error, "scheduler tick failed");
+                // The lock connection may be broken; re-elect next time.
+                if let Some(mut conn) = leader.take() {
+                    let _ = release(&mut conn).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.changed() => break,
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    if let Some(mut conn) = leader {
+        let _ = release(&mut conn).await;
+    }
+}
+
+async fn try_lead(pool: &PgPool) -> Option<PoolConnection<Postgres>> {
+    let mut conn = pool.acquire().await.ok()?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(SCHEDULER_LOCK_KEY)
+        .fetch_one(&mut *conn)
+        .await
+        .ok()?;
+    if locked {
+        tracing::info!("this replica runs the checkpoint scheduler");
+        Some(conn)
+    } else {
+        None
+    }
+}
+
+async fn release(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(SCHEDULER_LOCK_KEY)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// One pass over the jobs.
+pub async fn tick_once(pool: &PgPool, last_retry: &mut HashMap<String, Instant>) -> Result<()> {
+    // Only jobs with something to do: an interval, pending checkpoints, or an
+    // unpromoted decision.
+    let jobs: Vec<String> = sqlx::query_scalar(
+        "SELECT j.job_id FROM jobs j WHERE j.epoch > 0 AND (
+             j.interval_ms IS NOT NULL
+             OR j.last_decided_id > coalesce(j.last_committed_id, 0)
+             OR EXISTS (SELECT 1 FROM checkpoints c WHERE c.job_id = j.job_id AND c.status = 'pending'))",
+    )
+    .fetch_all(pool)
+    .await?;
+    for job_id in jobs {
+        let mut tx = pool.begin().await?;
+        let mut job = match load_job(&mut tx, &job_id, JobLock::NoKeyUpdate).await {
+            Ok(job) => job,
+            Err(Error::NotFound(_)) => continue,
+            Err(error) => return Err(error),
+        };
+        let aborted = abort_timed_out(&mut tx, &job).await?;
+        if !aborted.is_empty() {
+            tracing::info!(job = %job_id, ?aborted, "checkpoints timed out");
+        }
+        if job.last_decided_id > job.last_committed_id {
+            let due = last_retry
+                .get(&job_id)
+                .is_none_or(|last| last.elapsed() >= PROMOTION_RETRY);
+            if due {
+                last_retry.insert(job_id.clone(), Instant::now());
+                commit_decided(&mut tx, &mut job).await?;
+            }
+        }
+        if let Some(interval_ms) = job.interval_ms {
+            let last_trigger: Option<f64> = sqlx::query_scalar(
+                "SELECT extract(epoch FROM now() - max(triggered_at)) * 1000 FROM checkpoints WHERE job_id = $1 AND epoch = $2",
+            )
+            .bind(&job_id)
+            .bind(job.epoch)
+            .fetch_one(&mut *tx)
+            .await?;
+            if last_trigger.is_none_or(|elapsed| elapsed >= interval_ms as f64) {
+                match trigger(&mut tx, &mut job, TriggerKind::Interval).await {
+                    Ok(checkpoint) => {
+                        tracing::debug!(job = %job_id, checkpoint = checkpoint.checkpoint_id, "interval trigger")
+                    }
+                    // Too many pending, or within min_pause: try again next tick.
+                    Err(Error::Conflict(_) | Error::TooEarly { .. }) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// Promotes every decided-but-unpromoted checkpoint (start-up roll forward).
+pub async fn roll_forward_all(pool: &PgPool) -> Result<()> {
+    let jobs: Vec<String> = sqlx::query_scalar(
+        "SELECT job_id FROM jobs WHERE last_decided_id > coalesce(last_committed_id, 0)",
+    )
+    .fetch_all(pool)
+    .await?;
+    for job_id in jobs {
+        let mut tx = pool.begin().await?;
+        let mut job = load_job(&mut tx, &job_id, JobLock::NoKeyUpdate).await?;
+        let outcome = commit_decided(&mut tx, &mut job).await?;
+        tx.commit().await?;
+        tracing::info!(job = %job_id, ?outcome, "start-up roll forward");
+    }
+    Ok(())
+}

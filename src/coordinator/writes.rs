@@ -1,0 +1,118 @@
+//! Pre-commit of one batch: fence, tag, stage, record.
+
+use bytes::Bytes;
+use futures::Stream;
+use sqlx::PgConnection;
+
+use super::{load_job, lock_task, require_name, JobLock};
+use crate::error::{Error, Result};
+use crate::model::WriteResult;
+use crate::sink::staging::{copy_rows, Rows};
+
+/// Who is writing which batch.
+#[derive(Debug, Clone)]
+pub struct BatchKey<'a> {
+    pub task_id: &'a str,
+    pub epoch: i64,
+    pub batch_id: &'a str,
+}
+
+/// `POST /v1/jobs/{job}/writes`: stages a batch, or answers as before when
+/// this task already staged this batch id in this epoch.
+///
+/// The rows are tagged with the checkpoint that the task's next ack seals:
+/// one above its last ack in this epoch, but never at or below the last
+/// decided checkpoint or the epoch's first one.
+pub async fn write<S>(
+    conn: &mut PgConnection,
+    job_id: &str,
+    key: BatchKey<'_>,
+    rows: Rows<S>,
+) -> Result<WriteResult>
+where
+    S: Stream<Item = Result<Bytes, Error>> + Unpin,
+{
+    require_name("task_id", key.task_id, 200)?;
+    require_name("batch_id", key.batch_id, 200)?;
+    let job = load_job(&mut *conn, job_id, JobLock::KeyShare).await?;
+    job.check_epoch(key.epoch)?;
+    let last_acked = lock_task(&mut *conn, job_id, key.task_id, false).await?;
+
+    let tag = [
+        last_acked.map_or(0, |last| last + 1),
+        job.last_decided_id.map_or(0, |last| last + 1),
+        job.epoch_first_checkpoint,
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(1);
+
+    // Claim the batch id first: a concurrent retry of the same batch waits on
+    // this row and then finds it taken.
+    let batch_seq: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO batches (job_id, epoch, task_id, batch_id, checkpoint_tag, batch_seq, staged_rows, staged_bytes)
+         VALUES ($1, $2, $3, $4, $5, nextval('batch_seq'), 0, 0)
+         ON CONFLICT DO NOTHING RETURNING batch_seq",
+    )
+    .bind(job_id)
+    .bind(key.epoch)
+    .bind(key.task_id)
+    .bind(key.batch_id)
+    .bind(tag)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(batch_seq) = batch_seq else {
+        let (checkpoint_id, staged_rows, staged_bytes): (i64, i64, i64) = sqlx::query_as(
+            "SELECT checkpoint_tag, staged_rows, staged_bytes FROM batches
+             WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
+        )
+        .bind(job_id)
+        .bind(key.epoch)
+        .bind(key.task_id)
+        .bind(key.batch_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        return Ok(WriteResult {
+            task_id: key.task_id.to_owned(),
+            batch_id: key.batch_id.to_owned(),
+            epoch: key.epoch,
+            checkpoint_id,
+            staged_rows,
+            staged_bytes,
+            duplicate: true,
+        });
+    };
+
+    // Rows of a batch are ordered after every row of earlier batches.
+    let staged = copy_rows(
+        &mut *conn,
+        job_id,
+        &job.sink_columns.0,
+        tag,
+        key.task_id,
+        batch_seq << 32,
+        rows,
+    )
+    .await?;
+    sqlx::query(
+        "UPDATE batches SET staged_rows = $5, staged_bytes = $6
+         WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
+    )
+    .bind(job_id)
+    .bind(key.epoch)
+    .bind(key.task_id)
+    .bind(key.batch_id)
+    .bind(staged.rows as i64)
+    .bind(staged.bytes as i64)
+    .execute(&mut *conn)
+    .await?;
+    Ok(WriteResult {
+        task_id: key.task_id.to_owned(),
+        batch_id: key.batch_id.to_owned(),
+        epoch: key.epoch,
+        checkpoint_id: tag,
+        staged_rows: staged.rows as i64,
+        staged_bytes: staged.bytes as i64,
+        duplicate: false,
+    })
+}

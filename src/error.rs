@@ -1,0 +1,138 @@
+//! The one error type of the protocol. Every variant has a stable problem
+//! `type`; `http::problem` turns it into an RFC 9457 document.
+//!
+//! Coordinator and sink functions return these and never see HTTP; database
+//! errors that are not the caller's fault become `Internal` and are logged,
+//! never shown.
+
+/// A protocol error: what went wrong, in terms a processor can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job, checkpoint, or other resource does not exist.
+    #[error("{0}")]
+    NotFound(String),
+
+    /// The request carries an epoch older than the job's current one: the
+    /// sender is a zombie and must stop.
+    #[error("epoch {sent} is fenced: the job's current epoch is {current}")]
+    Fenced { sent: i64, current: i64 },
+
+    /// The checkpoint was aborted; acks for it are refused.
+    #[error("checkpoint {checkpoint_id} was aborted ({reason})")]
+    CheckpointAborted { checkpoint_id: i64, reason: String },
+
+    /// The task id is not one of the job's tasks.
+    #[error("task {0:?} is not a task of this job")]
+    UnknownTask(String),
+
+    /// A staged row does not fit the sink table; nothing of its batch was staged.
+    #[error("row {row}: {detail}")]
+    RowRejected {
+        /// 1-based row number within the batch.
+        row: u64,
+        column: Option<String>,
+        detail: String,
+    },
+
+    /// An ack reports an offset below the last committed one for a partition.
+    #[error("partition {partition:?}: offset {offset} is below the committed offset {committed}")]
+    OffsetRegression {
+        partition: String,
+        offset: i64,
+        committed: i64,
+    },
+
+    /// The request is well-formed but contradicts the current state.
+    #[error("{0}")]
+    Conflict(String),
+
+    /// The request itself is invalid; `field` names the offending field.
+    #[error("{detail}")]
+    Validation { field: String, detail: String },
+
+    /// Refused for now (e.g. `min_pause_ms`); retry after the given delay.
+    #[error("{detail}")]
+    TooEarly { detail: String, retry_after_ms: u64 },
+
+    /// The body is not parseable JSON (or NDJSON framing).
+    #[error("{0}")]
+    Malformed(String),
+
+    /// The body's media type is not one this endpoint takes.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+
+    /// The request body is larger than allowed.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+
+    /// The database cannot be reached right now.
+    #[error("the database is unavailable, retry later")]
+    Unavailable,
+
+    /// Anything else: a bug or an unexpected database failure. Logged, not shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn validation(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Validation {
+            field: field.into(),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Error::NotFound(detail.into())
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Error::Conflict(detail.into())
+    }
+
+    /// The stable problem type (the last part of the problem document's `type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound(_) => "not-found",
+            Error::Fenced { .. } => "fenced",
+            Error::CheckpointAborted { .. } => "checkpoint-aborted",
+            Error::UnknownTask(_) => "unknown-task",
+            Error::RowRejected { .. } => "row-rejected",
+            Error::OffsetRegression { .. } => "offset-regression",
+            Error::Conflict(_) => "conflict",
+            Error::Validation { .. } => "validation",
+            Error::TooEarly { .. } => "too-early",
+            Error::PayloadTooLarge(_) => "payload-too-large",
+            Error::Malformed(_) => "malformed",
+            Error::UnsupportedMediaType(_) => "unsupported-media-type",
+            Error::Unavailable => "unavailable",
+            Error::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Error::Unavailable
+            }
+            // Deadlock or serialization failure: nothing was changed; a retry succeeds.
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("40P01") | Some("40001")) =>
+            {
+                Error::Unavailable
+            }
+            _ => Error::Internal(error.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(error: anyhow::Error) -> Self {
+        Error::Internal(error)
+    }
+}

@@ -1,0 +1,67 @@
+//! `/attempts` and `/recovery`: (re)starting a job and where to resume.
+
+use axum::extract::{Request, State};
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{parse_json, read_body, ApiPath};
+use super::problem::Problem;
+use super::AppState;
+use crate::coordinator::attempts;
+use crate::error::Result;
+use crate::model::{Attempt, AttemptRequest, Recovery};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start_attempt))
+        .routes(routes!(get_recovery))
+}
+
+/// Start or restart a job: new epoch, fence the old one, recover.
+///
+/// Rolls forward a checkpoint decided before a crash, aborts the old epoch's
+/// pending checkpoints and its staged rows, and returns the offsets and
+/// state handles to resume from. The body may be empty or `{}`.
+#[utoipa::path(
+    post, path = "/v1/jobs/{job}/attempts", tag = "recovery",
+    params(("job" = String, Path, description = "Job id")),
+    request_body(content = AttemptRequest, description = "Empty object (or no body)"),
+    responses(
+        (status = 200, description = "The new epoch and the recovery point", body = Attempt),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown field in the body (`validation`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn start_attempt(
+    State(state): State<AppState>,
+    ApiPath(job_id): ApiPath<String>,
+    request: Request,
+) -> Result<Json<Attempt>> {
+    let body = read_body(request, &()).await?;
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        parse_json::<AttemptRequest>(&body)?;
+    }
+    let mut tx = state.db.begin().await?;
+    let attempt = attempts::start(&mut tx, &job_id).await?;
+    tx.commit().await?;
+    Ok(Json(attempt))
+}
+
+/// Where to resume: the latest decided checkpoint's offsets and state (read-only).
+#[utoipa::path(
+    get, path = "/v1/jobs/{job}/recovery", tag = "recovery",
+    params(("job" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The recovery point; `checkpoint_id` null and offsets empty before the first decided checkpoint", body = Recovery),
+        (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_recovery(
+    State(state): State<AppState>,
+    ApiPath(job_id): ApiPath<String>,
+) -> Result<Json<Recovery>> {
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(attempts::recovery(&mut conn, &job_id).await?))
+}

@@ -1,0 +1,105 @@
+//! `/v1/jobs`: register, inspect, and remove jobs.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{ApiJson, ApiPath};
+use super::problem::Problem;
+use super::AppState;
+use crate::coordinator::jobs;
+use crate::error::Result;
+use crate::model::{Job, JobList, JobSpec};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_jobs))
+        .routes(routes!(put_job, get_job, delete_job))
+}
+
+/// Create or update a job.
+///
+/// Checks that the sink table exists and, in upsert mode, that the key has a
+/// unique constraint; creates the job's staging table. An update is refused
+/// while checkpoints are pending, and a sink change while rows are staged.
+#[utoipa::path(
+    put, path = "/v1/jobs/{job}", tag = "jobs",
+    params(("job" = String, Path, description = "Job id: a slug of a-z, 0-9, '-', '_'")),
+    request_body = JobSpec,
+    responses(
+        (status = 201, description = "Job created", body = Job),
+        (status = 200, description = "Job updated", body = Job),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Checkpoints pending, or rows staged for a sink change (`conflict`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid job id, tasks, sink or settings (`validation`, names the field)", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:sinkgate:problem:validation", "title": "Invalid request", "status": 422,
+                             "detail": "table public.word_counts does not exist (sinkgate never creates sink tables)", "field": "sink.table"})),
+    )
+)]
+async fn put_job(
+    State(state): State<AppState>,
+    ApiPath(job_id): ApiPath<String>,
+    ApiJson(spec): ApiJson<JobSpec>,
+) -> Result<(StatusCode, Json<Job>)> {
+    let mut tx = state.db.begin().await?;
+    let (job, created) = jobs::put(&mut tx, &job_id, &spec).await?;
+    tx.commit().await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(job)))
+}
+
+/// Inspect a job.
+#[utoipa::path(
+    get, path = "/v1/jobs/{job}", tag = "jobs",
+    params(("job" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_job(
+    State(state): State<AppState>,
+    ApiPath(job_id): ApiPath<String>,
+) -> Result<Json<Job>> {
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(jobs::get(&mut conn, &job_id).await?))
+}
+
+/// Remove a job, its checkpoints and its staged rows. The sink table is never touched.
+#[utoipa::path(
+    delete, path = "/v1/jobs/{job}", tag = "jobs",
+    params(("job" = String, Path, description = "Job id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_job(
+    State(state): State<AppState>,
+    ApiPath(job_id): ApiPath<String>,
+) -> Result<StatusCode> {
+    let mut tx = state.db.begin().await?;
+    jobs::delete(&mut tx, &job_id).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// List jobs.
+#[utoipa::path(
+    get, path = "/v1/jobs", tag = "jobs",
+    responses((status = 200, description = "All jobs, by id", body = JobList))
+)]
+async fn list_jobs(State(state): State<AppState>) -> Result<Json<JobList>> {
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(JobList {
+        jobs: jobs::list(&mut conn).await?,
+    }))
+}

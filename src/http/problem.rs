@@ -1,0 +1,153 @@
+//! RFC 9457 problem documents: the one place where protocol errors become
+//! HTTP statuses.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::Error;
+
+/// Prefix of every problem `type`; the suffix is [`Error::kind`].
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:sinkgate:problem:";
+
+/// An error answer (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:sinkgate:problem:fenced", "title": "Fenced epoch", "status": 409,
+    "detail": "epoch 2 is fenced: the job's current epoch is 3", "current_epoch": 3
+}))]
+pub struct Problem {
+    /// Stable identifier: `urn:sinkgate:problem:` followed by one of `not-found`,
+    /// `fenced`, `checkpoint-aborted`, `unknown-task`, `row-rejected`,
+    /// `offset-regression`, `conflict`, `validation`, `malformed`,
+    /// `unsupported-media-type`, `too-early`, `payload-too-large`,
+    /// `unavailable`, `internal`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The offending request field (`validation`, `unknown-task`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// 1-based row number within the batch (`row-rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<u64>,
+    /// The offending column (`row-rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// The job's current epoch (`fenced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_epoch: Option<i64>,
+    /// The aborted checkpoint (`checkpoint-aborted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_id: Option<i64>,
+    /// The source partition (`offset-regression`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// The committed offset the ack fell below (`offset-regression`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_offset: Option<i64>,
+    /// How long to wait before retrying, in ms (`too-early`, `unavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Problem {
+    fn new(error: &Error, status: StatusCode, title: &str) -> Self {
+        Problem {
+            problem_type: format!("{PROBLEM_TYPE_PREFIX}{}", error.kind()),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: error.to_string(),
+            field: None,
+            row: None,
+            column: None,
+            current_epoch: None,
+            checkpoint_id: None,
+            partition: None,
+            committed_offset: None,
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// Status and problem document for an error.
+pub fn problem_for(error: &Error) -> Problem {
+    use StatusCode as S;
+    match error {
+        Error::NotFound(_) => Problem::new(error, S::NOT_FOUND, "Not found"),
+        Error::Fenced { current, .. } => Problem {
+            current_epoch: Some(*current),
+            ..Problem::new(error, S::CONFLICT, "Fenced epoch")
+        },
+        Error::CheckpointAborted { checkpoint_id, .. } => Problem {
+            checkpoint_id: Some(*checkpoint_id),
+            ..Problem::new(error, S::CONFLICT, "Checkpoint aborted")
+        },
+        Error::UnknownTask(_) => Problem {
+            field: Some("task_id".into()),
+            ..Problem::new(error, S::UNPROCESSABLE_ENTITY, "Unknown task")
+        },
+        Error::RowRejected { row, column, .. } => Problem {
+            row: Some(*row),
+            column: column.clone(),
+            ..Problem::new(error, S::UNPROCESSABLE_ENTITY, "Row rejected")
+        },
+        Error::OffsetRegression {
+            partition,
+            committed,
+            ..
+        } => Problem {
+            field: Some(format!("offsets.{partition}")),
+            partition: Some(partition.clone()),
+            committed_offset: Some(*committed),
+            ..Problem::new(error, S::UNPROCESSABLE_ENTITY, "Offset regression")
+        },
+        Error::Conflict(_) => Problem::new(error, S::CONFLICT, "Conflict"),
+        Error::Validation { field, .. } => Problem {
+            field: Some(field.clone()),
+            ..Problem::new(error, S::UNPROCESSABLE_ENTITY, "Invalid request")
+        },
+        Error::Malformed(_) => Problem::new(error, S::BAD_REQUEST, "Malformed request"),
+        Error::UnsupportedMediaType(_) => {
+            Problem::new(error, S::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type")
+        }
+        Error::TooEarly { retry_after_ms, .. } => Problem {
+            retry_after_ms: Some(*retry_after_ms),
+            ..Problem::new(error, S::TOO_MANY_REQUESTS, "Too early")
+        },
+        Error::PayloadTooLarge(_) => Problem::new(error, S::PAYLOAD_TOO_LARGE, "Payload too large"),
+        Error::Unavailable => Problem {
+            retry_after_ms: Some(1000),
+            ..Problem::new(error, S::SERVICE_UNAVAILABLE, "Service unavailable")
+        },
+        Error::Internal(_) => Problem::new(error, S::INTERNAL_SERVER_ERROR, "Internal error"),
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        if let Error::Internal(cause) = &self {
+            tracing::error!(error = ?cause, "internal error");
+        }
+        let problem = problem_for(&self);
+        let status =
+            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = problem.retry_after_ms;
+        let mut response = (status, axum::Json(problem)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(ms) = retry_after {
+            let seconds = ms.div_ceil(1000).max(1);
+            if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                headers.insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}

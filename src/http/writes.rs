@@ -1,0 +1,136 @@
+//! `/writes`: staging rows (the pre-commit), as JSON or streamed NDJSON.
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::Json;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{is_json, parse_json, read_body, ApiPath};
+use super::problem::Problem;
+use super::AppState;
+use crate::coordinator::writes::{self, BatchKey};
+use crate::error::{Error, Result};
+use crate::model::{WriteParams, WriteRequest, WriteResult};
+use crate::sink::staging::Rows;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(write_batch))
+}
+
+type BodyStream = BoxStream<'static, Result<Bytes, Error>>;
+
+/// Stage a batch of rows (pre-commit).
+///
+/// The rows become visible in the sink when a checkpoint that this task acks
+/// after this write is committed. Each row is checked against the sink's
+/// columns; a row that does not fit rejects the whole batch (422 naming the
+/// row and column) and nothing is staged. The same `batch_id` from the same
+/// task in one epoch is staged once: a retry gets the first answer with
+/// `duplicate: true`.
+///
+/// Send `application/json` (`{task_id, epoch, batch_id, rows}`) or
+/// `application/x-ndjson` (one row object per line, with `task_id`, `epoch`,
+/// `batch_id` as query parameters); NDJSON is streamed into PostgreSQL and
+/// may be far larger than the JSON body limit.
+#[utoipa::path(
+    post, path = "/v1/jobs/{job}/writes", tag = "writes",
+    params(
+        ("job" = String, Path, description = "Job id"),
+        ("task_id" = Option<String>, Query, description = "NDJSON only: the writing task"),
+        ("epoch" = Option<i64>, Query, description = "NDJSON only: the task's epoch"),
+        ("batch_id" = Option<String>, Query, description = "NDJSON only: the retry key"),
+    ),
+    request_body(content(
+        (WriteRequest = "application/json"),
+        (String = "application/x-ndjson", example = "{\"word\": \"hello\", \"n\": 2}\n{\"word\": \"world\", \"n\": 1}\n"),
+    )),
+    responses(
+        (status = 201, description = "Staged", body = WriteResult),
+        (status = 200, description = "This batch was staged before; nothing staged again", body = WriteResult),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The epoch is fenced (`fenced`): this instance is a zombie", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither JSON nor NDJSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A row does not fit the sink (`row-rejected`), an unknown task (`unknown-task`), or a bad field (`validation`)", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:sinkgate:problem:row-rejected", "title": "Row rejected", "status": 422,
+                             "detail": "row 3: column \"n\": expected an integer for bigint, got \"many\"", "row": 3, "column": "n"})),
+        (status = 503, description = "Database unavailable; retry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn write_batch(
+    State(state): State<AppState>,
+    ApiPath(job_id): ApiPath<String>,
+    request: Request,
+) -> Result<(StatusCode, Json<WriteResult>)> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let mime = content_type
+        .as_deref()
+        .and_then(|value| value.split(';').next())
+        .map(|value| value.trim().to_ascii_lowercase());
+
+    let result = if mime.as_deref() == Some("application/x-ndjson") {
+        let Query(params) = Query::<WriteParams>::try_from_uri(request.uri())
+            .map_err(|rejection| Error::validation("query", rejection.body_text()))?;
+        let body: BodyStream = request
+            .into_body()
+            .into_data_stream()
+            .map_err(|error| Error::Malformed(format!("reading the body failed: {error}")))
+            .boxed();
+        let rows = Rows::Ndjson {
+            body,
+            max_bytes: state.limits.max_ndjson_body_bytes,
+        };
+        let key = BatchKey {
+            task_id: &params.task_id,
+            epoch: params.epoch,
+            batch_id: &params.batch_id,
+        };
+        stage(&state, &job_id, key, rows).await?
+    } else if is_json(content_type.as_deref()) {
+        let body = read_body(request, &()).await?;
+        let WriteRequest {
+            task_id,
+            epoch,
+            batch_id,
+            rows,
+        } = parse_json(&body)?;
+        drop(body);
+        let key = BatchKey {
+            task_id: &task_id,
+            epoch,
+            batch_id: &batch_id,
+        };
+        stage(&state, &job_id, key, Rows::Parsed(rows)).await?
+    } else {
+        return Err(Error::UnsupportedMediaType(
+            "expected Content-Type: application/json or application/x-ndjson".into(),
+        ));
+    };
+    let status = if result.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(result)))
+}
+
+async fn stage(
+    state: &AppState,
+    job_id: &str,
+    key: BatchKey<'_>,
+    rows: Rows<BodyStream>,
+) -> Result<WriteResult> {
+    let mut tx = state.db.begin().await?;
+    let result = writes::write(&mut tx, job_id, key, rows).await?;
+    tx.commit().await?;
+    Ok(result)
+}

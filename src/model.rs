@@ -1,0 +1,422 @@
+//! The JSON shapes of the API: what processors send and receive.
+//!
+//! These types are the contract of `../DESIGN.md` ("Shapes a processor relies
+//! on"); they are shared by the handlers, the OpenAPI document, and Rust
+//! clients. Requests deny unknown fields so that a typo is a 422, not a
+//! silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::{IntoParams, ToSchema};
+
+/// How promoted rows reach the sink table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkMode {
+    /// Plain `INSERT`: every staged row becomes a sink row.
+    Append,
+    /// `INSERT … ON CONFLICT (key) DO UPDATE`, last write wins per key.
+    Upsert,
+}
+
+impl SinkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkMode::Append => "append",
+            SinkMode::Upsert => "upsert",
+        }
+    }
+}
+
+/// The user's table that committed rows land in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"table": "word_counts", "mode": "upsert", "key": ["word"]}))]
+pub struct SinkSpec {
+    /// `table` or `schema.table` (unquoted names, matched exactly).
+    pub table: String,
+    pub mode: SinkMode,
+    /// Key columns for upsert mode; they must carry a unique constraint.
+    #[serde(default)]
+    pub key: Vec<String>,
+}
+
+/// Checkpoint settings as sent; every field is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointingSpec {
+    /// Trigger a checkpoint every this many ms; absent or null: only explicit triggers.
+    pub interval_ms: Option<u64>,
+    /// A pending checkpoint older than this is aborted with reason `timeout` (default 600000).
+    pub timeout_ms: Option<u64>,
+    /// Least time between a checkpoint's decision and the next trigger (default 0).
+    pub min_pause_ms: Option<u64>,
+    /// Most checkpoints pending at once (default 1).
+    pub max_concurrent: Option<u32>,
+    /// How many decided checkpoints keep their ack details (default 10).
+    pub retained: Option<u32>,
+}
+
+/// Checkpoint settings in effect (defaults filled in).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointingSettings {
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: u64,
+    pub min_pause_ms: u64,
+    pub max_concurrent: u32,
+    pub retained: u32,
+}
+
+/// `PUT /v1/jobs/{job}` body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "tasks": ["task-0", "task-1"],
+    "sink": {"table": "word_counts", "mode": "upsert", "key": ["word"]},
+    "checkpointing": {"interval_ms": 60000, "timeout_ms": 600000, "min_pause_ms": 0, "max_concurrent": 1, "retained": 10}
+}))]
+pub struct JobSpec {
+    /// The job's task ids; every task acks every checkpoint.
+    pub tasks: Vec<String>,
+    pub sink: SinkSpec,
+    #[serde(default)]
+    pub checkpointing: Option<CheckpointingSpec>,
+}
+
+/// One writable column of the sink table, as found at registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SinkColumn {
+    pub name: String,
+    /// PostgreSQL type, as `format_type` prints it (e.g. `bigint`, `character varying(20)`).
+    pub data_type: String,
+    pub nullable: bool,
+    /// Whether the column has a default (applied when a row omits it or sends null).
+    pub has_default: bool,
+}
+
+/// A registered job.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub job_id: String,
+    pub tasks: Vec<String>,
+    pub sink: SinkSpec,
+    pub checkpointing: CheckpointingSettings,
+    /// Current epoch; 0 until the first `POST /attempts`.
+    pub epoch: i64,
+    pub last_decided_checkpoint: Option<i64>,
+    pub last_committed_checkpoint: Option<i64>,
+    pub pending_checkpoints: Vec<i64>,
+    pub sink_columns: Vec<SinkColumn>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// `GET /v1/jobs` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+/// What a task needs to restore, recorded with its ack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"inline": {"any": "json"}, "external": {"uri": "s3://b/k", "size_bytes": 10, "checksum": "sha256:..."}}))]
+pub struct StateHandle {
+    /// A small JSON value, stored as is (size limited by the service's configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<Value>,
+    /// A reference to state stored elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalState>,
+}
+
+/// State stored outside sinkgate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalState {
+    pub uri: String,
+    pub size_bytes: u64,
+    pub checksum: String,
+}
+
+/// One task's part of the recovery point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskRecovery {
+    /// Source partition → next offset to read.
+    pub offsets: BTreeMap<String, i64>,
+    pub state: Option<StateHandle>,
+}
+
+/// Where processors resume: the latest decided checkpoint.
+///
+/// Everything staged up to it is in the sink (or will be: a decided checkpoint
+/// is promoted before any new one, and `/attempts` rolls it forward first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "checkpoint_id": 41, "epoch": 2, "status": "committed",
+    "tasks": {"task-0": {"offsets": {"0": 5000, "2": 4100}, "state": {"inline": {"words": 17}}},
+              "task-1": {"offsets": {"1": 4900, "3": 5100}, "state": null}},
+    "offsets": {"0": 5000, "1": 4900, "2": 4100, "3": 5100}
+}))]
+pub struct Recovery {
+    /// Null before the first checkpoint is decided: start from the beginning.
+    pub checkpoint_id: Option<i64>,
+    /// The epoch in which that checkpoint was triggered.
+    pub epoch: Option<i64>,
+    /// `completed` (decided, promotion pending) or `committed`; null before the first.
+    pub status: Option<CheckpointStatus>,
+    /// Per task of that checkpoint: offsets and state handle.
+    pub tasks: BTreeMap<String, TaskRecovery>,
+    /// Every source partition ever committed → its next offset.
+    pub offsets: BTreeMap<String, i64>,
+}
+
+/// `POST /v1/jobs/{job}/attempts` body (empty object; reserved for options).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptRequest {}
+
+/// `POST /v1/jobs/{job}/attempts` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Attempt {
+    /// The new epoch: send it with every write, trigger, ack, and decline.
+    pub epoch: i64,
+    pub recovery: Recovery,
+    /// Checkpoints of older epochs aborted by this attempt.
+    pub aborted_checkpoints: Vec<i64>,
+    /// Checkpoints decided before the crash and promoted by this attempt.
+    pub rolled_forward_checkpoints: Vec<i64>,
+}
+
+/// Lifecycle of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointStatus {
+    /// Triggered; waiting for acks.
+    Pending,
+    /// Every task acked: the decision is durable; promotion pending.
+    Completed,
+    /// Staged rows promoted into the sink.
+    Committed,
+    /// Timed out, declined, subsumed, or fenced by a new epoch.
+    Aborted,
+}
+
+impl CheckpointStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckpointStatus::Pending => "pending",
+            CheckpointStatus::Completed => "completed",
+            CheckpointStatus::Committed => "committed",
+            CheckpointStatus::Aborted => "aborted",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => CheckpointStatus::Pending,
+            "completed" => CheckpointStatus::Completed,
+            "committed" => CheckpointStatus::Committed,
+            "aborted" => CheckpointStatus::Aborted,
+            _ => return None,
+        })
+    }
+}
+
+/// `POST /v1/jobs/{job}/checkpoints` body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"epoch": 3}))]
+pub struct TriggerRequest {
+    pub epoch: i64,
+}
+
+/// A checkpoint with its timing and volume.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "checkpoint_id": 42, "epoch": 3, "status": "committed", "trigger": "manual",
+    "acked_tasks": 2, "total_tasks": 2,
+    "triggered_at": "2026-11-25T10:00:00Z", "decided_at": "2026-11-25T10:00:01Z",
+    "committed_at": "2026-11-25T10:00:01.2Z", "aborted_at": null, "failure_reason": null,
+    "decide_ms": 1000.0, "commit_ms": 200.0, "staged_rows": 1000, "staged_bytes": 40000,
+    "promoted_rows": 1000, "promotion_ms": 180.5, "promotion_error": null
+}))]
+pub struct Checkpoint {
+    pub checkpoint_id: i64,
+    /// Epoch in which it was triggered.
+    pub epoch: i64,
+    pub status: CheckpointStatus,
+    /// `manual` (POST /checkpoints) or `interval` (the scheduler).
+    pub trigger: String,
+    pub acked_tasks: i32,
+    pub total_tasks: i32,
+    pub triggered_at: DateTime<Utc>,
+    pub decided_at: Option<DateTime<Utc>>,
+    pub committed_at: Option<DateTime<Utc>>,
+    pub aborted_at: Option<DateTime<Utc>>,
+    /// Why it was aborted: `timeout`, `declined by <task>: <reason>`, `subsumed by <id>`, `fenced by epoch <n>`.
+    pub failure_reason: Option<String>,
+    /// Trigger → decision, in ms.
+    pub decide_ms: Option<f64>,
+    /// Decision → commit, in ms.
+    pub commit_ms: Option<f64>,
+    /// Rows and bytes the tasks staged into this checkpoint (sealed by their acks of it).
+    pub staged_rows: i64,
+    pub staged_bytes: i64,
+    /// Rows moved into the sink by its promotion (including rows of aborted checkpoints before it).
+    pub promoted_rows: Option<i64>,
+    pub promotion_ms: Option<f64>,
+    /// The last promotion failure, while it is `completed` and retried.
+    pub promotion_error: Option<String>,
+}
+
+/// `GET /v1/jobs/{job}/checkpoints` answer, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointList {
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// History filters.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CheckpointListQuery {
+    /// At most this many (1–1000, default 100).
+    pub limit: Option<i64>,
+    /// Only checkpoints with a smaller id (paging).
+    pub before: Option<i64>,
+    /// Only checkpoints in this status.
+    pub status: Option<CheckpointStatus>,
+}
+
+/// One task's part of a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskAck {
+    pub task_id: String,
+    pub acked: bool,
+    pub acked_at: Option<DateTime<Utc>>,
+    pub offsets: Option<BTreeMap<String, i64>>,
+    pub state: Option<StateHandle>,
+    /// Rows and bytes this task staged into the checkpoint.
+    pub staged_rows: i64,
+    pub staged_bytes: i64,
+}
+
+/// `GET /v1/jobs/{job}/checkpoints/{id}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckpointDetails {
+    #[serde(flatten)]
+    pub checkpoint: Checkpoint,
+    /// Every task of the checkpoint, acked or not. Ack details of checkpoints
+    /// older than the `retained` most recent decided ones are pruned
+    /// (`acked` stays true, offsets and state become null).
+    pub acks: Vec<TaskAck>,
+}
+
+/// `GET /v1/jobs/{job}/checkpoints/pending` parameters.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PendingQuery {
+    /// Only a checkpoint with a larger id (default: any).
+    pub after: Option<i64>,
+    /// Wait up to this long for one to be triggered (0–60000, default 0).
+    pub wait_ms: Option<u64>,
+}
+
+/// A pending checkpoint, as barrier discovery reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PendingCheckpoint {
+    pub checkpoint_id: i64,
+    pub epoch: i64,
+    pub triggered_at: DateTime<Utc>,
+}
+
+/// `POST /v1/jobs/{job}/checkpoints/{id}/acks` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "task_id": "task-0", "epoch": 3, "offsets": {"0": 5200, "2": 4300},
+    "state": {"inline": {"any": "json"}, "external": {"uri": "s3://b/k", "size_bytes": 10, "checksum": "sha256:..."}}
+}))]
+pub struct AckRequest {
+    pub task_id: String,
+    pub epoch: i64,
+    /// Source partition → next offset to read (non-negative).
+    #[serde(default)]
+    pub offsets: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub state: Option<StateHandle>,
+}
+
+/// `POST /acks` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"checkpoint_id": 42, "status": "committed", "acked_tasks": 2, "total_tasks": 2}))]
+pub struct AckResult {
+    pub checkpoint_id: i64,
+    /// The checkpoint's status after this ack.
+    pub status: CheckpointStatus,
+    pub acked_tasks: i32,
+    pub total_tasks: i32,
+}
+
+/// `POST /declines` body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"task_id": "task-1", "epoch": 3, "reason": "state backend unavailable"}))]
+pub struct DeclineRequest {
+    pub task_id: String,
+    pub epoch: i64,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// `POST /v1/jobs/{job}/writes` JSON body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"task_id": "task-0", "epoch": 3, "batch_id": "task-0-3-17", "rows": [{"word": "hello", "n": 2}]}))]
+pub struct WriteRequest {
+    pub task_id: String,
+    pub epoch: i64,
+    /// Retry key: the same batch id from the same task in one epoch is staged once.
+    pub batch_id: String,
+    /// Rows as objects, column → value.
+    #[schema(value_type = Vec<Object>)]
+    pub rows: Vec<Map<String, Value>>,
+}
+
+/// `POST /writes` query parameters for an NDJSON body.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WriteParams {
+    pub task_id: String,
+    pub epoch: i64,
+    pub batch_id: String,
+}
+
+/// `POST /writes` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"task_id": "task-0", "batch_id": "task-0-3-17", "epoch": 3, "checkpoint_id": 42, "staged_rows": 1, "staged_bytes": 9, "duplicate": false}))]
+pub struct WriteResult {
+    pub task_id: String,
+    pub batch_id: String,
+    pub epoch: i64,
+    /// The checkpoint whose ack by this task seals these rows.
+    pub checkpoint_id: i64,
+    pub staged_rows: i64,
+    /// Bytes of COPY text staged.
+    pub staged_bytes: i64,
+    /// True when this batch had been staged before; nothing was staged again.
+    pub duplicate: bool,
+}
+
+/// `/readyz` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    pub database: bool,
+    pub migrations: bool,
+}

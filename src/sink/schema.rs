@@ -1,0 +1,302 @@
+//! The sink table's shape, read from the catalog at job registration.
+//!
+//! sinkgate never creates or alters the sink. It checks that the table exists,
+//! records its writable columns (the staging table and the COPY encoder are
+//! built from them), and in upsert mode that the key has a unique index that
+//! `ON CONFLICT (key)` can use.
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+
+use crate::db::quote_ident;
+use crate::error::{Error, Result};
+use crate::model::{SinkColumn, SinkMode, SinkSpec};
+
+/// How values of a column are turned into COPY text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnKind {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Float,
+    /// text, varchar, char, citext, name: JSON strings only.
+    Text,
+    Json,
+    /// Any array type: JSON arrays become array literals.
+    Array,
+    /// Everything else (numeric, uuid, dates, times, inet, bytea, …): strings
+    /// and numbers are passed through and PostgreSQL parses them.
+    Other,
+}
+
+/// One writable column of the sink, with what promotion and encoding need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    /// `format_type(atttypid, atttypmod)`: already quoted where needed.
+    pub data_type: String,
+    pub kind: ColumnKind,
+    pub nullable: bool,
+    /// The default expression (`pg_get_expr`), applied at promotion when the
+    /// staged value is null.
+    pub default_expr: Option<String>,
+}
+
+impl ColumnDef {
+    pub fn public(&self) -> SinkColumn {
+        SinkColumn {
+            name: self.name.clone(),
+            data_type: self.data_type.clone(),
+            nullable: self.nullable,
+            has_default: self.default_expr.is_some(),
+        }
+    }
+}
+
+/// The resolved sink: where it is and what it holds.
+#[derive(Debug, Clone)]
+pub struct SinkTable {
+    pub schema: String,
+    pub table: String,
+    pub columns: Vec<ColumnDef>,
+}
+
+#[derive(sqlx::FromRow)]
+struct CatalogColumn {
+    name: String,
+    data_type: String,
+    type_name: String,
+    type_category: String,
+    nullable: bool,
+    default_expr: Option<String>,
+    generated: bool,
+}
+
+/// Looks the sink up and validates it against the spec.
+pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTable> {
+    let (schema, table) = match spec.table.split_once('.') {
+        Some((schema, table)) => (Some(schema.to_owned()), table.to_owned()),
+        None => (None, spec.table.clone()),
+    };
+    if table.is_empty() || schema.as_deref() == Some("") || table.contains('.') {
+        return Err(Error::validation(
+            "sink.table",
+            format!("{:?} is not `table` or `schema.table`", spec.table),
+        ));
+    }
+    let schema = match schema {
+        Some(schema) => schema,
+        None => {
+            sqlx::query_scalar::<_, String>("SELECT current_schema()")
+                .fetch_one(&mut *conn)
+                .await?
+        }
+    };
+
+    let relation: Option<(sqlx::postgres::types::Oid, String)> = sqlx::query_as(
+        "SELECT c.oid, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relname = $2",
+    )
+    .bind(&schema)
+    .bind(&table)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((oid, relkind)) = relation else {
+        return Err(Error::validation(
+            "sink.table",
+            format!("table {schema}.{table} does not exist (sinkgate never creates sink tables)"),
+        ));
+    };
+    if relkind != "r" && relkind != "p" {
+        return Err(Error::validation(
+            "sink.table",
+            format!("{schema}.{table} is not a table"),
+        ));
+    }
+    if schema == super::STAGING_SCHEMA {
+        return Err(Error::validation(
+            "sink.table",
+            "the staging schema cannot be a sink",
+        ));
+    }
+
+    let catalog: Vec<CatalogColumn> = sqlx::query_as(
+        "SELECT a.attname::text AS name,
+                format_type(a.atttypid, a.atttypmod) AS data_type,
+                t.typname::text AS type_name,
+                t.typcategory::text AS type_category,
+                NOT a.attnotnull AS nullable,
+                CASE WHEN a.attidentity = 'd'
+                     THEN format('nextval(%L::regclass)', pg_get_serial_sequence($1::regclass::text, a.attname))
+                     ELSE pg_get_expr(d.adbin, d.adrelid) END AS default_expr,
+                (a.attgenerated <> '' OR a.attidentity = 'a') AS generated
+         FROM pg_attribute a
+         JOIN pg_type t ON t.oid = a.atttypid
+         LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attnum",
+    )
+    .bind(oid)
+    .fetch_all(&mut *conn)
+    .await?;
+
+    let mut columns = Vec::new();
+    for column in catalog {
+        if column.generated {
+            continue; // computed by PostgreSQL; rows may not set it
+        }
+        if [super::TAG_COLUMN, super::TASK_COLUMN, super::SEQ_COLUMN]
+            .contains(&column.name.as_str())
+        {
+            return Err(Error::validation(
+                "sink.table",
+                format!(
+                    "column {:?} collides with a sinkgate staging column",
+                    column.name
+                ),
+            ));
+        }
+        let kind = match (column.type_category.as_str(), column.type_name.as_str()) {
+            ("A", _) => ColumnKind::Array,
+            (_, "bool") => ColumnKind::Bool,
+            (_, "int2") => ColumnKind::Int2,
+            (_, "int4") => ColumnKind::Int4,
+            (_, "int8") => ColumnKind::Int8,
+            (_, "float4" | "float8") => ColumnKind::Float,
+            (_, "json" | "jsonb") => ColumnKind::Json,
+            (_, "text" | "varchar" | "bpchar" | "name" | "citext") => ColumnKind::Text,
+            _ => ColumnKind::Other,
+        };
+        columns.push(ColumnDef {
+            name: column.name,
+            data_type: column.data_type,
+            kind,
+            nullable: column.nullable,
+            default_expr: column.default_expr,
+        });
+    }
+    if columns.is_empty() {
+        return Err(Error::validation(
+            "sink.table",
+            format!("{schema}.{table} has no writable columns"),
+        ));
+    }
+
+    match spec.mode {
+        SinkMode::Append => {
+            if !spec.key.is_empty() {
+                return Err(Error::validation(
+                    "sink.key",
+                    "a key is only used in upsert mode; remove it or use mode \"upsert\"",
+                ));
+            }
+        }
+        SinkMode::Upsert => check_upsert_key(&mut *conn, oid, &columns, &spec.key).await?,
+    }
+
+    Ok(SinkTable {
+        schema,
+        table,
+        columns,
+    })
+}
+
+async fn check_upsert_key(
+    conn: &mut PgConnection,
+    oid: sqlx::postgres::types::Oid,
+    columns: &[ColumnDef],
+    key: &[String],
+) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::validation(
+            "sink.key",
+            "upsert mode needs the key columns",
+        ));
+    }
+    for (index, name) in key.iter().enumerate() {
+        if !columns.iter().any(|column| &column.name == name) {
+            return Err(Error::validation(
+                format!("sink.key[{index}]"),
+                format!("{name:?} is not a writable column of the sink table"),
+            ));
+        }
+        if key[..index].contains(name) {
+            return Err(Error::validation(
+                format!("sink.key[{index}]"),
+                format!("{name:?} is listed twice"),
+            ));
+        }
+    }
+    let unique_indexes: Vec<Vec<String>> = sqlx::query_scalar(
+        "SELECT array_agg(a.attname::text ORDER BY a.attname)
+         FROM pg_index i
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+         WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid
+           AND i.indpred IS NULL AND i.indexprs IS NULL
+         GROUP BY i.indexrelid",
+    )
+    .bind(oid)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut wanted: Vec<String> = key.to_vec();
+    wanted.sort();
+    if !unique_indexes.contains(&wanted) {
+        return Err(Error::validation(
+            "sink.key",
+            format!(
+                "no unique constraint or index covers exactly ({}); upsert needs one for ON CONFLICT",
+                key.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the job's staging table and its ring of partitions (replacing any
+/// previous one). Runs at registration, never on the write path.
+pub async fn create_staging(
+    conn: &mut PgConnection,
+    job_id: &str,
+    columns: &[ColumnDef],
+) -> Result<()> {
+    drop_staging(&mut *conn, job_id).await?;
+    let mut definition: Vec<String> = columns
+        .iter()
+        .map(|column| format!("{} {}", quote_ident(&column.name), column.data_type))
+        .collect();
+    definition.push(format!("{} bigint NOT NULL", super::TAG_COLUMN));
+    definition.push(format!("{} text NOT NULL", super::TASK_COLUMN));
+    definition.push(format!("{} bigint NOT NULL", super::SEQ_COLUMN));
+    let parent = super::staging_table(job_id);
+    sqlx::query(&format!(
+        "CREATE TABLE {parent} ({}) PARTITION BY LIST (({} % {}))",
+        definition.join(", "),
+        super::TAG_COLUMN,
+        super::SLOTS
+    ))
+    .execute(&mut *conn)
+    .await?;
+    for slot in 0..super::SLOTS {
+        sqlx::query(&format!(
+            "CREATE TABLE {} PARTITION OF {parent} FOR VALUES IN ({slot})
+             WITH (autovacuum_enabled = false)",
+            super::staging_partition(job_id, slot)
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Drops a job's staging table (and partitions) if it exists.
+pub async fn drop_staging(conn: &mut PgConnection, job_id: &str) -> Result<()> {
+    sqlx::query(&format!(
+        "DROP TABLE IF EXISTS {}",
+        super::staging_table(job_id)
+    ))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
