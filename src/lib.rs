@@ -33,16 +33,37 @@ pub mod sink;
 use std::future::Future;
 use std::time::Duration;
 
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::coordinator::Limits;
 
-/// Runs the service on `listener` until `shutdown` resolves: applies
-/// migrations, rolls forward decided checkpoints, starts the scheduler and
-/// the notification listener, and serves HTTP. In-flight requests finish
-/// before it returns.
+/// Knobs of a running service that are not the database or the listener.
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    pub limits: Limits,
+    pub max_json_body_bytes: usize,
+    /// Scheduler period (interval triggers, timeouts, promotion retries).
+    pub tick: Duration,
+}
+
+impl From<&Config> for ServiceOptions {
+    fn from(config: &Config) -> Self {
+        ServiceOptions {
+            limits: Limits {
+                max_inline_state_bytes: config.max_inline_state_bytes,
+                max_ndjson_body_bytes: config.max_ndjson_body_bytes,
+            },
+            max_json_body_bytes: config.max_json_body_bytes,
+            tick: Duration::from_millis(config.tick_ms),
+        }
+    }
+}
+
+/// Connects, applies migrations, and runs the service on `listener` until
+/// `shutdown` resolves.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
@@ -50,30 +71,46 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let pool = db::connect(&config.database).await?;
     db::migrate(&pool).await?;
-    coordinator::scheduler::roll_forward_all(&pool).await?;
+    run(
+        pool.clone(),
+        ServiceOptions::from(&config),
+        listener,
+        shutdown,
+    )
+    .await?;
+    pool.close().await;
+    Ok(())
+}
 
-    let limits = Limits {
-        max_inline_state_bytes: config.max_inline_state_bytes,
-        max_ndjson_body_bytes: config.max_ndjson_body_bytes,
-    };
-    let state = http::state(pool.clone(), limits);
+/// Runs the service over an open, migrated pool: rolls forward decided
+/// checkpoints, starts the scheduler and the notification listener, and
+/// serves HTTP until `shutdown` resolves. In-flight requests finish before it
+/// returns; the scheduler releases its advisory lock.
+pub async fn run(
+    pool: PgPool,
+    options: ServiceOptions,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    coordinator::scheduler::roll_forward_all(&pool).await?;
+    let state = http::state(pool.clone(), options.limits.clone());
     let listener_task = state.notifier.spawn_listener(pool.clone());
     let (stop_scheduler, scheduler_stopped) = watch::channel(false);
     let scheduler = tokio::spawn(coordinator::scheduler::run(
         pool.clone(),
-        Duration::from_millis(config.tick_ms),
+        options.tick,
         scheduler_stopped,
     ));
 
-    let app = http::app(state, config.max_json_body_bytes);
+    let app = http::app(state, options.max_json_body_bytes);
     tracing::info!(address = %listener.local_addr()?, "sinkgate listening");
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await?;
+        .await;
 
     let _ = stop_scheduler.send(true);
     let _ = scheduler.await;
     listener_task.abort();
-    pool.close().await;
+    served?;
     Ok(())
 }

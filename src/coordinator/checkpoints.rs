@@ -235,7 +235,7 @@ pub async fn trigger(
     }
     if job.min_pause_ms > 0 {
         let wait_ms: Option<f64> = sqlx::query_scalar(
-            "SELECT extract(epoch FROM (max(decided_at) + make_interval(secs => $2::double precision / 1000) - now())) * 1000
+            "SELECT (extract(epoch FROM (max(decided_at) + make_interval(secs => $2::double precision / 1000) - now())) * 1000)::float8
              FROM checkpoints WHERE job_id = $1 AND decided_at IS NOT NULL",
         )
         .bind(&job.job_id)

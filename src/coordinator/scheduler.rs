@@ -112,7 +112,7 @@ pub async fn tick_once(pool: &PgPool, last_retry: &mut HashMap<String, Instant>)
         }
         if let Some(interval_ms) = job.interval_ms {
             let last_trigger: Option<f64> = sqlx::query_scalar(
-                "SELECT extract(epoch FROM now() - max(triggered_at)) * 1000 FROM checkpoints WHERE job_id = $1 AND epoch = $2",
+                "SELECT (extract(epoch FROM now() - max(triggered_at)) * 1000)::float8 FROM checkpoints WHERE job_id = $1 AND epoch = $2",
             )
             .bind(&job_id)
             .bind(job.epoch)

@@ -1,0 +1,205 @@
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{problem, word_count_job, TestApp};
+
+#[sqlx::test]
+async fn checkpoint_completes_when_every_task_acked(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    let epoch = word_count_job(&app, "wc", &["t0", "t1", "t2"]).await;
+    let checkpoint = app.checkpoint("wc", epoch).await;
+    assert_eq!(
+        app.ack_ok("wc", checkpoint, "t0", epoch, json!({"0": 1}))
+            .await,
+        "pending"
+    );
+    assert_eq!(
+        app.ack_ok("wc", checkpoint, "t1", epoch, json!({"1": 1}))
+            .await,
+        "pending"
+    );
+    let last = app
+        .ack("wc", checkpoint, "t2", epoch, json!({"2": 1}))
+        .await;
+    let body: Value = last.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"checkpoint_id": checkpoint, "status": "committed", "acked_tasks": 3, "total_tasks": 3})
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn identical_reack_answers_the_same_and_a_different_one_conflicts(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    let epoch = word_count_job(&app, "wc", &["t0", "t1"]).await;
+    let checkpoint = app.checkpoint("wc", epoch).await;
+    assert_eq!(
+        app.ack_ok("wc", checkpoint, "t0", epoch, json!({"0": 5}))
+            .await,
+        "pending"
+    );
+    assert_eq!(
+        app.ack_ok("wc", checkpoint, "t0", epoch, json!({"0": 5}))
+            .await,
+        "pending"
+    );
+    problem(
+        app.ack("wc", checkpoint, "t0", epoch, json!({"0": 6}))
+            .await,
+        StatusCode::CONFLICT,
+        "conflict",
+    )
+    .await;
+    assert_eq!(
+        app.ack_ok("wc", checkpoint, "t1", epoch, json!({"1": 5}))
+            .await,
+        "committed"
+    );
+    // A retry of an ack whose answer was lost, after the commit: same answer.
+    assert_eq!(
+        app.ack_ok("wc", checkpoint, "t0", epoch, json!({"0": 5}))
+            .await,
+        "committed"
+    );
+    let details = app.checkpoint_details("wc", checkpoint).await;
+    assert_eq!(details["acked_tasks"], 2);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn acks_with_bad_content_are_refused_and_change_nothing(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    let epoch = word_count_job(&app, "wc", &["t0", "t1"]).await;
+    let checkpoint = app.checkpoint("wc", epoch).await;
+    let path = format!("/v1/jobs/wc/checkpoints/{checkpoint}/acks");
+
+    problem(
+        app.ack("wc", checkpoint, "ghost", epoch, json!({})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown-task",
+    )
+    .await;
+    problem(
+        app.ack("wc", 777, "t0", epoch, json!({})).await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    )
+    .await;
+    let negative = problem(
+        app.ack("wc", checkpoint, "t0", epoch, json!({"3": -1}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert_eq!(negative["field"], "offsets.3");
+    let fractional = problem(
+        app.ack("wc", checkpoint, "t0", epoch, json!({"3": 1.5}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert_eq!(fractional["field"], "offsets.3");
+    let big_state = json!({"task_id": "t0", "epoch": epoch, "offsets": {}, "state": {"inline": "x".repeat(10_000)}});
+    let too_big = problem(
+        app.post(&path, big_state).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert_eq!(too_big["field"], "state.inline");
+    let unknown_field =
+        json!({"task_id": "t0", "epoch": epoch, "offsets": {}, "state": {"inline": 1, "extra": 2}});
+    problem(
+        app.post(&path, unknown_field).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    let bad_external = json!({"task_id": "t0", "epoch": epoch, "state": {"external": {"uri": "s3://x", "size_bytes": -1, "checksum": "c"}}});
+    let bad_external = problem(
+        app.post(&path, bad_external).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert_eq!(bad_external["field"], "state.external.size_bytes");
+
+    // A partition may be claimed by only one task per checkpoint.
+    app.ack_ok("wc", checkpoint, "t0", epoch, json!({"0": 10}))
+        .await;
+    let claimed = problem(
+        app.ack("wc", checkpoint, "t1", epoch, json!({"0": 10, "1": 3}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert_eq!(claimed["field"], "offsets.0");
+
+    let details = app.checkpoint_details("wc", checkpoint).await;
+    assert_eq!(details["status"], "pending");
+    assert_eq!(details["acked_tasks"], 1);
+    assert_eq!(details["acks"][1]["acked"], false);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn an_offset_below_the_committed_one_is_a_regression(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    let epoch = word_count_job(&app, "wc", &["t0"]).await;
+    let first = app.checkpoint("wc", epoch).await;
+    app.ack_ok("wc", first, "t0", epoch, json!({"0": 100}))
+        .await;
+    let second = app.checkpoint("wc", epoch).await;
+    let regression = problem(
+        app.ack("wc", second, "t0", epoch, json!({"0": 99})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "offset-regression",
+    )
+    .await;
+    assert_eq!(regression["partition"], "0");
+    assert_eq!(regression["committed_offset"], 100);
+    assert_eq!(
+        app.ack_ok("wc", second, "t0", epoch, json!({"0": 100}))
+            .await,
+        "committed",
+        "equal is fine"
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn acks_must_go_to_increasing_checkpoints(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    let epoch = word_count_job(&app, "wc", &["t0", "t1"]).await;
+    let spec = json!({"tasks": ["t0", "t1"], "sink": {"table": "wc_sink", "mode": "upsert", "key": ["word"]},
+                      "checkpointing": {"max_concurrent": 2}});
+    assert_eq!(app.put_job("wc", spec).await.status(), StatusCode::OK);
+    let first = app.checkpoint("wc", epoch).await;
+    let second = app.checkpoint("wc", epoch).await;
+    app.ack_ok("wc", second, "t0", epoch, json!({})).await;
+    let out_of_order = problem(
+        app.ack("wc", first, "t0", epoch, json!({})).await,
+        StatusCode::CONFLICT,
+        "conflict",
+    )
+    .await;
+    assert!(out_of_order["detail"]
+        .as_str()
+        .unwrap()
+        .contains("increasing"));
+    app.stop().await;
+}

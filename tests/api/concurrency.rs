@@ -1,0 +1,215 @@
+use futures::future::join_all;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{events, TestApp};
+
+/// An append sink without a unique key, so a second promotion would show as duplicates.
+async fn keyless_job(app: &TestApp, job: &str, tasks: &[String]) -> i64 {
+    app.sql(&format!(
+        "CREATE TABLE {job}_sink (id bigint NOT NULL, payload text NOT NULL)"
+    ))
+    .await;
+    let response = app
+        .put_job(
+            job,
+            json!({"tasks": tasks, "sink": {"table": format!("{job}_sink"), "mode": "append"},
+                             "checkpointing": {"max_concurrent": 5}}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    app.epoch(job).await
+}
+
+#[sqlx::test]
+async fn parallel_acks_on_two_replicas_decide_and_promote_exactly_once(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let replicas = [
+        TestApp::spawn(&connect).await,
+        TestApp::spawn(&connect).await,
+    ];
+    let tasks: Vec<String> = (0..40).map(|i| format!("task-{i}")).collect();
+    let epoch = keyless_job(&replicas[0], "ev", &tasks).await;
+
+    for round in 0..3i64 {
+        for (i, task) in tasks.iter().enumerate() {
+            let id = round * 1000 + i as i64;
+            let response = replicas[i % 2]
+                .write("ev", task, epoch, &format!("b{round}"), events(id, 1))
+                .await;
+            assert_eq!(response.status(), StatusCode::CREATED);
+        }
+        let checkpoint = replicas[0].checkpoint("ev", epoch).await;
+        // Every task acks, half through each replica; in round 2 each task acks
+        // twice at once (a client retry racing its original).
+        let copies = if round == 2 { 2 } else { 1 };
+        let replicas = &replicas;
+        let acks = tasks.iter().enumerate().flat_map(|(i, task)| {
+            (0..copies).map(move |copy| async move {
+                replicas[(i + copy) % 2]
+                    .ack(
+                        "ev",
+                        checkpoint,
+                        task,
+                        epoch,
+                        json!({ task.clone(): round }),
+                    )
+                    .await
+            })
+        });
+        let mut statuses = Vec::new();
+        for response in join_all(acks).await {
+            assert_eq!(
+                response.status(),
+                StatusCode::OK,
+                "every ack gets a consistent answer"
+            );
+            let body: Value = response.json().await.unwrap();
+            statuses.push(body["status"].as_str().unwrap().to_owned());
+        }
+        let committed = statuses
+            .iter()
+            .filter(|status| *status == "committed")
+            .count();
+        assert!(statuses
+            .iter()
+            .all(|status| status == "pending" || status == "committed"));
+        if copies == 1 {
+            assert_eq!(committed, 1, "exactly one ack completes the set");
+        } else {
+            assert!(committed >= 1);
+        }
+        let details = replicas[1].checkpoint_details("ev", checkpoint).await;
+        assert_eq!(details["status"], "committed");
+        assert_eq!(details["acked_tasks"], 40);
+        assert_eq!(details["promoted_rows"], 40);
+        let in_sink = replicas[0].count("ev_sink").await;
+        assert_eq!(
+            in_sink,
+            40 * (round + 1),
+            "round {round}: promoted exactly once"
+        );
+    }
+    let distinct: i64 = sqlx::query_scalar("SELECT count(DISTINCT id) FROM ev_sink")
+        .fetch_one(&replicas[0].db)
+        .await
+        .unwrap();
+    assert_eq!(distinct, 120);
+    for app in replicas {
+        app.stop().await;
+    }
+}
+
+#[sqlx::test]
+async fn acks_racing_an_attempt_are_either_before_the_fence_or_fenced(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    let tasks: Vec<String> = (0..12).map(|i| format!("t{i}")).collect();
+    for round in 0..5 {
+        let job = format!("race{round}");
+        let epoch = keyless_job(&app, &job, &tasks).await;
+        for task in &tasks {
+            app.write(&job, task, epoch, "b", events(0, 1)).await;
+        }
+        let checkpoint = app.checkpoint(&job, epoch).await;
+        let acks = tasks
+            .iter()
+            .map(|task| app.ack(&job, checkpoint, task, epoch, json!({})));
+        let attempt_path = format!("/v1/jobs/{job}/attempts");
+        let attempt = app.post(&attempt_path, json!({}));
+        let (responses, attempt) = tokio::join!(join_all(acks), attempt);
+        assert_eq!(attempt.status(), StatusCode::OK);
+        let attempt: Value = attempt.json().await.unwrap();
+
+        let mut accepted = 0;
+        for response in responses {
+            match response.status() {
+                StatusCode::OK => accepted += 1,
+                StatusCode::CONFLICT => {
+                    let body: Value = response.json().await.unwrap();
+                    assert_eq!(body["type"], "urn:sinkgate:problem:fenced");
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        let details = app.checkpoint_details(&job, checkpoint).await;
+        assert_eq!(
+            details["acked_tasks"], accepted,
+            "recorded acks are exactly the accepted ones"
+        );
+        let sink = app.count(&format!("{job}_sink")).await;
+        if accepted == tasks.len() {
+            // All acks won the race: decided before the fence, so committed.
+            assert_eq!(details["status"], "committed");
+            assert_eq!(sink, 12);
+            assert_eq!(attempt["recovery"]["checkpoint_id"], checkpoint);
+        } else {
+            assert_eq!(details["status"], "aborted");
+            assert_eq!(sink, 0, "nothing of the fenced epoch reached the sink");
+            assert_eq!(attempt["aborted_checkpoints"], json!([checkpoint]));
+        }
+        assert_eq!(app.staged(&job).await, 0);
+    }
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn writes_racing_an_attempt_are_aborted_with_their_epoch_or_fenced(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    let tasks: Vec<String> = (0..4).map(|i| format!("t{i}")).collect();
+    let old = keyless_job(&app, "ev", &tasks).await;
+    let (shared_app, shared_tasks) = (&app, &tasks);
+    let writes = (0..40).map(|i| async move {
+        shared_app
+            .write(
+                "ev",
+                &shared_tasks[i % 4],
+                old,
+                &format!("b{i}"),
+                events(i as i64 * 100, 100),
+            )
+            .await
+    });
+    let attempt = async {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        app.post("/v1/jobs/ev/attempts", json!({})).await
+    };
+    let (responses, attempt) = tokio::join!(join_all(writes), attempt);
+    assert_eq!(attempt.status(), StatusCode::OK);
+    for response in responses {
+        assert!(
+            matches!(
+                response.status(),
+                StatusCode::CREATED | StatusCode::CONFLICT
+            ),
+            "{}",
+            response.status()
+        );
+    }
+    assert_eq!(
+        app.staged("ev").await,
+        0,
+        "whatever was staged before the fence was aborted"
+    );
+
+    // The new epoch commits only its own rows.
+    let new = old + 1;
+    for task in &tasks {
+        app.write("ev", task, new, "fresh", events(1_000_000, 1))
+            .await;
+    }
+    let checkpoint = app.checkpoint("ev", new).await;
+    for task in &tasks {
+        app.ack_ok("ev", checkpoint, task, new, json!({})).await;
+    }
+    assert_eq!(app.count("ev_sink").await, 4);
+    app.stop().await;
+}

@@ -1,0 +1,338 @@
+//! A test app on a random port against a fresh, migrated database, and one
+//! typed helper per endpoint.
+
+use std::time::Duration;
+
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use sinkgate::coordinator::Limits;
+use sinkgate::ServiceOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Test logs only when `TEST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("sinkgate=debug,tower_http=debug")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+pub fn options() -> ServiceOptions {
+    ServiceOptions {
+        limits: Limits {
+            max_inline_state_bytes: 4096,
+            max_ndjson_body_bytes: 1 << 30,
+        },
+        max_json_body_bytes: 1 << 20,
+        tick: Duration::from_millis(50),
+    }
+}
+
+/// A pool of the test database, larger than the one `#[sqlx::test]` offers.
+pub async fn pool(connect: &PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(16)
+        .connect_with(connect.clone())
+        .await
+        .expect("connect to the test database")
+}
+
+/// One running service.
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    /// The service's own pool (closed by `stop`).
+    pub db: PgPool,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(connect: &PgConnectOptions) -> TestApp {
+        Self::spawn_with(connect, options()).await
+    }
+
+    pub async fn spawn_with(connect: &PgConnectOptions, options: ServiceOptions) -> TestApp {
+        init_logs();
+        let db = pool(connect).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(sinkgate::run(db.clone(), options, listener, async {
+            let _ = stopped.await;
+        }));
+        let app = TestApp {
+            base,
+            http: reqwest::Client::new(),
+            db,
+            stop: Some(stop),
+            server: Some(server),
+        };
+        // The service is up once it answers.
+        for _ in 0..100 {
+            if app.http.get(app.url("/healthz")).send().await.is_ok() {
+                return app;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the test app did not start");
+    }
+
+    /// Graceful stop: in-flight requests finish, connections close.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+        self.db.close().await;
+    }
+
+    /// Crash: the server task is dropped mid-flight and its connections cut.
+    pub async fn kill(mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+            let _ = server.await;
+        }
+        self.db.close().await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.http.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Response {
+        self.http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn put_job(&self, job: &str, spec: Value) -> Response {
+        self.http
+            .put(self.url(&format!("/v1/jobs/{job}")))
+            .json(&spec)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Starts an attempt and returns the whole answer.
+    pub async fn attempt(&self, job: &str) -> Value {
+        let response = self
+            .post(&format!("/v1/jobs/{job}/attempts"), json!({}))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK, "attempt failed");
+        response.json().await.unwrap()
+    }
+
+    /// Starts an attempt and returns the new epoch.
+    pub async fn epoch(&self, job: &str) -> i64 {
+        self.attempt(job).await["epoch"].as_i64().unwrap()
+    }
+
+    pub async fn write(
+        &self,
+        job: &str,
+        task: &str,
+        epoch: i64,
+        batch: &str,
+        rows: Value,
+    ) -> Response {
+        self.post(
+            &format!("/v1/jobs/{job}/writes"),
+            json!({"task_id": task, "epoch": epoch, "batch_id": batch, "rows": rows}),
+        )
+        .await
+    }
+
+    pub async fn write_ndjson(
+        &self,
+        job: &str,
+        task: &str,
+        epoch: i64,
+        batch: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Response {
+        self.http
+            .post(self.url(&format!("/v1/jobs/{job}/writes")))
+            .query(&[
+                ("task_id", task),
+                ("epoch", &epoch.to_string()),
+                ("batch_id", batch),
+            ])
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn trigger(&self, job: &str, epoch: i64) -> Response {
+        self.post(
+            &format!("/v1/jobs/{job}/checkpoints"),
+            json!({"epoch": epoch}),
+        )
+        .await
+    }
+
+    /// Triggers and returns the checkpoint id.
+    pub async fn checkpoint(&self, job: &str, epoch: i64) -> i64 {
+        let response = self.trigger(job, epoch).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "trigger failed");
+        let body: Value = response.json().await.unwrap();
+        body["checkpoint_id"].as_i64().unwrap()
+    }
+
+    pub async fn ack(
+        &self,
+        job: &str,
+        checkpoint: i64,
+        task: &str,
+        epoch: i64,
+        offsets: Value,
+    ) -> Response {
+        self.post(
+            &format!("/v1/jobs/{job}/checkpoints/{checkpoint}/acks"),
+            json!({"task_id": task, "epoch": epoch, "offsets": offsets}),
+        )
+        .await
+    }
+
+    /// Acks and returns the checkpoint status the answer reports.
+    pub async fn ack_ok(
+        &self,
+        job: &str,
+        checkpoint: i64,
+        task: &str,
+        epoch: i64,
+        offsets: Value,
+    ) -> String {
+        let response = self.ack(job, checkpoint, task, epoch, offsets).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "ack failed: {body}");
+        body["status"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn decline(&self, job: &str, checkpoint: i64, task: &str, epoch: i64) -> Response {
+        self.post(
+            &format!("/v1/jobs/{job}/checkpoints/{checkpoint}/declines"),
+            json!({"task_id": task, "epoch": epoch, "reason": "test"}),
+        )
+        .await
+    }
+
+    pub async fn checkpoint_details(&self, job: &str, checkpoint: i64) -> Value {
+        let response = self
+            .get(&format!("/v1/jobs/{job}/checkpoints/{checkpoint}"))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    pub async fn recovery(&self, job: &str) -> Value {
+        let response = self.get(&format!("/v1/jobs/{job}/recovery")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.unwrap()
+    }
+
+    /// Runs SQL against the test database (sink tables, fixtures).
+    pub async fn sql(&self, statement: &str) {
+        sqlx::raw_sql(statement).execute(&self.db).await.unwrap();
+    }
+
+    /// `(word, n)` rows of a word-count sink, sorted.
+    pub async fn word_counts(&self, table: &str) -> Vec<(String, i64)> {
+        sqlx::query_as(&format!("SELECT word, n FROM {table} ORDER BY word"))
+            .fetch_all(&self.db)
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+            .fetch_one(&self.db)
+            .await
+            .unwrap()
+    }
+
+    /// Rows currently staged for a job.
+    pub async fn staged(&self, job: &str) -> i64 {
+        self.count(&format!("sinkgate_staging.\"{job}\"")).await
+    }
+}
+
+/// Asserts a problem document of the given status and kind; returns it.
+pub async fn problem(response: Response, status: StatusCode, kind: &str) -> Value {
+    let actual = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|value| value.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(actual, status, "unexpected status; body: {body}");
+    assert_eq!(content_type, "application/problem+json", "body: {body}");
+    assert_eq!(
+        body["type"],
+        format!("urn:sinkgate:problem:{kind}"),
+        "body: {body}"
+    );
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["detail"]
+        .as_str()
+        .is_some_and(|detail| !detail.is_empty()));
+    body
+}
+
+/// A word-count job (upsert on `word`) with the given tasks; returns the epoch
+/// of its first attempt.
+pub async fn word_count_job(app: &TestApp, job: &str, tasks: &[&str]) -> i64 {
+    app.sql(&format!(
+        "CREATE TABLE IF NOT EXISTS {job}_sink (word text PRIMARY KEY, n bigint NOT NULL)"
+    ))
+    .await;
+    let response = app
+        .put_job(job, json!({"tasks": tasks, "sink": {"table": format!("{job}_sink"), "mode": "upsert", "key": ["word"]}}))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    app.epoch(job).await
+}
+
+/// An event-copy job (append) with the given tasks; returns the epoch.
+pub async fn event_job(app: &TestApp, job: &str, tasks: &[&str]) -> i64 {
+    app.sql(&format!(
+        "CREATE TABLE IF NOT EXISTS {job}_sink (id bigint PRIMARY KEY, payload text NOT NULL, at timestamptz DEFAULT now())"
+    ))
+    .await;
+    let response = app
+        .put_job(
+            job,
+            json!({"tasks": tasks, "sink": {"table": format!("{job}_sink"), "mode": "append"}}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    app.epoch(job).await
+}
+
+/// `n` event rows with ids from `first`.
+pub fn events(first: i64, n: i64) -> Value {
+    Value::Array(
+        (first..first + n)
+            .map(|id| json!({"id": id, "payload": format!("event {id}")}))
+            .collect(),
+    )
+}

@@ -1,0 +1,11 @@
+//! Black-box tests: the real service over HTTP against a real PostgreSQL,
+//! one fresh database per test (`#[sqlx::test]`). One binary for all of them.
+
+mod acks;
+mod checkpoints;
+mod concurrency;
+mod epochs;
+mod helpers;
+mod jobs;
+mod operations;
+mod sink;
