@@ -212,8 +212,11 @@ async fn sinkgate_ingest(
     let epoch = attempt["epoch"].as_i64().unwrap();
 
     let started = Instant::now();
+    let mut writing = Duration::ZERO;
+    let mut committing = Duration::ZERO;
     let mut next_id = 0;
     while next_id < args.rows {
+        let phase = Instant::now();
         let segment_end = (next_id + args.checkpoint_rows).min(args.rows);
         // Each task writes an equal share of the segment, concurrently.
         let share = (segment_end - next_id + args.tasks as i64 - 1) / args.tasks as i64;
@@ -252,6 +255,8 @@ async fn sinkgate_ingest(
             }
         });
         try_join_all(writers).await?;
+        writing += phase.elapsed();
+        let phase = Instant::now();
         let checkpoint = service
             .call(
                 reqwest::Method::POST,
@@ -275,9 +280,26 @@ async fn sinkgate_ingest(
             last_status == "committed",
             "checkpoint {id} ended {last_status}"
         );
+        committing += phase.elapsed();
         next_id = segment_end;
     }
     let elapsed = started.elapsed();
+    let history = service
+        .call(
+            reqwest::Method::GET,
+            "/v1/jobs/bench/checkpoints?limit=1000",
+            None,
+        )
+        .await?;
+    let promotion_ms: f64 = history["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|checkpoint| checkpoint["promotion_ms"].as_f64())
+        .sum();
+    eprintln!(
+        "  where the time went: staging (writes) {writing:?}, checkpoints (trigger + acks) {committing:?}, of which promotion {promotion_ms:.0} ms"
+    );
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM bench_sink")
         .fetch_one(pool)
         .await?;

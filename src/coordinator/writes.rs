@@ -27,7 +27,7 @@ pub async fn write<S>(
     conn: &mut PgConnection,
     job_id: &str,
     key: BatchKey<'_>,
-    rows: Rows<S>,
+    rows: Rows<'_, S>,
 ) -> Result<WriteResult>
 where
     S: Stream<Item = Result<Bytes, Error>> + Unpin,

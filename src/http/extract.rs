@@ -7,6 +7,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::error::Error;
 
@@ -15,7 +16,7 @@ pub struct ApiJson<T>(pub T);
 
 /// Parses JSON; syntax errors are 400 `malformed`, type and field errors are
 /// 422 `validation` naming the field path (e.g. `sink.mode`).
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+pub fn parse_json<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, Error> {
     // serde_json's recursion limit (128 levels) refuses hostile nesting.
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {

@@ -6,6 +6,7 @@ use axum::Json;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use serde_json::value::RawValue;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -97,19 +98,13 @@ async fn write_batch(
         stage(&state, &job_id, key, rows).await?
     } else if is_json(content_type.as_deref()) {
         let body = read_body(request, &()).await?;
-        let WriteRequest {
-            task_id,
-            epoch,
-            batch_id,
-            rows,
-        } = parse_json(&body)?;
-        drop(body);
+        let write: RawWriteRequest<'_> = parse_json(&body)?;
         let key = BatchKey {
-            task_id: &task_id,
-            epoch,
-            batch_id: &batch_id,
+            task_id: &write.task_id,
+            epoch: write.epoch,
+            batch_id: &write.batch_id,
         };
-        stage(&state, &job_id, key, Rows::Parsed(rows)).await?
+        stage(&state, &job_id, key, Rows::Json(write.rows)).await?
     } else {
         return Err(Error::UnsupportedMediaType(
             "expected Content-Type: application/json or application/x-ndjson".into(),
@@ -123,11 +118,23 @@ async fn write_batch(
     Ok((status, Json(result)))
 }
 
+/// [`WriteRequest`] as the handler reads it: rows stay JSON text, borrowed
+/// from the body, and are checked and converted one by one while staging.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWriteRequest<'a> {
+    task_id: String,
+    epoch: i64,
+    batch_id: String,
+    #[serde(borrow)]
+    rows: Vec<&'a RawValue>,
+}
+
 async fn stage(
     state: &AppState,
     job_id: &str,
     key: BatchKey<'_>,
-    rows: Rows<BodyStream>,
+    rows: Rows<'_, BodyStream>,
 ) -> Result<WriteResult> {
     let mut tx = state.db.begin().await?;
     let result = writes::write(&mut tx, job_id, key, rows).await?;

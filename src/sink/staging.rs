@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 use sqlx::postgres::PgCopyIn;
 use sqlx::PgConnection;
 
@@ -24,9 +24,9 @@ const SEND_CHUNK: usize = 1 << 20;
 pub const MAX_LINE_BYTES: usize = 32 << 20;
 
 /// Where a batch's rows come from.
-pub enum Rows<S> {
-    /// Already parsed (JSON body).
-    Parsed(Vec<Map<String, Value>>),
+pub enum Rows<'a, S> {
+    /// The rows of a JSON body, each still as its JSON text.
+    Json(Vec<&'a RawValue>),
     /// An NDJSON body, one object per line, read as it arrives.
     Ndjson { body: S, max_bytes: u64 },
 }
@@ -47,7 +47,7 @@ pub async fn copy_rows<S>(
     tag: i64,
     task_id: &str,
     seq_base: i64,
-    rows: Rows<S>,
+    rows: Rows<'_, S>,
 ) -> Result<Staged>
 where
     S: Stream<Item = Result<Bytes, Error>> + Unpin,
@@ -84,15 +84,15 @@ async fn feed<S>(
     copy: &mut PgCopyIn<&mut PgConnection>,
     encoder: &mut CopyEncoder<'_>,
     buffer: &mut Vec<u8>,
-    rows: Rows<S>,
+    rows: Rows<'_, S>,
 ) -> Result<()>
 where
     S: Stream<Item = Result<Bytes, Error>> + Unpin,
 {
     match rows {
-        Rows::Parsed(rows) => {
-            for row in &rows {
-                encoder.push(row, buffer)?;
+        Rows::Json(rows) => {
+            for row in rows {
+                encoder.push(row.get().as_bytes(), buffer)?;
                 flush_if_full(copy, buffer).await?;
             }
         }
@@ -143,13 +143,7 @@ fn push_line(encoder: &mut CopyEncoder<'_>, line: &[u8], buffer: &mut Vec<u8>) -
     if line.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    let row: Map<String, Value> =
-        serde_json::from_slice(line).map_err(|error| Error::RowRejected {
-            row: encoder.rows() + 1,
-            column: None,
-            detail: format!("not a JSON object: {error}"),
-        })?;
-    encoder.push(&row, buffer)
+    encoder.push(line, buffer)
 }
 
 async fn flush_if_full(copy: &mut PgCopyIn<&mut PgConnection>, buffer: &mut Vec<u8>) -> Result<()> {

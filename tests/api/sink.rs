@@ -298,10 +298,10 @@ async fn a_bad_row_rejects_its_whole_batch_naming_row_and_column(
         app.write("typed", "t0", epoch, "arr", json!([[1, "a"]]))
             .await,
         StatusCode::UNPROCESSABLE_ENTITY,
-        "validation",
+        "row-rejected",
     )
     .await;
-    assert_eq!(array_row["field"], "rows[0]");
+    assert_eq!(array_row["row"], 1);
     assert_eq!(
         app.staged("typed").await,
         0,
