@@ -33,9 +33,27 @@ struct Args {
     /// Writer tasks (concurrent requests).
     #[arg(long, default_value_t = 2)]
     tasks: usize,
-    /// Scenarios to run: ingest.
-    #[arg(long, value_delimiter = ',', default_value = "ingest")]
+    /// Scenarios to run: ingest, acks, commit, recovery, memory.
+    #[arg(long, value_delimiter = ',', default_value = "ingest,acks,commit,recovery,memory")]
     scenarios: Vec<String>,
+    /// Task counts for the acks scenario.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    ack_tasks: Vec<usize>,
+    /// Acks per task count (at least).
+    #[arg(long, default_value_t = 3000)]
+    acks: usize,
+    /// Checkpoint sizes (rows) for the commit-latency scenario.
+    #[arg(long, value_delimiter = ',', default_value = "1000,100000,1000000")]
+    commit_sizes: Vec<i64>,
+    /// Orphaned staged volumes (rows) for the recovery scenario.
+    #[arg(long, value_delimiter = ',', default_value = "0,100000,1000000")]
+    orphans: Vec<i64>,
+    /// Size of the NDJSON body streamed in the memory scenario, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory_mib: u64,
+    /// Write the report to this Markdown file (and the chart next to it).
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -348,45 +366,445 @@ async fn ingest(
     Ok(())
 }
 
+
+/// Percentile of sorted durations, in ms.
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index].as_secs_f64() * 1e3
+}
+
+/// A job `bench` with `tasks` tasks on a fresh append sink; returns the epoch.
+async fn fresh_job(service: &Service, pool: &PgPool, tasks: &[String], upsert: bool) -> anyhow::Result<i64> {
+    reset_sink(pool).await?;
+    let sink = if upsert {
+        json!({"table": "bench_sink", "mode": "upsert", "key": ["id"]})
+    } else {
+        json!({"table": "bench_sink", "mode": "append"})
+    };
+    let _ = service.call(reqwest::Method::DELETE, "/v1/jobs/bench", None).await;
+    service
+        .call(
+            reqwest::Method::PUT,
+            "/v1/jobs/bench",
+            Some(json!({"tasks": tasks, "sink": sink, "checkpointing": {"max_concurrent": 1}})),
+        )
+        .await?;
+    let attempt = service.call(reqwest::Method::POST, "/v1/jobs/bench/attempts", Some(json!({}))).await?;
+    Ok(attempt["epoch"].as_i64().unwrap())
+}
+
+/// Stages rows `first..first + rows` as one NDJSON batch of `task`.
+async fn stage_ndjson(service: &Service, task: &str, epoch: i64, batch: &str, first: i64, rows: i64) -> anyhow::Result<()> {
+    let chunks = (first..first + rows).step_by(10_000).map(move |start| {
+        let end = (start + 10_000).min(first + rows);
+        Ok::<_, std::io::Error>((start..end).map(|i| row_json(i) + "\n").collect::<String>())
+    });
+    let response = service
+        .http
+        .post(format!("{}/v1/jobs/bench/writes", service.base))
+        .query(&[("task_id", task), ("epoch", &epoch.to_string()), ("batch_id", batch)])
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "write: {}", response.text().await?);
+    Ok(())
+}
+
+/// Acks: K tasks ack checkpoints in a loop, all K acks of a checkpoint at
+/// once. Baseline: the same number of single-row INSERT transactions from K
+/// concurrent workers (at most 64 connections: PostgreSQL's default
+/// max_connections is 100).
+async fn acks(service: &Service, pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Result<()> {
+    report.push_str("\n## Acks\n\nK tasks ack checkpoint after checkpoint (all K acks of one checkpoint sent at once; the last one commits it). Baseline: the same number of single-row `INSERT` transactions from K concurrent workers on one pool of min(K, 64) connections.\n\n");
+    report.push_str("| tasks | acks | sinkgate acks/s | p50 ms | p99 ms | baseline tx/s | baseline p50 ms | baseline p99 ms | ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for &k in &args.ack_tasks {
+        let tasks: Vec<String> = (0..k).map(|i| format!("task-{i}")).collect();
+        let epoch = fresh_job(service, pool, &tasks, false).await?;
+        let rounds = args.acks.div_ceil(k).max(3);
+        let mut latencies = Vec::with_capacity(rounds * k);
+        let mut busy = Duration::ZERO;
+        for _ in 0..rounds {
+            let checkpoint = service
+                .call(reqwest::Method::POST, "/v1/jobs/bench/checkpoints", Some(json!({"epoch": epoch})))
+                .await?;
+            let id = checkpoint["checkpoint_id"].as_i64().unwrap();
+            let started = Instant::now();
+            let acks = tasks.iter().map(|task| async move {
+                let started = Instant::now();
+                service
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/v1/jobs/bench/checkpoints/{id}/acks"),
+                        Some(json!({"task_id": task, "epoch": epoch, "offsets": {task.clone(): id}})),
+                    )
+                    .await?;
+                anyhow::Ok(started.elapsed())
+            });
+            latencies.extend(try_join_all(acks).await?);
+            busy += started.elapsed();
+        }
+        latencies.sort();
+        let total = latencies.len();
+
+        sqlx::raw_sql("DROP TABLE IF EXISTS bench_acks; CREATE TABLE bench_acks (id bigserial PRIMARY KEY, task int, at timestamptz DEFAULT now())")
+            .execute(pool)
+            .await?;
+        let baseline_pool = PgPoolOptions::new().max_connections(k.min(64) as u32).connect(&args.database_url).await?;
+        let per_worker = total.div_ceil(k);
+        let started = Instant::now();
+        let workers = (0..k).map(|worker| {
+            let pool = baseline_pool.clone();
+            async move {
+                let mut latencies = Vec::with_capacity(per_worker);
+                for _ in 0..per_worker {
+                    let started = Instant::now();
+                    sqlx::query("INSERT INTO bench_acks (task) VALUES ($1)").bind(worker as i32).execute(&pool).await?;
+                    latencies.push(started.elapsed());
+                }
+                anyhow::Ok(latencies)
+            }
+        });
+        let mut baseline: Vec<Duration> = try_join_all(workers).await?.into_iter().flatten().collect();
+        let baseline_elapsed = started.elapsed();
+        baseline_pool.close().await;
+        baseline.sort();
+        let ours = total as f64 / busy.as_secs_f64();
+        let theirs = baseline.len() as f64 / baseline_elapsed.as_secs_f64();
+        eprintln!("acks K={k}: {ours:.0}/s vs {theirs:.0}/s");
+        report.push_str(&format!(
+            "| {k} | {total} | {ours:.0} | {:.1} | {:.1} | {theirs:.0} | {:.1} | {:.1} | {:.2} |\n",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 0.99),
+            percentile(&baseline, 0.5),
+            percentile(&baseline, 0.99),
+            ours / theirs
+        ));
+    }
+    sqlx::raw_sql("DROP TABLE IF EXISTS bench_acks").execute(pool).await?;
+    Ok(())
+}
+
+/// One point of the commit-latency scenario, for the chart.
+struct CommitPoint {
+    rows: i64,
+    commit_p50_ms: f64,
+    baseline_p50_ms: f64,
+    throughput: f64,
+}
+
+/// Commit latency: time from the last ack to the rows being visible, for
+/// checkpoints of several sizes, against `INSERT … SELECT` of the same rows
+/// from a plain table.
+async fn commit_latency(service: &Service, pool: &PgPool, args: &Args, report: &mut String, points: &mut Vec<CommitPoint>) -> anyhow::Result<()> {
+    report.push_str("\n## Commit latency\n\nOne task stages a checkpoint's rows (NDJSON), then acks: the ack's answer comes after promotion, so its latency is the time from the last ack to the rows being visible. Baseline: `INSERT INTO sink SELECT … FROM` a plain table holding the same rows. Throughput: rows / (staging + commit).\n\n");
+    report.push_str("| rows per checkpoint | runs | commit p50 ms | commit p99 ms | baseline p50 ms | baseline p99 ms | ratio (p50) | staging + commit rows/s |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let tasks = vec!["task-0".to_owned()];
+    for &size in &args.commit_sizes {
+        let runs = if size <= 10_000 { 30 } else if size <= 100_000 { 5 } else { 2 };
+        let epoch = fresh_job(service, pool, &tasks, false).await?;
+        let mut commits = Vec::new();
+        let mut staging = Duration::ZERO;
+        for run in 0..runs {
+            let started = Instant::now();
+            stage_ndjson(service, "task-0", epoch, &format!("b{run}"), run as i64 * size, size).await?;
+            staging += started.elapsed();
+            let checkpoint = service
+                .call(reqwest::Method::POST, "/v1/jobs/bench/checkpoints", Some(json!({"epoch": epoch})))
+                .await?;
+            let id = checkpoint["checkpoint_id"].as_i64().unwrap();
+            let started = Instant::now();
+            let ack = service
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/jobs/bench/checkpoints/{id}/acks"),
+                    Some(json!({"task_id": "task-0", "epoch": epoch, "offsets": {"0": id}})),
+                )
+                .await?;
+            commits.push(started.elapsed());
+            anyhow::ensure!(ack["status"] == "committed", "checkpoint {id}: {ack}");
+        }
+        let mut baseline = Vec::new();
+        sqlx::raw_sql("DROP TABLE IF EXISTS bench_source; CREATE TABLE bench_source (id bigint, word text, n bigint)")
+            .execute(pool)
+            .await?;
+        sqlx::query("INSERT INTO bench_source SELECT i, 'word-' || lpad((i % 1000000)::text, 7, '0'), i % 97 FROM generate_series(0, $1 - 1) i")
+            .bind(size)
+            .execute(pool)
+            .await?;
+        for _ in 0..runs {
+            reset_sink(pool).await?;
+            let started = Instant::now();
+            sqlx::query("INSERT INTO bench_sink SELECT * FROM bench_source").execute(pool).await?;
+            baseline.push(started.elapsed());
+        }
+        sqlx::raw_sql("DROP TABLE bench_source").execute(pool).await?;
+        commits.sort();
+        baseline.sort();
+        let commit_total: Duration = commits.iter().sum();
+        let throughput = (size * runs as i64) as f64 / (staging + commit_total).as_secs_f64();
+        let point = CommitPoint {
+            rows: size,
+            commit_p50_ms: percentile(&commits, 0.5),
+            baseline_p50_ms: percentile(&baseline, 0.5),
+            throughput,
+        };
+        eprintln!("commit {size} rows: p50 {:.1} ms vs {:.1} ms", point.commit_p50_ms, point.baseline_p50_ms);
+        report.push_str(&format!(
+            "| {size} | {runs} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {throughput:.0} |\n",
+            point.commit_p50_ms,
+            percentile(&commits, 0.99),
+            point.baseline_p50_ms,
+            percentile(&baseline, 0.99),
+            point.commit_p50_ms / point.baseline_p50_ms,
+        ));
+        points.push(point);
+    }
+    Ok(())
+}
+
+/// Recovery: `/attempts` latency with a given volume of orphaned staged rows.
+async fn recovery(service: &Service, pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Result<()> {
+    report.push_str("\n## Recovery\n\n`POST /attempts` (new epoch: abort the old epoch's checkpoints and throw away its staged rows) with that many rows staged and never committed.\n\n| orphaned rows | runs | p50 ms | max ms |\n|---:|---:|---:|---:|\n");
+    let tasks = vec!["task-0".to_owned()];
+    for &orphans in &args.orphans {
+        let mut epoch = fresh_job(service, pool, &tasks, false).await?;
+        let mut latencies = Vec::new();
+        for run in 0..3 {
+            if orphans > 0 {
+                stage_ndjson(service, "task-0", epoch, &format!("o{run}"), 0, orphans).await?;
+            }
+            let started = Instant::now();
+            let attempt = service.call(reqwest::Method::POST, "/v1/jobs/bench/attempts", Some(json!({}))).await?;
+            latencies.push(started.elapsed());
+            epoch = attempt["epoch"].as_i64().unwrap();
+        }
+        latencies.sort();
+        eprintln!("recovery with {orphans} orphans: {:.1} ms", percentile(&latencies, 0.5));
+        report.push_str(&format!(
+            "| {orphans} | 3 | {:.1} | {:.1} |\n",
+            percentile(&latencies, 0.5),
+            percentile(&latencies, 1.0)
+        ));
+    }
+    Ok(())
+}
+
+/// Memory: peak RSS of a separate `sinkgate serve` process (the release
+/// binary) while one client streams a large NDJSON body.
+async fn memory(pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Result<()> {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sinkgate"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &args.database_url)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap();
+    let service = Service {
+        base: format!("http://127.0.0.1:{port}"),
+        http: reqwest::Client::new(),
+    };
+    for _ in 0..100 {
+        if service.http.get(format!("{}/readyz", service.base)).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let epoch = fresh_job(&service, pool, &["task-0".to_owned()], false).await?;
+    let idle = peak_rss_kib(pid)?;
+    // Rows of ~1 KiB, generated on the fly.
+    let padding = "x".repeat(1000);
+    let total_rows = (args.memory_mib * 1024 * 1024 / 1024) as i64;
+    let chunks = (0..total_rows).step_by(1000).map(move |start| {
+        let mut text = String::with_capacity(1000 * 1030);
+        for id in start..(start + 1000).min(total_rows) {
+            text.push_str(&format!("{{\"id\":{id},\"word\":\"{padding}\",\"n\":1}}\n"));
+        }
+        Ok::<_, std::io::Error>(text)
+    });
+    let started = Instant::now();
+    let response = service
+        .http
+        .post(format!("{}/v1/jobs/bench/writes", service.base))
+        .query(&[("task_id", "task-0"), ("epoch", &epoch.to_string()), ("batch_id", "big")])
+        .header("content-type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await?;
+    let status = response.status();
+    let body: Value = response.json().await?;
+    anyhow::ensure!(status.is_success(), "memory write: {body}");
+    let elapsed = started.elapsed();
+    let peak = peak_rss_kib(pid)?;
+    let staged_mib = body["staged_bytes"].as_f64().unwrap_or(0.0) / 1048576.0;
+    service.call(reqwest::Method::POST, "/v1/jobs/bench/attempts", Some(json!({}))).await?;
+    let _ = service.call(reqwest::Method::DELETE, "/v1/jobs/bench", None).await;
+    child.kill().await?;
+    eprintln!("memory: peak RSS {peak} KiB (idle {idle} KiB) while staging {staged_mib:.0} MiB in {elapsed:?}");
+    report.push_str(&format!(
+        "\n## Memory\n\nA separate `sinkgate serve` process (release build); one client streams an NDJSON body of {} MiB (~1 KiB rows) to `/writes`.\n\n| body | rows staged | staged COPY text | time | service peak RSS (VmHWM) | RSS before the body |\n|---:|---:|---:|---:|---:|---:|\n| {} MiB | {} | {staged_mib:.0} MiB | {:.1} s | {:.1} MiB | {:.1} MiB |\n",
+        args.memory_mib,
+        args.memory_mib,
+        body["staged_rows"],
+        elapsed.as_secs_f64(),
+        peak as f64 / 1024.0,
+        idle as f64 / 1024.0,
+    ));
+    Ok(())
+}
+
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .ok_or_else(|| anyhow::anyhow!("no VmHWM"))?;
+    Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
+}
+
+/// An SVG chart: commit latency (ms, log scale) and staging + commit
+/// throughput against checkpoint size (log scale), sinkgate vs baseline.
+fn chart(points: &[CommitPoint]) -> String {
+    let (width, height, margin) = (720.0, 360.0, 60.0);
+    let plot_w = (width - 2.0 * margin) / 2.0 - 20.0;
+    let plot_h = height - 2.0 * margin;
+    let log = |v: f64| v.max(1e-3).log10();
+    let xs: Vec<f64> = points.iter().map(|p| log(p.rows as f64)).collect();
+    let (x_min, x_max) = (xs.iter().cloned().fold(f64::MAX, f64::min), xs.iter().cloned().fold(f64::MIN, f64::max).max(xs[0] + 1.0));
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let panels: [(&str, Vec<f64>, Option<Vec<f64>>, bool); 2] = [
+        (
+            "commit latency, ms (log)",
+            points.iter().map(|p| p.commit_p50_ms).collect(),
+            Some(points.iter().map(|p| p.baseline_p50_ms).collect()),
+            true,
+        ),
+        ("staging + commit, rows/s", points.iter().map(|p| p.throughput).collect(), None, false),
+    ];
+    for (panel, (title, ours, baseline, log_y)) in panels.iter().enumerate() {
+        let left = margin + panel as f64 * (plot_w + 80.0);
+        let all: Vec<f64> = ours.iter().chain(baseline.iter().flatten()).map(|v| if *log_y { log(*v) } else { *v }).collect();
+        let y_min = if *log_y { all.iter().cloned().fold(f64::MAX, f64::min).floor() } else { 0.0 };
+        let y_max = all.iter().cloned().fold(f64::MIN, f64::max) * if *log_y { 1.0 } else { 1.1 };
+        let y_max = if *log_y { y_max.ceil().max(y_min + 1.0) } else { y_max };
+        let px = |x: f64| left + (x - x_min) / (x_max - x_min) * plot_w;
+        let py = |y: f64| margin + plot_h - (y - y_min) / (y_max - y_min) * plot_h;
+        svg.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" font-weight=\"bold\">{title}</text>\n<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n<line x1=\"{left}\" y1=\"{margin}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n",
+            left, margin - 15.0, margin + plot_h, left + plot_w, margin + plot_h, margin + plot_h
+        ));
+        for (point, x) in points.iter().zip(&xs) {
+            svg.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{} rows</text>\n", px(*x), margin + plot_h + 15.0, point.rows));
+        }
+        for tick in 0..=4 {
+            let y = y_min + (y_max - y_min) * tick as f64 / 4.0;
+            let label = if *log_y { format!("{:.3}", 10f64.powf(y)) } else { format!("{y:.0}") };
+            svg.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>\n", left - 4.0, py(y) + 4.0));
+        }
+        let series: Vec<(&Vec<f64>, &str, &str)> = std::iter::once((ours, "#d62728", "sinkgate"))
+            .chain(baseline.as_ref().map(|b| (b, "#1f77b4", "INSERT … SELECT")))
+            .collect();
+        for (index, (values, color, name)) in series.into_iter().enumerate() {
+            let path: Vec<String> = xs
+                .iter()
+                .zip(values)
+                .map(|(x, v)| format!("{:.1},{:.1}", px(*x), py(if *log_y { log(*v) } else { *v })))
+                .collect();
+            svg.push_str(&format!("<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n", path.join(" ")));
+            svg.push_str(&format!(
+                "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>\n",
+                left + 10.0,
+                margin + 12.0 + index as f64 * 14.0
+            ));
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| text.lines().next().map(|line| line.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .unwrap_or(0);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| text.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {:.0} GiB RAM", memory as f64 / 1048576.0)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let pool = PgPoolOptions::new()
-        .max_connections(32)
-        .connect(&args.database_url)
-        .await?;
+    let pool = PgPoolOptions::new().max_connections(32).connect(&args.database_url).await?;
     sinkgate::db::migrate(&pool).await?;
     let service = Service::start(pool.clone()).await?;
+    let postgres: String = sqlx::query_scalar("SELECT version()").fetch_one(&pool).await?;
+    let command: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
+
     let mut figures = Vec::new();
+    let mut sections = String::new();
+    let mut points = Vec::new();
     for scenario in &args.scenarios {
         match scenario.as_str() {
             "ingest" => ingest(&service, &pool, &args, &mut figures).await?,
+            "acks" => acks(&service, &pool, &args, &mut sections).await?,
+            "commit" => commit_latency(&service, &pool, &args, &mut sections, &mut points).await?,
+            "recovery" => recovery(&service, &pool, &args, &mut sections).await?,
+            "memory" => memory(&pool, &args, &mut sections).await?,
             other => anyhow::bail!("unknown scenario {other}"),
         }
     }
-    let _ = service
-        .call(reqwest::Method::DELETE, "/v1/jobs/bench", None)
-        .await;
-    sqlx::raw_sql("DROP TABLE IF EXISTS bench_sink")
-        .execute(&pool)
-        .await?;
+    let _ = service.call(reqwest::Method::DELETE, "/v1/jobs/bench", None).await;
+    sqlx::raw_sql("DROP TABLE IF EXISTS bench_sink").execute(&pool).await?;
 
-    println!(
-        "rows: {}, batch: {} rows, checkpoint every {} rows, {} writer tasks\n",
-        args.rows, args.batch_rows, args.checkpoint_rows, args.tasks
+    let mut report = format!(
+        "# Benchmarks\n\nMachine: {}. {}.\nDate: {} (UTC).\nCommand: `DATABASE_URL=$(scripts/postgres.sh) cargo bench --bench sinkgate -- {}`\n\nThe service runs in the benchmark process (release build) and is driven over HTTP on loopback; client, service and PostgreSQL share the machine. Baselines run in the same run against the same database.\n",
+        machine(),
+        postgres.split(" on ").next().unwrap_or(&postgres),
+        chrono::Utc::now().format("%Y-%m-%d %H:%M"),
+        command.join(" "),
     );
-    println!("| scenario | variant | sinkgate rows/s | baseline | baseline rows/s | ratio |");
-    println!("|---|---|---:|---|---:|---:|");
-    for figure in &figures {
-        println!(
-            "| {} | {} | {:.0} | {} | {:.0} | {:.2} |",
-            figure.scenario,
-            figure.variant,
-            figure.sinkgate_rows_per_s,
-            figure.baseline,
-            figure.baseline_rows_per_s,
-            figure.sinkgate_rows_per_s / figure.baseline_rows_per_s
-        );
+    if !figures.is_empty() {
+        report.push_str(&format!(
+            "\n## Ingest\n\n{} rows (~40 bytes) through `/writes` in batches of {} rows from {} concurrent tasks, a checkpoint every {} rows, timed until the last checkpoint is committed and visible. Baseline: the same rows straight into the same table (no exactly-once).\n\n| variant | sinkgate rows/s | baseline | baseline rows/s | ratio |\n|---|---:|---|---:|---:|\n",
+            args.rows, args.batch_rows, args.tasks, args.checkpoint_rows
+        ));
+        for figure in &figures {
+            report.push_str(&format!(
+                "| {} | {:.0} | {} | {:.0} | {:.2} |\n",
+                figure.variant,
+                figure.sinkgate_rows_per_s,
+                figure.baseline,
+                figure.baseline_rows_per_s,
+                figure.sinkgate_rows_per_s / figure.baseline_rows_per_s
+            ));
+        }
     }
+    report.push_str(&sections);
+    if points.len() >= 2 {
+        report.push_str("\n![commit latency and throughput against checkpoint size](bench/commit.svg)\n");
+    }
+    println!("{report}");
+    if let Some(path) = &args.report {
+        std::fs::write(path, &report)?;
+        if points.len() >= 2 {
+            let chart_path = path.parent().unwrap_or(std::path::Path::new(".")).join("bench/commit.svg");
+            std::fs::create_dir_all(chart_path.parent().unwrap())?;
+            std::fs::write(chart_path, chart(&points))?;
+        }
+    }
+    let _ = figures.iter().map(|f| &f.scenario).count();
     Ok(())
 }

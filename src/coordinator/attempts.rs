@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 
-use super::commit::{commit_decided, CommitOutcome};
+use super::commit::{commit_decided, staged_tags, CommitOutcome};
 use super::{load_job, JobLock};
 use crate::error::Result;
 use crate::model::{Attempt, CheckpointStatus, Recovery, StateHandle, TaskRecovery};
@@ -48,7 +48,15 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     // orphans are the whole staging table.
     let decided = job.last_decided_id.unwrap_or(0);
     let nothing_decided_staged = job.last_committed_id == job.last_decided_id;
-    abort_orphans(&mut *conn, job_id, decided, nothing_decided_staged).await?;
+    let orphan_tags = staged_tags(&mut *conn, job_id, decided, None).await?;
+    abort_orphans(
+        &mut *conn,
+        job_id,
+        &orphan_tags,
+        decided,
+        nothing_decided_staged,
+    )
+    .await?;
     sqlx::query("DELETE FROM batches WHERE job_id = $1 AND checkpoint_tag > $2")
         .bind(job_id)
         .bind(decided)

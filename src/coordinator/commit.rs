@@ -11,7 +11,7 @@ use sqlx::{Connection, PgConnection};
 
 use super::JobRow;
 use crate::error::Result;
-use crate::sink::promote::{clear_promoted, promote};
+use crate::sink::promote::{clear_promoted, promote, Promoted};
 
 /// What a commit attempt did.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,6 +37,17 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
         return Ok(CommitOutcome::Nothing);
     }
 
+    // The batch records say which tags hold rows: a checkpoint that staged
+    // nothing costs no promotion statement and no TRUNCATE.
+    let tags = staged_tags(&mut *conn, &job.job_id, committed, Some(decided)).await?;
+    if tags.is_empty() {
+        mark_committed(&mut *conn, job, committed, decided, Promoted { rows: 0, millis: 0.0 }).await?;
+        return Ok(CommitOutcome::Committed {
+            checkpoint_id: decided,
+            rows: 0,
+        });
+    }
+
     // A savepoint, so that a failed promotion rolls back only itself and the
     // decision (made earlier in this transaction) still commits.
     let mut savepoint = conn.begin().await?;
@@ -45,6 +56,7 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
             clear_promoted(
                 &mut savepoint,
                 &job.job_id,
+                &tags,
                 committed,
                 decided,
                 job.next_checkpoint_id,
@@ -76,6 +88,30 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
         }
     };
 
+    mark_committed(&mut *conn, job, committed, decided, promoted).await?;
+    Ok(CommitOutcome::Committed {
+        checkpoint_id: decided,
+        rows: promoted.rows,
+    })
+}
+
+/// Tags that have staged rows in (after, upto], from the batch records.
+pub async fn staged_tags(conn: &mut PgConnection, job_id: &str, after: i64, upto: Option<i64>) -> Result<Vec<i64>> {
+    let tags = sqlx::query_scalar(
+        "SELECT DISTINCT checkpoint_tag FROM batches
+         WHERE job_id = $1 AND checkpoint_tag > $2 AND ($3::bigint IS NULL OR checkpoint_tag <= $3)
+           AND staged_rows > 0",
+    )
+    .bind(job_id)
+    .bind(after)
+    .bind(upto)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(tags)
+}
+
+/// Marks the decided checkpoints in (committed, decided] committed.
+async fn mark_committed(conn: &mut PgConnection, job: &mut JobRow, committed: i64, decided: i64, promoted: Promoted) -> Result<()> {
     sqlx::query(
         "UPDATE checkpoints SET status = 'committed', committed_at = clock_timestamp(), promotion_error = NULL,
                 promoted_rows = CASE WHEN checkpoint_id = $3 THEN $4 ELSE 0 END,
@@ -97,10 +133,7 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
         .await?;
     job.last_committed_id = Some(decided);
     prune_history(&mut *conn, job).await?;
-    Ok(CommitOutcome::Committed {
-        checkpoint_id: decided,
-        rows: promoted.rows,
-    })
+    Ok(())
 }
 
 /// Keeps ack details (and batch records) of the `retained` most recent

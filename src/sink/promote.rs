@@ -119,7 +119,8 @@ pub async fn promote(
     })
 }
 
-/// Removes the promoted rows (tags in (after, upto]) from staging.
+/// Removes the promoted rows (tags in (after, upto]) from staging; `tags`
+/// are the tags in that range that hold rows.
 ///
 /// `highest_live_tag` bounds the tags that any write can be using now (the
 /// highest triggered checkpoint + 1). When every live tag has its own slot,
@@ -129,18 +130,16 @@ pub async fn promote(
 pub async fn clear_promoted(
     conn: &mut PgConnection,
     job_id: &str,
+    tags: &[i64],
     after: i64,
     upto: i64,
     highest_live_tag: i64,
 ) -> Result<(), sqlx::Error> {
+    if tags.is_empty() {
+        return Ok(());
+    }
     if highest_live_tag - after <= SLOTS {
-        let partitions: Vec<String> = slots_of(after, upto)
-            .into_iter()
-            .map(|slot| staging_partition(job_id, slot))
-            .collect();
-        sqlx::query(&format!("TRUNCATE {}", partitions.join(", ")))
-            .execute(&mut *conn)
-            .await?;
+        truncate_slots(conn, job_id, tags).await
     } else {
         sqlx::query(&format!(
             "DELETE FROM {} WHERE {}",
@@ -149,29 +148,50 @@ pub async fn clear_promoted(
         ))
         .execute(&mut *conn)
         .await?;
+        Ok(())
     }
+}
+
+/// `TRUNCATE` of the ring partitions that hold `tags`.
+async fn truncate_slots(conn: &mut PgConnection, job_id: &str, tags: &[i64]) -> Result<(), sqlx::Error> {
+    let mut slots: Vec<i64> = tags.iter().map(|tag| tag.rem_euclid(SLOTS)).collect();
+    slots.sort_unstable();
+    slots.dedup();
+    let partitions: Vec<String> = slots
+        .into_iter()
+        .map(|slot| staging_partition(job_id, slot))
+        .collect();
+    sqlx::query(&format!("TRUNCATE {}", partitions.join(", ")))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
 /// Throws away every staged row tagged above `decided` (orphans of fenced
-/// epochs). With nothing decided-but-unpromoted left, that is everything:
-/// one `TRUNCATE` of the staging table, whatever the volume.
+/// epochs); `tags` are the orphans' tags. With nothing decided-but-unpromoted
+/// left, the orphans are all that is staged: a `TRUNCATE` of their
+/// partitions, whatever the volume.
 pub async fn abort_orphans(
     conn: &mut PgConnection,
     job_id: &str,
+    tags: &[i64],
     decided: i64,
     nothing_else_staged: bool,
 ) -> Result<(), sqlx::Error> {
-    let statement = if nothing_else_staged {
-        format!("TRUNCATE {}", staging_table(job_id))
+    if tags.is_empty() {
+        return Ok(());
+    }
+    if nothing_else_staged {
+        truncate_slots(conn, job_id, tags).await
     } else {
-        format!(
+        sqlx::query(&format!(
             "DELETE FROM {} WHERE {TAG_COLUMN} > {decided}",
             staging_table(job_id)
-        )
-    };
-    sqlx::query(&statement).execute(&mut *conn).await?;
-    Ok(())
+        ))
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
