@@ -34,7 +34,11 @@ struct Args {
     #[arg(long, default_value_t = 2)]
     tasks: usize,
     /// Scenarios to run: ingest, acks, commit, recovery, memory.
-    #[arg(long, value_delimiter = ',', default_value = "ingest,acks,commit,recovery,memory")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ingest,acks,commit,recovery,memory"
+    )]
     scenarios: Vec<String>,
     /// Task counts for the acks scenario.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
@@ -366,7 +370,6 @@ async fn ingest(
     Ok(())
 }
 
-
 /// Percentile of sorted durations, in ms.
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -377,14 +380,21 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 }
 
 /// A job `bench` with `tasks` tasks on a fresh append sink; returns the epoch.
-async fn fresh_job(service: &Service, pool: &PgPool, tasks: &[String], upsert: bool) -> anyhow::Result<i64> {
+async fn fresh_job(
+    service: &Service,
+    pool: &PgPool,
+    tasks: &[String],
+    upsert: bool,
+) -> anyhow::Result<i64> {
     reset_sink(pool).await?;
     let sink = if upsert {
         json!({"table": "bench_sink", "mode": "upsert", "key": ["id"]})
     } else {
         json!({"table": "bench_sink", "mode": "append"})
     };
-    let _ = service.call(reqwest::Method::DELETE, "/v1/jobs/bench", None).await;
+    let _ = service
+        .call(reqwest::Method::DELETE, "/v1/jobs/bench", None)
+        .await;
     service
         .call(
             reqwest::Method::PUT,
@@ -392,12 +402,25 @@ async fn fresh_job(service: &Service, pool: &PgPool, tasks: &[String], upsert: b
             Some(json!({"tasks": tasks, "sink": sink, "checkpointing": {"max_concurrent": 1}})),
         )
         .await?;
-    let attempt = service.call(reqwest::Method::POST, "/v1/jobs/bench/attempts", Some(json!({}))).await?;
+    let attempt = service
+        .call(
+            reqwest::Method::POST,
+            "/v1/jobs/bench/attempts",
+            Some(json!({})),
+        )
+        .await?;
     Ok(attempt["epoch"].as_i64().unwrap())
 }
 
 /// Stages rows `first..first + rows` as one NDJSON batch of `task`.
-async fn stage_ndjson(service: &Service, task: &str, epoch: i64, batch: &str, first: i64, rows: i64) -> anyhow::Result<()> {
+async fn stage_ndjson(
+    service: &Service,
+    task: &str,
+    epoch: i64,
+    batch: &str,
+    first: i64,
+    rows: i64,
+) -> anyhow::Result<()> {
     let chunks = (first..first + rows).step_by(10_000).map(move |start| {
         let end = (start + 10_000).min(first + rows);
         Ok::<_, std::io::Error>((start..end).map(|i| row_json(i) + "\n").collect::<String>())
@@ -405,12 +428,20 @@ async fn stage_ndjson(service: &Service, task: &str, epoch: i64, batch: &str, fi
     let response = service
         .http
         .post(format!("{}/v1/jobs/bench/writes", service.base))
-        .query(&[("task_id", task), ("epoch", &epoch.to_string()), ("batch_id", batch)])
+        .query(&[
+            ("task_id", task),
+            ("epoch", &epoch.to_string()),
+            ("batch_id", batch),
+        ])
         .header("content-type", "application/x-ndjson")
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
         .await?;
-    anyhow::ensure!(response.status().is_success(), "write: {}", response.text().await?);
+    anyhow::ensure!(
+        response.status().is_success(),
+        "write: {}",
+        response.text().await?
+    );
     Ok(())
 }
 
@@ -418,7 +449,12 @@ async fn stage_ndjson(service: &Service, task: &str, epoch: i64, batch: &str, fi
 /// once. Baseline: the same number of single-row INSERT transactions from K
 /// concurrent workers (at most 64 connections: PostgreSQL's default
 /// max_connections is 100).
-async fn acks(service: &Service, pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Result<()> {
+async fn acks(
+    service: &Service,
+    pool: &PgPool,
+    args: &Args,
+    report: &mut String,
+) -> anyhow::Result<()> {
     report.push_str("\n## Acks\n\nK tasks ack checkpoint after checkpoint (all K acks of one checkpoint sent at once; the last one commits it). Baseline: the same number of single-row `INSERT` transactions from K concurrent workers on one pool of min(K, 64) connections.\n\n");
     report.push_str("| tasks | acks | sinkgate acks/s | p50 ms | p99 ms | baseline tx/s | baseline p50 ms | baseline p99 ms | ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for &k in &args.ack_tasks {
@@ -429,7 +465,11 @@ async fn acks(service: &Service, pool: &PgPool, args: &Args, report: &mut String
         let mut busy = Duration::ZERO;
         for _ in 0..rounds {
             let checkpoint = service
-                .call(reqwest::Method::POST, "/v1/jobs/bench/checkpoints", Some(json!({"epoch": epoch})))
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/jobs/bench/checkpoints",
+                    Some(json!({"epoch": epoch})),
+                )
                 .await?;
             let id = checkpoint["checkpoint_id"].as_i64().unwrap();
             let started = Instant::now();
@@ -439,7 +479,9 @@ async fn acks(service: &Service, pool: &PgPool, args: &Args, report: &mut String
                     .call(
                         reqwest::Method::POST,
                         &format!("/v1/jobs/bench/checkpoints/{id}/acks"),
-                        Some(json!({"task_id": task, "epoch": epoch, "offsets": {task.clone(): id}})),
+                        Some(
+                            json!({"task_id": task, "epoch": epoch, "offsets": {task.clone(): id}}),
+                        ),
                     )
                     .await?;
                 anyhow::Ok(started.elapsed())
@@ -453,7 +495,10 @@ async fn acks(service: &Service, pool: &PgPool, args: &Args, report: &mut String
         sqlx::raw_sql("DROP TABLE IF EXISTS bench_acks; CREATE TABLE bench_acks (id bigserial PRIMARY KEY, task int, at timestamptz DEFAULT now())")
             .execute(pool)
             .await?;
-        let baseline_pool = PgPoolOptions::new().max_connections(k.min(64) as u32).connect(&args.database_url).await?;
+        let baseline_pool = PgPoolOptions::new()
+            .max_connections(k.min(64) as u32)
+            .connect(&args.database_url)
+            .await?;
         let per_worker = total.div_ceil(k);
         let started = Instant::now();
         let workers = (0..k).map(|worker| {
@@ -462,13 +507,17 @@ async fn acks(service: &Service, pool: &PgPool, args: &Args, report: &mut String
                 let mut latencies = Vec::with_capacity(per_worker);
                 for _ in 0..per_worker {
                     let started = Instant::now();
-                    sqlx::query("INSERT INTO bench_acks (task) VALUES ($1)").bind(worker as i32).execute(&pool).await?;
+                    sqlx::query("INSERT INTO bench_acks (task) VALUES ($1)")
+                        .bind(worker as i32)
+                        .execute(&pool)
+                        .await?;
                     latencies.push(started.elapsed());
                 }
                 anyhow::Ok(latencies)
             }
         });
-        let mut baseline: Vec<Duration> = try_join_all(workers).await?.into_iter().flatten().collect();
+        let mut baseline: Vec<Duration> =
+            try_join_all(workers).await?.into_iter().flatten().collect();
         let baseline_elapsed = started.elapsed();
         baseline_pool.close().await;
         baseline.sort();
@@ -484,7 +533,9 @@ async fn acks(service: &Service, pool: &PgPool, args: &Args, report: &mut String
             ours / theirs
         ));
     }
-    sqlx::raw_sql("DROP TABLE IF EXISTS bench_acks").execute(pool).await?;
+    sqlx::raw_sql("DROP TABLE IF EXISTS bench_acks")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -499,21 +550,45 @@ struct CommitPoint {
 /// Commit latency: time from the last ack to the rows being visible, for
 /// checkpoints of several sizes, against `INSERT … SELECT` of the same rows
 /// from a plain table.
-async fn commit_latency(service: &Service, pool: &PgPool, args: &Args, report: &mut String, points: &mut Vec<CommitPoint>) -> anyhow::Result<()> {
+async fn commit_latency(
+    service: &Service,
+    pool: &PgPool,
+    args: &Args,
+    report: &mut String,
+    points: &mut Vec<CommitPoint>,
+) -> anyhow::Result<()> {
     report.push_str("\n## Commit latency\n\nOne task stages a checkpoint's rows (NDJSON), then acks: the ack's answer comes after promotion, so its latency is the time from the last ack to the rows being visible. Baseline: `INSERT INTO sink SELECT … FROM` a plain table holding the same rows. Throughput: rows / (staging + commit).\n\n");
     report.push_str("| rows per checkpoint | runs | commit p50 ms | commit p99 ms | baseline p50 ms | baseline p99 ms | ratio (p50) | staging + commit rows/s |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let tasks = vec!["task-0".to_owned()];
     for &size in &args.commit_sizes {
-        let runs = if size <= 10_000 { 30 } else if size <= 100_000 { 5 } else { 2 };
+        let runs = if size <= 10_000 {
+            30
+        } else if size <= 100_000 {
+            5
+        } else {
+            2
+        };
         let epoch = fresh_job(service, pool, &tasks, false).await?;
         let mut commits = Vec::new();
         let mut staging = Duration::ZERO;
         for run in 0..runs {
             let started = Instant::now();
-            stage_ndjson(service, "task-0", epoch, &format!("b{run}"), run as i64 * size, size).await?;
+            stage_ndjson(
+                service,
+                "task-0",
+                epoch,
+                &format!("b{run}"),
+                run as i64 * size,
+                size,
+            )
+            .await?;
             staging += started.elapsed();
             let checkpoint = service
-                .call(reqwest::Method::POST, "/v1/jobs/bench/checkpoints", Some(json!({"epoch": epoch})))
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/jobs/bench/checkpoints",
+                    Some(json!({"epoch": epoch})),
+                )
                 .await?;
             let id = checkpoint["checkpoint_id"].as_i64().unwrap();
             let started = Instant::now();
@@ -538,10 +613,14 @@ async fn commit_latency(service: &Service, pool: &PgPool, args: &Args, report: &
         for _ in 0..runs {
             reset_sink(pool).await?;
             let started = Instant::now();
-            sqlx::query("INSERT INTO bench_sink SELECT * FROM bench_source").execute(pool).await?;
+            sqlx::query("INSERT INTO bench_sink SELECT * FROM bench_source")
+                .execute(pool)
+                .await?;
             baseline.push(started.elapsed());
         }
-        sqlx::raw_sql("DROP TABLE bench_source").execute(pool).await?;
+        sqlx::raw_sql("DROP TABLE bench_source")
+            .execute(pool)
+            .await?;
         commits.sort();
         baseline.sort();
         let commit_total: Duration = commits.iter().sum();
@@ -552,7 +631,10 @@ async fn commit_latency(service: &Service, pool: &PgPool, args: &Args, report: &
             baseline_p50_ms: percentile(&baseline, 0.5),
             throughput,
         };
-        eprintln!("commit {size} rows: p50 {:.1} ms vs {:.1} ms", point.commit_p50_ms, point.baseline_p50_ms);
+        eprintln!(
+            "commit {size} rows: p50 {:.1} ms vs {:.1} ms",
+            point.commit_p50_ms, point.baseline_p50_ms
+        );
         report.push_str(&format!(
             "| {size} | {runs} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {throughput:.0} |\n",
             point.commit_p50_ms,
@@ -567,7 +649,12 @@ async fn commit_latency(service: &Service, pool: &PgPool, args: &Args, report: &
 }
 
 /// Recovery: `/attempts` latency with a given volume of orphaned staged rows.
-async fn recovery(service: &Service, pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Result<()> {
+async fn recovery(
+    service: &Service,
+    pool: &PgPool,
+    args: &Args,
+    report: &mut String,
+) -> anyhow::Result<()> {
     report.push_str("\n## Recovery\n\n`POST /attempts` (new epoch: abort the old epoch's checkpoints and throw away its staged rows) with that many rows staged and never committed.\n\n| orphaned rows | runs | p50 ms | max ms |\n|---:|---:|---:|---:|\n");
     let tasks = vec!["task-0".to_owned()];
     for &orphans in &args.orphans {
@@ -578,12 +665,21 @@ async fn recovery(service: &Service, pool: &PgPool, args: &Args, report: &mut St
                 stage_ndjson(service, "task-0", epoch, &format!("o{run}"), 0, orphans).await?;
             }
             let started = Instant::now();
-            let attempt = service.call(reqwest::Method::POST, "/v1/jobs/bench/attempts", Some(json!({}))).await?;
+            let attempt = service
+                .call(
+                    reqwest::Method::POST,
+                    "/v1/jobs/bench/attempts",
+                    Some(json!({})),
+                )
+                .await?;
             latencies.push(started.elapsed());
             epoch = attempt["epoch"].as_i64().unwrap();
         }
         latencies.sort();
-        eprintln!("recovery with {orphans} orphans: {:.1} ms", percentile(&latencies, 0.5));
+        eprintln!(
+            "recovery with {orphans} orphans: {:.1} ms",
+            percentile(&latencies, 0.5)
+        );
         report.push_str(&format!(
             "| {orphans} | 3 | {:.1} | {:.1} |\n",
             percentile(&latencies, 0.5),
@@ -612,7 +708,13 @@ async fn memory(pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Resu
         http: reqwest::Client::new(),
     };
     for _ in 0..100 {
-        if service.http.get(format!("{}/readyz", service.base)).send().await.is_ok() {
+        if service
+            .http
+            .get(format!("{}/readyz", service.base))
+            .send()
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -633,7 +735,11 @@ async fn memory(pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Resu
     let response = service
         .http
         .post(format!("{}/v1/jobs/bench/writes", service.base))
-        .query(&[("task_id", "task-0"), ("epoch", &epoch.to_string()), ("batch_id", "big")])
+        .query(&[
+            ("task_id", "task-0"),
+            ("epoch", &epoch.to_string()),
+            ("batch_id", "big"),
+        ])
         .header("content-type", "application/x-ndjson")
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
@@ -644,8 +750,16 @@ async fn memory(pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Resu
     let elapsed = started.elapsed();
     let peak = peak_rss_kib(pid)?;
     let staged_mib = body["staged_bytes"].as_f64().unwrap_or(0.0) / 1048576.0;
-    service.call(reqwest::Method::POST, "/v1/jobs/bench/attempts", Some(json!({}))).await?;
-    let _ = service.call(reqwest::Method::DELETE, "/v1/jobs/bench", None).await;
+    service
+        .call(
+            reqwest::Method::POST,
+            "/v1/jobs/bench/attempts",
+            Some(json!({})),
+        )
+        .await?;
+    let _ = service
+        .call(reqwest::Method::DELETE, "/v1/jobs/bench", None)
+        .await;
     child.kill().await?;
     eprintln!("memory: peak RSS {peak} KiB (idle {idle} KiB) while staging {staged_mib:.0} MiB in {elapsed:?}");
     report.push_str(&format!(
@@ -677,7 +791,10 @@ fn chart(points: &[CommitPoint]) -> String {
     let plot_h = height - 2.0 * margin;
     let log = |v: f64| v.max(1e-3).log10();
     let xs: Vec<f64> = points.iter().map(|p| log(p.rows as f64)).collect();
-    let (x_min, x_max) = (xs.iter().cloned().fold(f64::MAX, f64::min), xs.iter().cloned().fold(f64::MIN, f64::max).max(xs[0] + 1.0));
+    let (x_min, x_max) = (
+        xs.iter().cloned().fold(f64::MAX, f64::min),
+        xs.iter().cloned().fold(f64::MIN, f64::max).max(xs[0] + 1.0),
+    );
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
@@ -688,14 +805,31 @@ fn chart(points: &[CommitPoint]) -> String {
             Some(points.iter().map(|p| p.baseline_p50_ms).collect()),
             true,
         ),
-        ("staging + commit, rows/s", points.iter().map(|p| p.throughput).collect(), None, false),
+        (
+            "staging + commit, rows/s",
+            points.iter().map(|p| p.throughput).collect(),
+            None,
+            false,
+        ),
     ];
     for (panel, (title, ours, baseline, log_y)) in panels.iter().enumerate() {
         let left = margin + panel as f64 * (plot_w + 80.0);
-        let all: Vec<f64> = ours.iter().chain(baseline.iter().flatten()).map(|v| if *log_y { log(*v) } else { *v }).collect();
-        let y_min = if *log_y { all.iter().cloned().fold(f64::MAX, f64::min).floor() } else { 0.0 };
+        let all: Vec<f64> = ours
+            .iter()
+            .chain(baseline.iter().flatten())
+            .map(|v| if *log_y { log(*v) } else { *v })
+            .collect();
+        let y_min = if *log_y {
+            all.iter().cloned().fold(f64::MAX, f64::min).floor()
+        } else {
+            0.0
+        };
         let y_max = all.iter().cloned().fold(f64::MIN, f64::max) * if *log_y { 1.0 } else { 1.1 };
-        let y_max = if *log_y { y_max.ceil().max(y_min + 1.0) } else { y_max };
+        let y_max = if *log_y {
+            y_max.ceil().max(y_min + 1.0)
+        } else {
+            y_max
+        };
         let px = |x: f64| left + (x - x_min) / (x_max - x_min) * plot_w;
         let py = |y: f64| margin + plot_h - (y - y_min) / (y_max - y_min) * plot_h;
         svg.push_str(&format!(
@@ -703,12 +837,25 @@ fn chart(points: &[CommitPoint]) -> String {
             left, margin - 15.0, margin + plot_h, left + plot_w, margin + plot_h, margin + plot_h
         ));
         for (point, x) in points.iter().zip(&xs) {
-            svg.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{} rows</text>\n", px(*x), margin + plot_h + 15.0, point.rows));
+            svg.push_str(&format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{} rows</text>\n",
+                px(*x),
+                margin + plot_h + 15.0,
+                point.rows
+            ));
         }
         for tick in 0..=4 {
             let y = y_min + (y_max - y_min) * tick as f64 / 4.0;
-            let label = if *log_y { format!("{:.3}", 10f64.powf(y)) } else { format!("{y:.0}") };
-            svg.push_str(&format!("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>\n", left - 4.0, py(y) + 4.0));
+            let label = if *log_y {
+                format!("{:.3}", 10f64.powf(y))
+            } else {
+                format!("{y:.0}")
+            };
+            svg.push_str(&format!(
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{label}</text>\n",
+                left - 4.0,
+                py(y) + 4.0
+            ));
         }
         let series: Vec<(&Vec<f64>, &str, &str)> = std::iter::once((ours, "#d62728", "sinkgate"))
             .chain(baseline.as_ref().map(|b| (b, "#1f77b4", "INSERT … SELECT")))
@@ -719,7 +866,10 @@ fn chart(points: &[CommitPoint]) -> String {
                 .zip(values)
                 .map(|(x, v)| format!("{:.1},{:.1}", px(*x), py(if *log_y { log(*v) } else { *v })))
                 .collect();
-            svg.push_str(&format!("<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n", path.join(" ")));
+            svg.push_str(&format!(
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
+                path.join(" ")
+            ));
             svg.push_str(&format!(
                 "<text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>\n",
                 left + 10.0,
@@ -732,26 +882,51 @@ fn chart(points: &[CommitPoint]) -> String {
 }
 
 fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let memory = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|text| text.lines().next().map(|line| line.split_whitespace().nth(1).unwrap_or("0").parse::<u64>().unwrap_or(0)))
+        .and_then(|text| {
+            text.lines().next().map(|line| {
+                line.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|text| text.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
-    format!("{cores} cores ({cpu}), {:.0} GiB RAM", memory as f64 / 1048576.0)
+    format!(
+        "{cores} cores ({cpu}), {:.0} GiB RAM",
+        memory as f64 / 1048576.0
+    )
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let pool = PgPoolOptions::new().max_connections(32).connect(&args.database_url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(32)
+        .connect(&args.database_url)
+        .await?;
     sinkgate::db::migrate(&pool).await?;
     let service = Service::start(pool.clone()).await?;
-    let postgres: String = sqlx::query_scalar("SELECT version()").fetch_one(&pool).await?;
-    let command: Vec<String> = std::env::args().skip(1).filter(|arg| arg != "--bench").collect();
+    let postgres: String = sqlx::query_scalar("SELECT version()")
+        .fetch_one(&pool)
+        .await?;
+    let command: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| arg != "--bench")
+        .collect();
 
     let mut figures = Vec::new();
     let mut sections = String::new();
@@ -766,8 +941,12 @@ async fn main() -> anyhow::Result<()> {
             other => anyhow::bail!("unknown scenario {other}"),
         }
     }
-    let _ = service.call(reqwest::Method::DELETE, "/v1/jobs/bench", None).await;
-    sqlx::raw_sql("DROP TABLE IF EXISTS bench_sink").execute(&pool).await?;
+    let _ = service
+        .call(reqwest::Method::DELETE, "/v1/jobs/bench", None)
+        .await;
+    sqlx::raw_sql("DROP TABLE IF EXISTS bench_sink")
+        .execute(&pool)
+        .await?;
 
     let mut report = format!(
         "# Benchmarks\n\nMachine: {}. {}.\nDate: {} (UTC).\nCommand: `DATABASE_URL=$(scripts/postgres.sh) cargo bench --bench sinkgate -- {}`\n\nThe service runs in the benchmark process (release build) and is driven over HTTP on loopback; client, service and PostgreSQL share the machine. Baselines run in the same run against the same database.\n",
@@ -794,13 +973,18 @@ async fn main() -> anyhow::Result<()> {
     }
     report.push_str(&sections);
     if points.len() >= 2 {
-        report.push_str("\n![commit latency and throughput against checkpoint size](bench/commit.svg)\n");
+        report.push_str(
+            "\n![commit latency and throughput against checkpoint size](bench/commit.svg)\n",
+        );
     }
     println!("{report}");
     if let Some(path) = &args.report {
         std::fs::write(path, &report)?;
         if points.len() >= 2 {
-            let chart_path = path.parent().unwrap_or(std::path::Path::new(".")).join("bench/commit.svg");
+            let chart_path = path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join("bench/commit.svg");
             std::fs::create_dir_all(chart_path.parent().unwrap())?;
             std::fs::write(chart_path, chart(&points))?;
         }

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATABASE_URL=$(scripts/postgres.sh)
 export DATABASE_URL
-cargo test --all-targets "$@"
+# Benchmarks are not tests: run them with `cargo bench --bench sinkgate`.
+cargo test --lib --bins --tests "$@"

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use sqlx::types::Json;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use super::checkpoints::{abort_timed_out, get};
 use super::commit::{commit_decided, CommitOutcome};
@@ -58,30 +58,63 @@ struct StoredAck {
 struct CheckpointState {
     status: String,
     failure_reason: Option<String>,
-    acked_count: i32,
     task_count: i32,
+    /// Pending but past its timeout (the scheduler has not marked it yet).
+    expired: bool,
 }
 
-/// `POST /checkpoints/{id}/acks`. The ack that completes the set decides the
-/// checkpoint and commits it, in this transaction.
-pub async fn ack(
+/// What recording an ack found.
+#[derive(Debug, Clone)]
+pub struct RecordedAck {
+    /// The checkpoint as this ack saw it.
+    pub result: AckResult,
+    /// Every task has acked (as far as this transaction sees) and the
+    /// checkpoint is still pending: run [`decide_if_complete`] after
+    /// committing this transaction. Concurrent acks may each see the set
+    /// incomplete, so the caller also counts again after its commit.
+    pub complete: bool,
+}
+
+/// `POST /checkpoints/{id}/acks`, first transaction: records the ack.
+///
+/// Acks of different tasks do not wait for each other: the job row is only
+/// share-locked (against `/attempts`), the checkpoint row share-locked
+/// (against an abort or decision changing its status), and the partition
+/// claims are a unique key. Whoever commits the last ack sees the full set
+/// afterwards and decides in a second, short transaction
+/// ([`decide_if_complete`]); if the service dies in between, the scheduler
+/// (or a retried ack) decides it.
+pub async fn record_ack(
     conn: &mut PgConnection,
     job_id: &str,
     checkpoint_id: i64,
     request: &AckRequest,
     limits: &Limits,
-) -> Result<AckResult> {
+) -> Result<RecordedAck> {
     validate_ack(request, limits)?;
-    let mut job = load_job(&mut *conn, job_id, JobLock::NoKeyUpdate).await?;
+    let job = load_job(&mut *conn, job_id, JobLock::KeyShare).await?;
     job.check_epoch(request.epoch)?;
-    abort_timed_out(&mut *conn, &job).await?;
     let last_acked = lock_task(&mut *conn, job_id, &request.task_id, true).await?;
-    let checkpoint = lock_checkpoint(&mut *conn, job_id, checkpoint_id).await?;
+    let checkpoint: CheckpointState = sqlx::query_as(
+        "SELECT c.status, c.failure_reason, c.task_count,
+                c.status = 'pending' AND c.triggered_at + make_interval(secs => j.timeout_ms::double precision / 1000) < now() AS expired
+         FROM checkpoints c JOIN jobs j USING (job_id)
+         WHERE c.job_id = $1 AND c.checkpoint_id = $2 FOR SHARE OF c",
+    )
+    .bind(job_id)
+    .bind(checkpoint_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::not_found(format!("checkpoint {checkpoint_id} of job {job_id:?} does not exist")))?;
 
-    if checkpoint.status == "aborted" {
+    if checkpoint.status == "aborted" || checkpoint.expired {
         return Err(Error::CheckpointAborted {
             checkpoint_id,
-            reason: checkpoint.failure_reason.unwrap_or_default(),
+            reason: if checkpoint.expired {
+                "timeout".into()
+            } else {
+                checkpoint.failure_reason.unwrap_or_default()
+            },
         });
     }
     let previous: Option<StoredAck> = sqlx::query_as(
@@ -102,16 +135,26 @@ pub async fn ack(
                 request.task_id
             )));
         }
-        return Ok(ack_result(checkpoint_id, &checkpoint));
+        // A retry: answer as now; if the first attempt's decision was lost
+        // (a crash between the two transactions), this one makes it.
+        let acked = count_acks(&mut *conn, job_id, checkpoint_id).await?;
+        return Ok(RecordedAck {
+            complete: checkpoint.status == "pending" && acked >= checkpoint.task_count,
+            result: AckResult {
+                checkpoint_id,
+                status: CheckpointStatus::parse(&checkpoint.status)
+                    .unwrap_or(CheckpointStatus::Aborted),
+                acked_tasks: acked,
+                total_tasks: checkpoint.task_count,
+            },
+        });
     }
 
-    match checkpoint.status.as_str() {
-        "pending" => {}
-        status => {
-            return Err(Error::conflict(format!(
-                "checkpoint {checkpoint_id} is already {status}"
-            )))
-        }
+    if checkpoint.status != "pending" {
+        return Err(Error::conflict(format!(
+            "checkpoint {checkpoint_id} is already {}",
+            checkpoint.status
+        )));
     }
     if let Some(last) = last_acked.filter(|last| *last >= checkpoint_id) {
         return Err(Error::conflict(format!(
@@ -138,17 +181,79 @@ pub async fn ack(
         .bind(checkpoint_id)
         .execute(&mut *conn)
         .await?;
-    let (acked_count, task_count): (i32, i32) = sqlx::query_as(
-        "UPDATE checkpoints SET acked_count = acked_count + 1 WHERE job_id = $1 AND checkpoint_id = $2
-         RETURNING acked_count, task_count",
+    let acked = count_acks(&mut *conn, job_id, checkpoint_id).await?;
+    Ok(RecordedAck {
+        complete: acked >= checkpoint.task_count,
+        result: AckResult {
+            checkpoint_id,
+            status: CheckpointStatus::Pending,
+            acked_tasks: acked,
+            total_tasks: checkpoint.task_count,
+        },
+    })
+}
+
+async fn count_acks(conn: &mut PgConnection, job_id: &str, checkpoint_id: i64) -> Result<i32> {
+    let count: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM acks WHERE job_id = $1 AND checkpoint_id = $2")
+            .bind(job_id)
+            .bind(checkpoint_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(count as i32)
+}
+
+/// `POST /checkpoints/{id}/acks`: records the ack and, when it was the last
+/// one, decides and commits the checkpoint, in two transactions (see
+/// [`record_ack`]). Answers with the checkpoint's status after this ack.
+pub async fn ack(
+    pool: &PgPool,
+    job_id: &str,
+    checkpoint_id: i64,
+    request: &AckRequest,
+    limits: &Limits,
+) -> Result<AckResult> {
+    let mut tx = pool.begin().await?;
+    let recorded = record_ack(&mut tx, job_id, checkpoint_id, request, limits).await?;
+    tx.commit().await?;
+    // Counted after the commit: of acks committing at the same time, the
+    // last one to commit sees them all.
+    let complete = recorded.complete || {
+        let mut conn = pool.acquire().await?;
+        count_acks(&mut conn, job_id, checkpoint_id).await? >= recorded.result.total_tasks
+    };
+    if !complete || recorded.result.status != CheckpointStatus::Pending {
+        return Ok(recorded.result);
+    }
+    let mut tx = pool.begin().await?;
+    let decided = decide_if_complete(&mut tx, job_id, checkpoint_id).await?;
+    tx.commit().await?;
+    Ok(decided)
+}
+
+/// Second transaction of the ack that completed the set (and the
+/// scheduler's sweep): under the job row lock, decides the checkpoint if
+/// every task has acked and it is still pending, and commits it. Idempotent:
+/// a checkpoint already decided or aborted is reported as it is.
+pub async fn decide_if_complete(
+    conn: &mut PgConnection,
+    job_id: &str,
+    checkpoint_id: i64,
+) -> Result<AckResult> {
+    // No timeout sweep here: every ack was accepted before the deadline, so
+    // a complete checkpoint is decided even if its decision comes late.
+    let mut job = load_job(&mut *conn, job_id, JobLock::NoKeyUpdate).await?;
+    let (status, task_count): (String, i32) = sqlx::query_as(
+        "SELECT status, task_count FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
     )
     .bind(job_id)
     .bind(checkpoint_id)
-    .fetch_one(&mut *conn)
-    .await?;
-
-    let mut status = CheckpointStatus::Pending;
-    if acked_count >= task_count {
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::not_found(format!("checkpoint {checkpoint_id} of job {job_id:?} does not exist")))?;
+    let acked = count_acks(&mut *conn, job_id, checkpoint_id).await?;
+    let mut status = CheckpointStatus::parse(&status).unwrap_or(CheckpointStatus::Aborted);
+    if status == CheckpointStatus::Pending && acked >= task_count {
         decide(&mut *conn, &mut job, checkpoint_id).await?;
         status = match commit_decided(&mut *conn, &mut job).await? {
             CommitOutcome::Committed { .. } => CheckpointStatus::Committed,
@@ -158,18 +263,27 @@ pub async fn ack(
     Ok(AckResult {
         checkpoint_id,
         status,
-        acked_tasks: acked_count,
+        acked_tasks: acked,
         total_tasks: task_count,
     })
 }
 
-fn ack_result(checkpoint_id: i64, checkpoint: &CheckpointState) -> AckResult {
-    AckResult {
-        checkpoint_id,
-        status: CheckpointStatus::parse(&checkpoint.status).unwrap_or(CheckpointStatus::Aborted),
-        acked_tasks: checkpoint.acked_count,
-        total_tasks: checkpoint.task_count,
+/// Decides every pending checkpoint of the job whose acks are all in (a
+/// decision lost to a crash between an ack's two transactions).
+pub async fn decide_complete_pending(conn: &mut PgConnection, job_id: &str) -> Result<()> {
+    let complete: Vec<i64> = sqlx::query_scalar(
+        "SELECT c.checkpoint_id FROM checkpoints c
+         WHERE c.job_id = $1 AND c.status = 'pending'
+           AND (SELECT count(*) FROM acks a WHERE a.job_id = c.job_id AND a.checkpoint_id = c.checkpoint_id) >= c.task_count
+         ORDER BY c.checkpoint_id DESC LIMIT 1",
+    )
+    .bind(job_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    for checkpoint_id in complete {
+        decide_if_complete(&mut *conn, job_id, checkpoint_id).await?;
     }
+    Ok(())
 }
 
 async fn lock_checkpoint(
@@ -178,7 +292,7 @@ async fn lock_checkpoint(
     checkpoint_id: i64,
 ) -> Result<CheckpointState> {
     sqlx::query_as(
-        "SELECT status, failure_reason, acked_count, task_count FROM checkpoints
+        "SELECT status, failure_reason, task_count, false AS expired FROM checkpoints
          WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
     )
     .bind(job_id)
@@ -192,8 +306,9 @@ async fn lock_checkpoint(
     })
 }
 
-/// A partition may be claimed by one task per checkpoint, and its offset may
-/// not go below the committed one.
+/// A partition may be claimed by one task per checkpoint (a unique key, so
+/// that concurrent acks cannot both claim it), and its offset may not go
+/// below the committed one.
 async fn check_offsets(
     conn: &mut PgConnection,
     job_id: &str,
@@ -204,21 +319,6 @@ async fn check_offsets(
         return Ok(());
     }
     let partitions: Vec<&String> = request.offsets.keys().collect();
-    let claimed: Option<(String, String)> = sqlx::query_as(
-        "SELECT a.task_id, p FROM acks a, jsonb_object_keys(a.offsets) AS p
-         WHERE a.job_id = $1 AND a.checkpoint_id = $2 AND p = ANY ($3) LIMIT 1",
-    )
-    .bind(job_id)
-    .bind(checkpoint_id)
-    .bind(&partitions)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some((task, partition)) = claimed {
-        return Err(Error::validation(
-            format!("offsets.{partition}"),
-            format!("partition {partition:?} is already claimed by task {task:?} in checkpoint {checkpoint_id}"),
-        ));
-    }
     let committed: Vec<(String, i64)> = sqlx::query_as(
         "SELECT source_partition, next_offset FROM committed_offsets WHERE job_id = $1 AND source_partition = ANY ($2)",
     )
@@ -236,6 +336,36 @@ async fn check_offsets(
             });
         }
     }
+    let claimed: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO ack_partitions (job_id, checkpoint_id, source_partition, task_id)
+         SELECT $1, $2, p, $3 FROM unnest($4::text[]) AS p
+         ON CONFLICT DO NOTHING RETURNING source_partition",
+    )
+    .bind(job_id)
+    .bind(checkpoint_id)
+    .bind(&request.task_id)
+    .bind(&partitions)
+    .fetch_all(&mut *conn)
+    .await?;
+    if claimed.len() < partitions.len() {
+        let partition = partitions
+            .iter()
+            .find(|partition| !claimed.contains(partition))
+            .map(|partition| partition.to_string())
+            .unwrap_or_default();
+        let (task,): (String,) = sqlx::query_as(
+            "SELECT task_id FROM ack_partitions WHERE job_id = $1 AND checkpoint_id = $2 AND source_partition = $3",
+        )
+        .bind(job_id)
+        .bind(checkpoint_id)
+        .bind(&partition)
+        .fetch_one(&mut *conn)
+        .await?;
+        return Err(Error::validation(
+            format!("offsets.{partition}"),
+            format!("partition {partition:?} is already claimed by task {task:?} in checkpoint {checkpoint_id}"),
+        ));
+    }
     Ok(())
 }
 
@@ -243,7 +373,7 @@ async fn check_offsets(
 /// pending checkpoints are subsumed; its offsets become the recovery point.
 async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -> Result<()> {
     sqlx::query(
-        "UPDATE checkpoints c SET status = 'completed', decided_at = clock_timestamp(),
+        "UPDATE checkpoints c SET status = 'completed', decided_at = clock_timestamp(), acked_count = c.task_count,
                 staged_rows = COALESCE(b.rows, 0), staged_bytes = COALESCE(b.bytes, 0)
          FROM (SELECT sum(staged_rows) AS rows, sum(staged_bytes) AS bytes FROM batches
                WHERE job_id = $1 AND epoch = $3 AND checkpoint_tag = $2) b

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use sqlx::types::Json;
 use sqlx::PgConnection;
 
+use super::acks::decide_complete_pending;
 use super::commit::{commit_decided, staged_tags, CommitOutcome};
 use super::{load_job, JobLock};
 use crate::error::Result;
@@ -21,7 +22,10 @@ use crate::sink::promote::abort_orphans;
 /// decided checkpoint, forget the old epoch's batches and acks-in-progress,
 /// and bump the epoch.
 pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
-    let mut job = load_job(&mut *conn, job_id, JobLock::Update).await?;
+    load_job(&mut *conn, job_id, JobLock::Update).await?;
+    // Every task acked it: the decision only had not been written yet.
+    decide_complete_pending(&mut *conn, job_id).await?;
+    let mut job = load_job(&mut *conn, job_id, JobLock::None).await?;
     let new_epoch = job.epoch + 1;
 
     let decided_unpromoted: Vec<i64> = sqlx::query_scalar(

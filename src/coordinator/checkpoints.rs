@@ -47,7 +47,10 @@ struct CheckpointRow {
 /// Checkpoint columns plus staged volume: recorded at decision, summed from
 /// the batch records while pending.
 const SELECT_CHECKPOINT: &str = "
-    SELECT c.checkpoint_id, c.epoch, c.status, c.trigger_kind, c.task_count, c.acked_count,
+    SELECT c.checkpoint_id, c.epoch, c.status, c.trigger_kind, c.task_count,
+           CASE WHEN c.status IN ('completed', 'committed') THEN c.task_count
+                ELSE (SELECT count(*) FROM acks a WHERE a.job_id = c.job_id AND a.checkpoint_id = c.checkpoint_id)::int
+           END AS acked_count,
            c.triggered_at, c.decided_at, c.committed_at, c.aborted_at, c.failure_reason,
            c.promoted_rows, c.promotion_ms, c.promotion_error,
            COALESCE(c.staged_rows, b.rows, 0)::bigint AS staged_rows,

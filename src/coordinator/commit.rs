@@ -41,7 +41,17 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
     // nothing costs no promotion statement and no TRUNCATE.
     let tags = staged_tags(&mut *conn, &job.job_id, committed, Some(decided)).await?;
     if tags.is_empty() {
-        mark_committed(&mut *conn, job, committed, decided, Promoted { rows: 0, millis: 0.0 }).await?;
+        mark_committed(
+            &mut *conn,
+            job,
+            committed,
+            decided,
+            Promoted {
+                rows: 0,
+                millis: 0.0,
+            },
+        )
+        .await?;
         return Ok(CommitOutcome::Committed {
             checkpoint_id: decided,
             rows: 0,
@@ -96,7 +106,12 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
 }
 
 /// Tags that have staged rows in (after, upto], from the batch records.
-pub async fn staged_tags(conn: &mut PgConnection, job_id: &str, after: i64, upto: Option<i64>) -> Result<Vec<i64>> {
+pub async fn staged_tags(
+    conn: &mut PgConnection,
+    job_id: &str,
+    after: i64,
+    upto: Option<i64>,
+) -> Result<Vec<i64>> {
     let tags = sqlx::query_scalar(
         "SELECT DISTINCT checkpoint_tag FROM batches
          WHERE job_id = $1 AND checkpoint_tag > $2 AND ($3::bigint IS NULL OR checkpoint_tag <= $3)
@@ -111,7 +126,13 @@ pub async fn staged_tags(conn: &mut PgConnection, job_id: &str, after: i64, upto
 }
 
 /// Marks the decided checkpoints in (committed, decided] committed.
-async fn mark_committed(conn: &mut PgConnection, job: &mut JobRow, committed: i64, decided: i64, promoted: Promoted) -> Result<()> {
+async fn mark_committed(
+    conn: &mut PgConnection,
+    job: &mut JobRow,
+    committed: i64,
+    decided: i64,
+    promoted: Promoted,
+) -> Result<()> {
     sqlx::query(
         "UPDATE checkpoints SET status = 'committed', committed_at = clock_timestamp(), promotion_error = NULL,
                 promoted_rows = CASE WHEN checkpoint_id = $3 THEN $4 ELSE 0 END,
@@ -149,6 +170,11 @@ async fn prune_history(conn: &mut PgConnection, job: &JobRow) -> Result<()> {
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(horizon) = horizon {
+        sqlx::query("DELETE FROM ack_partitions WHERE job_id = $1 AND checkpoint_id < $2")
+            .bind(&job.job_id)
+            .bind(horizon)
+            .execute(&mut *conn)
+            .await?;
         sqlx::query("DELETE FROM acks WHERE job_id = $1 AND checkpoint_id < $2")
             .bind(&job.job_id)
             .bind(horizon)

@@ -14,6 +14,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::acks::decide_complete_pending;
 use super::checkpoints::{abort_timed_out, trigger, TriggerKind};
 use super::commit::commit_decided;
 use super::{load_job, JobLock};
@@ -92,11 +93,14 @@ pub async fn tick_once(pool: &PgPool, last_retry: &mut HashMap<String, Instant>)
     .await?;
     for job_id in jobs {
         let mut tx = pool.begin().await?;
-        let mut job = match load_job(&mut tx, &job_id, JobLock::NoKeyUpdate).await {
-            Ok(job) => job,
+        match load_job(&mut tx, &job_id, JobLock::NoKeyUpdate).await {
+            Ok(_) => {}
             Err(Error::NotFound(_)) => continue,
             Err(error) => return Err(error),
         };
+        // An ack whose decision was lost to a crash: decide it before any timeout.
+        decide_complete_pending(&mut tx, &job_id).await?;
+        let mut job = load_job(&mut tx, &job_id, JobLock::NoKeyUpdate).await?;
         let aborted = abort_timed_out(&mut tx, &job).await?;
         if !aborted.is_empty() {
             tracing::info!(job = %job_id, ?aborted, "checkpoints timed out");

@@ -179,10 +179,9 @@ async fn ack_checkpoint(
     ApiPath((job_id, checkpoint_id)): ApiPath<(String, i64)>,
     ApiJson(request): ApiJson<AckRequest>,
 ) -> Result<Json<AckResult>> {
-    let mut tx = state.db.begin().await?;
-    let result = acks::ack(&mut tx, &job_id, checkpoint_id, &request, &state.limits).await?;
-    tx.commit().await?;
-    Ok(Json(result))
+    Ok(Json(
+        acks::ack(&state.db, &job_id, checkpoint_id, &request, &state.limits).await?,
+    ))
 }
 
 /// Decline a checkpoint: this task cannot take it, so it is aborted.

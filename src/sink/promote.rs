@@ -153,7 +153,11 @@ pub async fn clear_promoted(
 }
 
 /// `TRUNCATE` of the ring partitions that hold `tags`.
-async fn truncate_slots(conn: &mut PgConnection, job_id: &str, tags: &[i64]) -> Result<(), sqlx::Error> {
+async fn truncate_slots(
+    conn: &mut PgConnection,
+    job_id: &str,
+    tags: &[i64],
+) -> Result<(), sqlx::Error> {
     let mut slots: Vec<i64> = tags.iter().map(|tag| tag.rem_euclid(SLOTS)).collect();
     slots.sort_unstable();
     slots.dedup();
