@@ -71,7 +71,6 @@ struct Args {
 
 /// One measured line of the report.
 struct Figure {
-    scenario: String,
     variant: String,
     baseline: String,
     sinkgate_rows_per_s: f64,
@@ -354,7 +353,6 @@ async fn ingest(
             );
             eprintln!("ingest {variant}: sinkgate {ours:?}, baseline {baseline:?}");
             figures.push(Figure {
-                scenario: "ingest".into(),
                 variant,
                 baseline: if upsert {
                     "COPY + INSERT … ON CONFLICT"
@@ -783,6 +781,10 @@ fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
     Ok(line.split_whitespace().nth(1).unwrap_or("0").parse()?)
 }
 
+/// One panel of the chart: title, sinkgate's series, the baseline's, and
+/// whether the y axis is logarithmic.
+type Panel<'a> = (&'a str, Vec<f64>, Option<Vec<f64>>, bool);
+
 /// An SVG chart: commit latency (ms, log scale) and staging + commit
 /// throughput against checkpoint size (log scale), sinkgate vs baseline.
 fn chart(points: &[CommitPoint]) -> String {
@@ -798,7 +800,7 @@ fn chart(points: &[CommitPoint]) -> String {
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    let panels: [(&str, Vec<f64>, Option<Vec<f64>>, bool); 2] = [
+    let panels: [Panel; 2] = [
         (
             "commit latency, ms (log)",
             points.iter().map(|p| p.commit_p50_ms).collect(),
@@ -989,6 +991,5 @@ async fn main() -> anyhow::Result<()> {
             std::fs::write(chart_path, chart(&points))?;
         }
     }
-    let _ = figures.iter().map(|f| &f.scenario).count();
     Ok(())
 }

@@ -55,7 +55,9 @@ struct StoredAck {
 }
 
 #[derive(sqlx::FromRow)]
-struct CheckpointState {
+struct AckContext {
+    epoch: i64,
+    last_acked_id: Option<i64>,
     status: String,
     failure_reason: Option<String>,
     task_count: i32,
@@ -63,100 +65,111 @@ struct CheckpointState {
     expired: bool,
 }
 
-/// What recording an ack found.
-#[derive(Debug, Clone)]
-pub struct RecordedAck {
-    /// The checkpoint as this ack saw it.
-    pub result: AckResult,
-    /// Every task has acked (as far as this transaction sees) and the
-    /// checkpoint is still pending: run [`decide_if_complete`] after
-    /// committing this transaction. Concurrent acks may each see the set
-    /// incomplete, so the caller also counts again after its commit.
-    pub complete: bool,
-}
-
-/// `POST /checkpoints/{id}/acks`, first transaction: records the ack.
+/// `POST /checkpoints/{id}/acks`, first transaction: records the ack and
+/// answers with the checkpoint as this transaction sees it.
 ///
 /// Acks of different tasks do not wait for each other: the job row is only
-/// share-locked (against `/attempts`), the checkpoint row share-locked
-/// (against an abort or decision changing its status), and the partition
-/// claims are a unique key. Whoever commits the last ack sees the full set
-/// afterwards and decides in a second, short transaction
-/// ([`decide_if_complete`]); if the service dies in between, the scheduler
-/// (or a retried ack) decides it.
+/// key-share-locked (against `/attempts`), the task row locked (against the
+/// task's own writes), the checkpoint row share-locked (against an abort or
+/// decision changing its status), and partition claims are a unique key.
+/// Whoever commits the last ack sees the full set afterwards and decides in
+/// a second, short transaction ([`decide_if_complete`]); if the service dies
+/// in between, the scheduler, a retried ack, or the next `/attempts` decides.
 pub async fn record_ack(
     conn: &mut PgConnection,
     job_id: &str,
     checkpoint_id: i64,
     request: &AckRequest,
     limits: &Limits,
-) -> Result<RecordedAck> {
+) -> Result<AckResult> {
     validate_ack(request, limits)?;
-    let job = load_job(&mut *conn, job_id, JobLock::KeyShare).await?;
-    job.check_epoch(request.epoch)?;
-    let last_acked = lock_task(&mut *conn, job_id, &request.task_id, true).await?;
-    let checkpoint: CheckpointState = sqlx::query_as(
-        "SELECT c.status, c.failure_reason, c.task_count,
-                c.status = 'pending' AND c.triggered_at + make_interval(secs => j.timeout_ms::double precision / 1000) < now() AS expired
-         FROM checkpoints c JOIN jobs j USING (job_id)
-         WHERE c.job_id = $1 AND c.checkpoint_id = $2 FOR SHARE OF c",
-    )
-    .bind(job_id)
-    .bind(checkpoint_id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| Error::not_found(format!("checkpoint {checkpoint_id} of job {job_id:?} does not exist")))?;
-
-    if checkpoint.status == "aborted" || checkpoint.expired {
-        return Err(Error::CheckpointAborted {
-            checkpoint_id,
-            reason: if checkpoint.expired {
-                "timeout".into()
-            } else {
-                checkpoint.failure_reason.unwrap_or_default()
-            },
-        });
-    }
-    let previous: Option<StoredAck> = sqlx::query_as(
-        "SELECT epoch, offsets, state FROM acks WHERE job_id = $1 AND checkpoint_id = $2 AND task_id = $3",
+    // Job, task and checkpoint, locked in that order, in one round trip.
+    let context: Option<AckContext> = sqlx::query_as(
+        "SELECT j.epoch, t.last_acked_id, c.status, c.failure_reason, c.task_count,
+                c.status = 'pending'
+                  AND c.triggered_at + make_interval(secs => j.timeout_ms::double precision / 1000) < now() AS expired
+         FROM jobs j
+         JOIN tasks t ON t.job_id = j.job_id AND t.task_id = $3
+         JOIN checkpoints c ON c.job_id = j.job_id AND c.checkpoint_id = $2
+         WHERE j.job_id = $1
+         FOR KEY SHARE OF j FOR UPDATE OF t FOR SHARE OF c",
     )
     .bind(job_id)
     .bind(checkpoint_id)
     .bind(&request.task_id)
     .fetch_optional(&mut *conn)
     .await?;
-    if let Some(previous) = previous {
-        let identical = previous.epoch == request.epoch
-            && previous.offsets.0 == request.offsets
-            && previous.state.map(|state| state.0) == request.state;
-        if !identical {
-            return Err(Error::conflict(format!(
-                "task {:?} already acked checkpoint {checkpoint_id} with different offsets or state",
-                request.task_id
-            )));
-        }
-        // A retry: answer as now; if the first attempt's decision was lost
-        // (a crash between the two transactions), this one makes it.
-        let acked = count_acks(&mut *conn, job_id, checkpoint_id).await?;
-        return Ok(RecordedAck {
-            complete: checkpoint.status == "pending" && acked >= checkpoint.task_count,
-            result: AckResult {
-                checkpoint_id,
-                status: CheckpointStatus::parse(&checkpoint.status)
-                    .unwrap_or(CheckpointStatus::Aborted),
-                acked_tasks: acked,
-                total_tasks: checkpoint.task_count,
+    let Some(context) = context else {
+        // Say precisely what is missing (and fence a zombie first).
+        let job = load_job(&mut *conn, job_id, JobLock::None).await?;
+        job.check_epoch(request.epoch)?;
+        lock_task(&mut *conn, job_id, &request.task_id, false).await?;
+        return Err(Error::not_found(format!(
+            "checkpoint {checkpoint_id} of job {job_id:?} does not exist"
+        )));
+    };
+    if request.epoch < context.epoch {
+        return Err(Error::Fenced {
+            sent: request.epoch,
+            current: context.epoch,
+        });
+    }
+    if request.epoch > context.epoch {
+        return Err(Error::validation(
+            "epoch",
+            format!(
+                "epoch {} was never issued; the current epoch is {}",
+                request.epoch, context.epoch
+            ),
+        ));
+    }
+    if context.status == "aborted" || context.expired {
+        return Err(Error::CheckpointAborted {
+            checkpoint_id,
+            reason: if context.expired {
+                "timeout".into()
+            } else {
+                context.failure_reason.unwrap_or_default()
             },
         });
     }
+    let status = CheckpointStatus::parse(&context.status).unwrap_or(CheckpointStatus::Aborted);
+    let answer = |acked_tasks| AckResult {
+        checkpoint_id,
+        status,
+        acked_tasks,
+        total_tasks: context.task_count,
+    };
 
-    if checkpoint.status != "pending" {
-        return Err(Error::conflict(format!(
-            "checkpoint {checkpoint_id} is already {}",
-            checkpoint.status
-        )));
+    if context.last_acked_id == Some(checkpoint_id) || status != CheckpointStatus::Pending {
+        // A retry of an ack whose answer was lost, or a late ack.
+        let previous: Option<StoredAck> = sqlx::query_as(
+            "SELECT epoch, offsets, state FROM acks WHERE job_id = $1 AND checkpoint_id = $2 AND task_id = $3",
+        )
+        .bind(job_id)
+        .bind(checkpoint_id)
+        .bind(&request.task_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        return match previous {
+            Some(previous)
+                if previous.epoch == request.epoch
+                    && previous.offsets.0 == request.offsets
+                    && previous.state.as_ref().map(|state| &state.0) == request.state.as_ref() =>
+            {
+                Ok(answer(count_acks(&mut *conn, job_id, checkpoint_id).await?))
+            }
+            Some(_) => Err(Error::conflict(format!(
+                "task {:?} already acked checkpoint {checkpoint_id} with different offsets or state",
+                request.task_id
+            ))),
+            None => Err(Error::conflict(format!(
+                "checkpoint {checkpoint_id} is already {}",
+                context.status
+            ))),
+        };
     }
-    if let Some(last) = last_acked.filter(|last| *last >= checkpoint_id) {
+    if let Some(last) = context.last_acked_id.filter(|last| *last > checkpoint_id) {
         return Err(Error::conflict(format!(
             "task {:?} already acked checkpoint {last}; acks must go to increasing checkpoints",
             request.task_id
@@ -165,7 +178,10 @@ pub async fn record_ack(
     check_offsets(&mut *conn, job_id, checkpoint_id, request).await?;
 
     sqlx::query(
-        "INSERT INTO acks (job_id, checkpoint_id, task_id, epoch, offsets, state) VALUES ($1, $2, $3, $4, $5, $6)",
+        "WITH recorded AS (
+             INSERT INTO acks (job_id, checkpoint_id, task_id, epoch, offsets, state) VALUES ($1, $2, $3, $4, $5, $6)
+         )
+         UPDATE tasks SET last_acked_id = $2 WHERE job_id = $1 AND task_id = $3",
     )
     .bind(job_id)
     .bind(checkpoint_id)
@@ -175,22 +191,9 @@ pub async fn record_ack(
     .bind(request.state.as_ref().map(Json))
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE tasks SET last_acked_id = $3 WHERE job_id = $1 AND task_id = $2")
-        .bind(job_id)
-        .bind(&request.task_id)
-        .bind(checkpoint_id)
-        .execute(&mut *conn)
-        .await?;
-    let acked = count_acks(&mut *conn, job_id, checkpoint_id).await?;
-    Ok(RecordedAck {
-        complete: acked >= checkpoint.task_count,
-        result: AckResult {
-            checkpoint_id,
-            status: CheckpointStatus::Pending,
-            acked_tasks: acked,
-            total_tasks: checkpoint.task_count,
-        },
-    })
+    // Acked tasks as far as this transaction sees; the caller counts again
+    // after its commit.
+    Ok(answer(0))
 }
 
 async fn count_acks(conn: &mut PgConnection, job_id: &str, checkpoint_id: i64) -> Result<i32> {
@@ -214,16 +217,19 @@ pub async fn ack(
     limits: &Limits,
 ) -> Result<AckResult> {
     let mut tx = pool.begin().await?;
-    let recorded = record_ack(&mut tx, job_id, checkpoint_id, request, limits).await?;
+    let mut recorded = record_ack(&mut tx, job_id, checkpoint_id, request, limits).await?;
     tx.commit().await?;
+    if recorded.status != CheckpointStatus::Pending {
+        return Ok(recorded);
+    }
     // Counted after the commit: of acks committing at the same time, the
     // last one to commit sees them all.
-    let complete = recorded.complete || {
+    recorded.acked_tasks = {
         let mut conn = pool.acquire().await?;
-        count_acks(&mut conn, job_id, checkpoint_id).await? >= recorded.result.total_tasks
+        count_acks(&mut conn, job_id, checkpoint_id).await?
     };
-    if !complete || recorded.result.status != CheckpointStatus::Pending {
-        return Ok(recorded.result);
+    if recorded.acked_tasks < recorded.total_tasks {
+        return Ok(recorded);
     }
     let mut tx = pool.begin().await?;
     let decided = decide_if_complete(&mut tx, job_id, checkpoint_id).await?;
@@ -286,14 +292,14 @@ pub async fn decide_complete_pending(conn: &mut PgConnection, job_id: &str) -> R
     Ok(())
 }
 
+/// The checkpoint's status, with its row locked for an update.
 async fn lock_checkpoint(
     conn: &mut PgConnection,
     job_id: &str,
     checkpoint_id: i64,
-) -> Result<CheckpointState> {
-    sqlx::query_as(
-        "SELECT status, failure_reason, task_count, false AS expired FROM checkpoints
-         WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
+) -> Result<String> {
+    sqlx::query_scalar(
+        "SELECT status FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
     )
     .bind(job_id)
     .bind(checkpoint_id)
@@ -433,8 +439,8 @@ pub async fn decline(
     job.check_epoch(request.epoch)?;
     abort_timed_out(&mut *conn, &job).await?;
     lock_task(&mut *conn, job_id, &request.task_id, false).await?;
-    let checkpoint = lock_checkpoint(&mut *conn, job_id, checkpoint_id).await?;
-    match checkpoint.status.as_str() {
+    let status = lock_checkpoint(&mut *conn, job_id, checkpoint_id).await?;
+    match status.as_str() {
         "pending" => {
             let reason = if request.reason.is_empty() {
                 format!("declined by {}", request.task_id)
