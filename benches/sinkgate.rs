@@ -951,7 +951,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
 
     let mut report = format!(
-        "# Benchmarks\n\nMachine: {}. {}.\nDate: {} (UTC).\nCommand: `DATABASE_URL=$(scripts/postgres.sh) cargo bench --bench sinkgate -- {}`\n\nThe service runs in the benchmark process (release build) and is driven over HTTP on loopback; client, service and PostgreSQL share the machine. Baselines run in the same run against the same database.\n",
+        "# Benchmarks\n\nMachine: {}. {}.\nDate: {} (UTC).\nCommand: `DATABASE_URL=$(scripts/postgres.sh) cargo bench --bench sinkgate -- {}`\n\nThe service runs in the benchmark process (release build) and is driven over HTTP on loopback; client, service and PostgreSQL share the machine. Baselines run in the same run against the same database. What these figures say against the targets, and where the time goes: [bench/README.md](bench/README.md).\n",
         machine(),
         postgres.split(" on ").next().unwrap_or(&postgres),
         chrono::Utc::now().format("%Y-%m-%d %H:%M"),
