@@ -1,0 +1,395 @@
+//! Chaos tests: the real `sinkgate` binary and real processor processes (the
+//! Python example, `examples/python/event_copy.py`) against one database,
+//! with SIGKILLs at random points. After each scenario the sink must hold
+//! every source event exactly once, and the committed offsets must be the
+//! ends of the log.
+//!
+//! Bounded by default (a few kills per scenario, seeded). A soak is one
+//! variable away: `CHAOS_ITERATIONS=200 CHAOS_SEED=7 scripts/test.sh --test chaos`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+
+const PARTITIONS: i64 = 4;
+const EVENTS_PER_PARTITION: i64 = 600;
+const JOB: &str = "chaos";
+
+/// A small seeded generator (xorshift), so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn from_env(salt: u64) -> Rng {
+        let seed: u64 = std::env::var("CHAOS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(42);
+        Rng((seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15)) | 1)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    fn millis(&mut self, from: u64, to: u64) -> Duration {
+        Duration::from_millis(from + self.below(to - from))
+    }
+}
+
+fn iterations() -> usize {
+    std::env::var("CHAOS_ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4)
+}
+
+/// `DATABASE_URL` pointed at the test's own database.
+fn database_url(connect: &PgConnectOptions) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let (server, _) = base.rsplit_once('/').expect("DATABASE_URL has a database");
+    format!(
+        "{server}/{}",
+        connect.get_database().expect("test database")
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `sinkgate serve` process.
+struct Service {
+    child: Child,
+    port: u16,
+    database_url: String,
+}
+
+impl Service {
+    async fn start(database_url: &str, port: u16) -> Service {
+        let child = Command::new(env!("CARGO_BIN_EXE_sinkgate"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--tick-ms",
+                "100",
+                "--pool-size",
+                "8",
+            ])
+            .env("DATABASE_URL", database_url)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start sinkgate");
+        let service = Service {
+            child,
+            port,
+            database_url: database_url.to_owned(),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if let Ok(response) = client.get(format!("{}/readyz", service.url())).send().await {
+                if response.status().is_success() {
+                    return service;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("sinkgate did not become ready");
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    async fn restart(&mut self) {
+        *self = Service::start(&self.database_url.clone(), self.port).await;
+    }
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/python")
+        .join(name)
+}
+
+/// One processor process: the whole job (all its tasks), as a restart of a
+/// stream job restarts all of its tasks.
+fn processor(urls: &[String], log_dir: &Path, pause_ms: u64) -> Child {
+    Command::new("python3")
+        .arg(example("event_copy.py"))
+        .args(["--url", &urls.join(","), "--job", JOB, "--tasks", "2"])
+        .args([
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "--batch-rows",
+            "40",
+            "--checkpoint-batches",
+            "6",
+        ])
+        .args(["--pause-ms", &pause_ms.to_string()])
+        .arg("--log-dir")
+        .arg(log_dir)
+        .kill_on_drop(true)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the Python processor")
+}
+
+async fn wait_success(mut child: Child, within: Duration) {
+    let status = tokio::time::timeout(within, child.wait())
+        .await
+        .expect("processor did not finish in time")
+        .unwrap();
+    assert!(status.success(), "processor exited with {status}");
+}
+
+/// Log files, the sink table and the job.
+async fn setup(pool: &PgPool, service_url: &str) -> tempdir::Dir {
+    let dir = tempdir::Dir::new();
+    let status = std::process::Command::new("python3")
+        .arg(example("make_log.py"))
+        .arg("--log-dir")
+        .arg(dir.path())
+        .args([
+            "--partitions",
+            &PARTITIONS.to_string(),
+            "--events",
+            &EVENTS_PER_PARTITION.to_string(),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // No unique key: a duplicate would show.
+    sqlx::raw_sql(r#"CREATE TABLE chaos_sink (id bigint NOT NULL, "partition" int NOT NULL, "offset" bigint NOT NULL, payload text NOT NULL)"#)
+        .execute(pool)
+        .await
+        .unwrap();
+    let response = reqwest::Client::new()
+        .put(format!("{service_url}/v1/jobs/{JOB}"))
+        .json(&serde_json::json!({"tasks": ["task-0", "task-1"], "sink": {"table": "chaos_sink", "mode": "append"},
+                                  "checkpointing": {"timeout_ms": 5000}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+    dir
+}
+
+/// Every event exactly once, nothing beyond the committed offsets.
+async fn assert_exactly_once(pool: &PgPool, service_url: &str) {
+    let total = PARTITIONS * EVENTS_PER_PARTITION;
+    let (rows, distinct, wrong_payload): (i64, i64, i64) = sqlx::query_as(
+        r#"SELECT count(*), count(DISTINCT id),
+                  count(*) FILTER (WHERE id <> "partition" * 1000000 + "offset")
+           FROM chaos_sink"#,
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(distinct, total, "missing events");
+    assert_eq!(
+        rows,
+        total,
+        "duplicated events: {} extra rows",
+        rows - total
+    );
+    assert_eq!(wrong_payload, 0);
+    let recovery: Value = reqwest::get(format!("{service_url}/v1/jobs/{JOB}/recovery"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for partition in 0..PARTITIONS {
+        assert_eq!(
+            recovery["offsets"][partition.to_string()],
+            EVENTS_PER_PARTITION,
+            "{recovery}"
+        );
+    }
+}
+
+async fn pool(connect: &PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(connect.clone())
+        .await
+        .unwrap()
+}
+
+#[sqlx::test]
+async fn processors_killed_at_random_points_still_copy_exactly_once(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let db = pool(&connect).await;
+    let service = Service::start(&database_url(&connect), free_port()).await;
+    let log = setup(&db, &service.url()).await;
+    let mut rng = Rng::from_env(1);
+    for _ in 0..iterations() {
+        let mut child = processor(&[service.url()], log.path(), 0);
+        tokio::time::sleep(rng.millis(50, 1500)).await;
+        let _ = child.kill().await; // SIGKILL, wherever it was
+    }
+    wait_success(
+        processor(&[service.url()], log.path(), 0),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_exactly_once(&db, &service.url()).await;
+    drop(service);
+    db.close().await;
+}
+
+#[sqlx::test]
+async fn the_service_killed_at_random_points_loses_and_duplicates_nothing(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let db = pool(&connect).await;
+    let mut service = Service::start(&database_url(&connect), free_port()).await;
+    let log = setup(&db, &service.url()).await;
+    let mut rng = Rng::from_env(2);
+    // A slow processor, so that the kills land in the middle of its work.
+    let mut child = processor(&[service.url()], log.path(), 30);
+    for _ in 0..iterations() {
+        tokio::time::sleep(rng.millis(100, 1200)).await;
+        service.kill().await;
+        tokio::time::sleep(rng.millis(0, 300)).await;
+        service.restart().await;
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "processor exited with {status}");
+            child = processor(&[service.url()], log.path(), 30);
+        }
+    }
+    wait_success(child, Duration::from_secs(120)).await;
+    assert_exactly_once(&db, &service.url()).await;
+    drop(service);
+    db.close().await;
+}
+
+#[sqlx::test]
+async fn three_replicas_one_killed_mid_run(_: PgPoolOptions, connect: PgConnectOptions) {
+    let db = pool(&connect).await;
+    let url = database_url(&connect);
+    let mut replicas = vec![
+        Service::start(&url, free_port()).await,
+        Service::start(&url, free_port()).await,
+        Service::start(&url, free_port()).await,
+    ];
+    let urls: Vec<String> = replicas.iter().map(Service::url).collect();
+    let log = setup(&db, &urls[0]).await;
+    let mut rng = Rng::from_env(3);
+    for _ in 0..iterations() {
+        // A processor spreading requests over the replicas; one replica is
+        // killed under it, then the processor too; the replica comes back.
+        let mut child = processor(&urls, log.path(), 10);
+        tokio::time::sleep(rng.millis(100, 1000)).await;
+        let victim = rng.below(3) as usize;
+        replicas[victim].kill().await;
+        tokio::time::sleep(rng.millis(100, 800)).await;
+        let _ = child.kill().await;
+        replicas[victim].restart().await;
+    }
+    // The last run finishes on two replicas after the third is killed.
+    let child = processor(&urls, log.path(), 10);
+    tokio::time::sleep(rng.millis(100, 800)).await;
+    let victim = rng.below(3) as usize;
+    replicas[victim].kill().await;
+    wait_success(child, Duration::from_secs(120)).await;
+    assert_exactly_once(&db, &replicas[(victim + 1) % 3].url()).await;
+    drop(replicas);
+    db.close().await;
+}
+
+#[sqlx::test]
+async fn a_zombie_processor_is_fenced_and_changes_nothing(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let db = pool(&connect).await;
+    let service = Service::start(&database_url(&connect), free_port()).await;
+    let log = setup(&db, &service.url()).await;
+    let mut rng = Rng::from_env(4);
+    for _ in 0..iterations().div_ceil(2) {
+        // The old instance keeps running (slowly) while a new one starts.
+        let mut zombie = processor(&[service.url()], log.path(), 300);
+        tokio::time::sleep(rng.millis(200, 1000)).await;
+        let successor = processor(&[service.url()], log.path(), 50);
+        let zombie_status = tokio::time::timeout(Duration::from_secs(120), zombie.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            zombie_status.code(),
+            Some(3),
+            "the zombie must learn it is fenced and stop"
+        );
+        let mut successor = successor;
+        tokio::time::sleep(rng.millis(0, 300)).await;
+        let _ = successor.kill().await;
+    }
+    wait_success(
+        processor(&[service.url()], log.path(), 0),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_exactly_once(&db, &service.url()).await;
+    drop(service);
+    db.close().await;
+}
+
+/// A temporary directory removed on drop (std only).
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new() -> Dir {
+            let path = std::env::temp_dir().join(format!(
+                "sinkgate-chaos-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
