@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 DATABASE_URL=$(scripts/postgres.sh)
 export DATABASE_URL
 # Benchmarks are not tests: run them with `cargo bench --bench sinkgate`.
-cargo test --lib --bins --tests "$@"
+cargo test --workspace --lib --bins --tests "$@"

@@ -420,3 +420,46 @@ pub struct Readiness {
     pub database: bool,
     pub migrations: bool,
 }
+
+/// An error answer (`application/problem+json`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:sinkgate:problem:fenced", "title": "Fenced epoch", "status": 409,
+    "detail": "epoch 2 is fenced: the job's current epoch is 3", "current_epoch": 3
+}))]
+pub struct Problem {
+    /// Stable identifier: `urn:sinkgate:problem:` followed by one of `not-found`,
+    /// `fenced`, `checkpoint-aborted`, `unknown-task`, `row-rejected`,
+    /// `offset-regression`, `conflict`, `validation`, `malformed`,
+    /// `unsupported-media-type`, `too-early`, `payload-too-large`,
+    /// `unavailable`, `internal`.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The offending request field (`validation`, `unknown-task`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// 1-based row number within the batch (`row-rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<u64>,
+    /// The offending column (`row-rejected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// The job's current epoch (`fenced`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_epoch: Option<i64>,
+    /// The aborted checkpoint (`checkpoint-aborted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_id: Option<i64>,
+    /// The source partition (`offset-regression`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// The committed offset the ack fell below (`offset-regression`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_offset: Option<i64>,
+    /// How long to wait before retrying, in ms (`too-early`, `unavailable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}

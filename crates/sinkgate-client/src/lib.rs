@@ -1,0 +1,331 @@
+//! A Rust client for sinkgate.
+//!
+//! [`Client`] is one typed method per endpoint, using the server's own
+//! request and response types ([`sinkgate::model`]). Transient failures
+//! (connection refused while a replica restarts, 5xx, 429) are retried with
+//! exponential backoff; every call is safe to retry because the protocol
+//! makes it so (batch ids, identical re-acks). A `fenced` answer becomes
+//! [`Error::Zombie`]: this instance's epoch is over and it must stop.
+//!
+//! [`Processor`] is the loop every processor runs: attempt, resume from the
+//! recovery offsets, stage batches, and checkpoint (trigger, ack from every
+//! task, wait until committed).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+pub use sinkgate::model;
+pub use sinkgate::model::Problem;
+use sinkgate::model::{
+    AckRequest, AckResult, Attempt, Checkpoint, CheckpointDetails, CheckpointStatus, Job, JobSpec,
+    PendingCheckpoint, Recovery, StateHandle, TriggerRequest, WriteResult,
+};
+
+/// What can go wrong when calling sinkgate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The job has a newer epoch: another instance took over. Stop now.
+    #[error("this instance is a zombie: its epoch is fenced (the job's current epoch is {current_epoch:?}); stop")]
+    Zombie { current_epoch: Option<i64> },
+    /// The service refused the request (4xx); the problem document says why.
+    #[error("{} ({}): {}", .0.title, .0.problem_type, .0.detail)]
+    Refused(Box<Problem>),
+    /// Transient failures went on past the retry budget.
+    #[error("gave up after retries: {0}")]
+    Unavailable(String),
+    /// An answer that does not parse.
+    #[error("unexpected answer: {0}")]
+    Decode(String),
+}
+
+impl Error {
+    /// The problem kind (`checkpoint-aborted`, `conflict`, …) of a refusal.
+    pub fn kind(&self) -> Option<&str> {
+        match self {
+            Error::Refused(problem) => problem.problem_type.rsplit(':').next(),
+            Error::Zombie { .. } => Some("fenced"),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// A client for one job, over one or more replicas (requests are spread
+/// over them; a failing one is skipped by the retry).
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base_urls: Vec<String>,
+    job: String,
+    /// Give up retrying transient failures after this long.
+    pub retry_for: Duration,
+}
+
+impl Client {
+    pub fn new(base_urls: &[&str], job: &str) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base_urls: base_urls
+                .iter()
+                .map(|url| url.trim_end_matches('/').to_owned())
+                .collect(),
+            job: job.to_owned(),
+            retry_for: Duration::from_secs(120),
+        }
+    }
+
+    pub fn job(&self) -> &str {
+        &self.job
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<Option<T>> {
+        let started = std::time::Instant::now();
+        let mut delay = Duration::from_millis(20);
+        let mut attempt = 0usize;
+        loop {
+            let base = &self.base_urls[attempt % self.base_urls.len()];
+            attempt += 1;
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{base}/v1/jobs/{}{path}", self.job));
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            let failure = match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    if status == StatusCode::NO_CONTENT {
+                        return Ok(None);
+                    }
+                    if status.is_success() {
+                        return response
+                            .json()
+                            .await
+                            .map(Some)
+                            .map_err(|error| Error::Decode(error.to_string()));
+                    }
+                    let text = response.text().await.unwrap_or_default();
+                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                        format!("{status}: {text}")
+                    } else {
+                        let problem: Problem =
+                            serde_json::from_str(&text).map_err(|_| Error::Decode(text.clone()))?;
+                        if problem.problem_type.ends_with(":fenced") {
+                            return Err(Error::Zombie {
+                                current_epoch: problem.current_epoch,
+                            });
+                        }
+                        return Err(Error::Refused(Box::new(problem)));
+                    }
+                }
+                Err(error) => error.to_string(),
+            };
+            if started.elapsed() > self.retry_for {
+                return Err(Error::Unavailable(failure));
+            }
+            tracing::debug!(%failure, "transient failure; retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    async fn expect<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> Result<T> {
+        self.call(method, path, body)
+            .await?
+            .ok_or_else(|| Error::Decode("empty answer".into()))
+    }
+
+    /// `PUT /v1/jobs/{job}`.
+    pub async fn put_job(&self, spec: &JobSpec) -> Result<Job> {
+        self.expect(Method::PUT, "", Some(spec)).await
+    }
+
+    /// `POST /attempts`: a new epoch and where to resume.
+    pub async fn start_attempt(&self) -> Result<Attempt> {
+        self.expect(Method::POST, "/attempts", Some(&serde_json::json!({})))
+            .await
+    }
+
+    /// `GET /recovery`.
+    pub async fn recovery(&self) -> Result<Recovery> {
+        self.expect(Method::GET, "/recovery", None::<&()>).await
+    }
+
+    /// `POST /writes` (JSON body).
+    pub async fn write(
+        &self,
+        task_id: &str,
+        epoch: i64,
+        batch_id: &str,
+        rows: &[Value],
+    ) -> Result<WriteResult> {
+        let body = serde_json::json!({"task_id": task_id, "epoch": epoch, "batch_id": batch_id, "rows": rows});
+        self.expect(Method::POST, "/writes", Some(&body)).await
+    }
+
+    /// `POST /checkpoints`.
+    pub async fn trigger(&self, epoch: i64) -> Result<Checkpoint> {
+        self.expect(
+            Method::POST,
+            "/checkpoints",
+            Some(&TriggerRequest { epoch }),
+        )
+        .await
+    }
+
+    /// `GET /checkpoints/pending`: long-poll for a checkpoint above `after`.
+    pub async fn pending(&self, after: i64, wait: Duration) -> Result<Option<PendingCheckpoint>> {
+        let path = format!(
+            "/checkpoints/pending?after={after}&wait_ms={}",
+            wait.as_millis()
+        );
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `POST /checkpoints/{id}/acks`.
+    pub async fn ack(&self, checkpoint_id: i64, ack: &AckRequest) -> Result<AckResult> {
+        self.expect(
+            Method::POST,
+            &format!("/checkpoints/{checkpoint_id}/acks"),
+            Some(ack),
+        )
+        .await
+    }
+
+    /// `GET /checkpoints/{id}`.
+    pub async fn checkpoint(&self, checkpoint_id: i64) -> Result<CheckpointDetails> {
+        self.expect(
+            Method::GET,
+            &format!("/checkpoints/{checkpoint_id}"),
+            None::<&()>,
+        )
+        .await
+    }
+}
+
+/// One running instance of a job: all its tasks, in one epoch.
+pub struct Processor {
+    client: Client,
+    tasks: Vec<String>,
+    epoch: i64,
+    recovery: Recovery,
+}
+
+impl Processor {
+    /// Starts an attempt: fences any older instance, and learns where to resume.
+    pub async fn start(client: Client, tasks: Vec<String>) -> Result<Processor> {
+        let attempt = client.start_attempt().await?;
+        Ok(Processor {
+            client,
+            tasks,
+            epoch: attempt.epoch,
+            recovery: attempt.recovery,
+        })
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The next offset to read per source partition (0 where nothing was committed).
+    pub fn resume_offset(&self, partition: &str) -> i64 {
+        self.recovery.offsets.get(partition).copied().unwrap_or(0)
+    }
+
+    /// The state handle `task` acked with at the recovery point, if any.
+    pub fn resume_state(&self, task: &str) -> Option<&StateHandle> {
+        self.recovery
+            .tasks
+            .get(task)
+            .and_then(|task| task.state.as_ref())
+    }
+
+    /// Stages a batch. `batch_key` must identify the batch's content within
+    /// the epoch (e.g. the first source offset it covers): a retry with the
+    /// same key is staged once.
+    pub async fn write(&self, task: &str, batch_key: &str, rows: &[Value]) -> Result<WriteResult> {
+        self.client
+            .write(task, self.epoch, &format!("{task}-{batch_key}"), rows)
+            .await
+    }
+
+    /// Triggers a checkpoint, acks it from every task with what
+    /// `barrier(task)` returns (its offsets and state handle), and waits
+    /// until it is committed. A checkpoint aborted on the way (timeout) is
+    /// retried with a new one; nothing staged is lost.
+    pub async fn checkpoint(
+        &self,
+        barrier: impl Fn(&str) -> (BTreeMap<String, i64>, Option<StateHandle>),
+    ) -> Result<i64> {
+        loop {
+            let checkpoint_id = match self.client.trigger(self.epoch).await {
+                Ok(checkpoint) => checkpoint.checkpoint_id,
+                // One is pending already (our trigger's answer was lost): take it.
+                Err(error) if error.kind() == Some("conflict") => {
+                    match self.client.pending(0, Duration::ZERO).await? {
+                        Some(pending) => pending.checkpoint_id,
+                        None => continue,
+                    }
+                }
+                Err(error) => return Err(error),
+            };
+            let mut status = CheckpointStatus::Pending;
+            let mut aborted = false;
+            for task in &self.tasks {
+                let (offsets, state) = barrier(task);
+                let ack = AckRequest {
+                    task_id: task.clone(),
+                    epoch: self.epoch,
+                    offsets,
+                    state,
+                };
+                match self.client.ack(checkpoint_id, &ack).await {
+                    Ok(result) => status = result.status,
+                    Err(error) if error.kind() == Some("checkpoint-aborted") => {
+                        aborted = true;
+                        break;
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            if aborted {
+                continue;
+            }
+            while matches!(
+                status,
+                CheckpointStatus::Pending | CheckpointStatus::Completed
+            ) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                status = self
+                    .client
+                    .checkpoint(checkpoint_id)
+                    .await?
+                    .checkpoint
+                    .status;
+            }
+            if status == CheckpointStatus::Committed {
+                return Ok(checkpoint_id);
+            }
+        }
+    }
+}
