@@ -30,6 +30,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses(
         (status = 200, description = "The new epoch and the recovery point", body = Attempt),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown field in the body (`validation`)", body = Problem, content_type = "application/problem+json"),
     )

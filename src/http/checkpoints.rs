@@ -44,6 +44,8 @@ const MAX_WAIT_MS: u64 = 60_000;
     responses(
         (status = 201, description = "Triggered; pending", body = Checkpoint),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Fenced epoch (`fenced`), too many pending checkpoints, or no attempt yet (`conflict`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid body (`validation`)", body = Problem, content_type = "application/problem+json"),
@@ -163,6 +165,8 @@ async fn get_checkpoint(
     responses(
         (status = 200, description = "Acked; the checkpoint's status after this ack", body = AckResult),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job or checkpoint (`not-found`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Fenced epoch (`fenced`), aborted checkpoint (`checkpoint-aborted`), a different re-ack or an ack out of order (`conflict`)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:sinkgate:problem:checkpoint-aborted", "title": "Checkpoint aborted", "status": 409,
@@ -195,6 +199,8 @@ async fn ack_checkpoint(
     responses(
         (status = 200, description = "The checkpoint, now aborted", body = Checkpoint),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job or checkpoint (`not-found`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Fenced epoch (`fenced`), or the checkpoint is already decided (`conflict`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown task (`unknown-task`) or invalid body (`validation`)", body = Problem, content_type = "application/problem+json"),

@@ -6,6 +6,7 @@ mod checkpoints;
 mod concurrency;
 mod epochs;
 mod helpers;
+mod hostile;
 mod jobs;
 mod operations;
 mod sink;

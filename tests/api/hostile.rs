@@ -1,0 +1,126 @@
+//! A table of hostile inputs: each is answered with a 4xx problem document
+//! and changes nothing.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{word_count_job, TestApp};
+
+/// What a test can observe of the job's state.
+async fn snapshot(app: &TestApp) -> (Value, Value, i64, i64) {
+    let job: Value = app.get("/v1/jobs/wc").await.json().await.unwrap();
+    let history: Value = app
+        .get("/v1/jobs/wc/checkpoints")
+        .await
+        .json()
+        .await
+        .unwrap();
+    (
+        json!({"epoch": job["epoch"], "tasks": job["tasks"], "sink": job["sink"]}),
+        history,
+        app.staged("wc").await,
+        app.count("wc_sink").await,
+    )
+}
+
+#[sqlx::test]
+async fn hostile_inputs_get_a_4xx_and_change_nothing(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    let epoch = word_count_job(&app, "wc", &["t0", "t1"]).await;
+    let checkpoint = app.checkpoint("wc", epoch).await;
+    let before = snapshot(&app).await;
+
+    let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let big_row = json!([{"word": "x".repeat(2 << 20), "n": 1}]);
+    let cases: Vec<(&str, String, &str, String)> = vec![
+        // Huge numbers.
+        ("POST", "/v1/jobs/wc/checkpoints".into(), "application/json", r#"{"epoch": 1e400}"#.into()),
+        ("POST", "/v1/jobs/wc/checkpoints".into(), "application/json", r#"{"epoch": 99999999999999999999}"#.into()),
+        ("POST", format!("/v1/jobs/wc/checkpoints/{checkpoint}/acks"), "application/json",
+            format!(r#"{{"task_id": "t0", "epoch": {epoch}, "offsets": {{"0": 99999999999999999999}}}}"#)),
+        ("POST", "/v1/jobs/wc/writes".into(), "application/json",
+            format!(r#"{{"task_id": "t0", "epoch": {epoch}, "batch_id": "h1", "rows": [{{"word": "a", "n": 1e400}}]}}"#)),
+        ("GET", "/v1/jobs/wc/checkpoints/99999999999999999999".into(), "", String::new()),
+        // Deep JSON.
+        ("POST", "/v1/jobs/wc/writes".into(), "application/json",
+            format!(r#"{{"task_id": "t0", "epoch": {epoch}, "batch_id": "h2", "rows": [{{"word": {deep}, "n": 1}}]}}"#)),
+        ("PUT", "/v1/jobs/deep".into(), "application/json", format!(r#"{{"tasks": {deep}}}"#)),
+        // NUL bytes.
+        ("POST", "/v1/jobs/wc/writes".into(), "application/json",
+            format!(r#"{{"task_id": "t\u0000", "epoch": {epoch}, "batch_id": "h3", "rows": []}}"#)),
+        ("POST", "/v1/jobs/wc/writes".into(), "application/json",
+            format!(r#"{{"task_id": "t0", "epoch": {epoch}, "batch_id": "h4", "rows": [{{"word": "a\u0000b", "n": 1}}]}}"#)),
+        ("PUT", "/v1/jobs/nul%00job".into(), "application/json",
+            r#"{"tasks": ["t"], "sink": {"table": "wc_sink", "mode": "append"}}"#.into()),
+        // SQL in identifiers.
+        ("PUT", "/v1/jobs/x%3B%20DROP%20TABLE%20jobs".into(), "application/json",
+            r#"{"tasks": ["t"], "sink": {"table": "wc_sink", "mode": "append"}}"#.into()),
+        ("PUT", "/v1/jobs/inj".into(), "application/json",
+            r#"{"tasks": ["t"], "sink": {"table": "wc_sink; DROP TABLE jobs", "mode": "append"}}"#.into()),
+        ("PUT", "/v1/jobs/inj".into(), "application/json",
+            r#"{"tasks": ["t"], "sink": {"table": "wc_sink", "mode": "upsert", "key": ["word\"; DROP TABLE jobs; --"]}}"#.into()),
+        ("POST", "/v1/jobs/wc/writes".into(), "application/json",
+            format!(r#"{{"task_id": "t0", "epoch": {epoch}, "batch_id": "h5", "rows": [{{"word\"); DROP TABLE jobs; --": 1}}]}}"#)),
+        // Unicode job ids.
+        ("PUT", "/v1/jobs/%E3%82%B8%E3%83%A7%E3%83%96".into(), "application/json",
+            r#"{"tasks": ["t"], "sink": {"table": "wc_sink", "mode": "append"}}"#.into()),
+        ("POST", "/v1/jobs/%E3%82%B8%E3%83%A7%E3%83%96/attempts".into(), "application/json", "{}".into()),
+        // Negative offsets.
+        ("POST", format!("/v1/jobs/wc/checkpoints/{checkpoint}/acks"), "application/json",
+            format!(r#"{{"task_id": "t0", "epoch": {epoch}, "offsets": {{"0": -5}}}}"#)),
+        // 2 MiB+ rows against the test service's 1 MiB JSON limit.
+        ("POST", "/v1/jobs/wc/writes".into(), "application/json",
+            json!({"task_id": "t0", "epoch": epoch, "batch_id": "h6", "rows": big_row}).to_string()),
+        // Wrong media types and framing.
+        ("POST", "/v1/jobs/wc/writes".into(), "text/csv", "word,n\na,1\n".into()),
+        ("POST", "/v1/jobs/wc/writes?task_id=t0&epoch=x&batch_id=h7".into(), "application/x-ndjson", "{}\n".into()),
+        ("POST", format!("/v1/jobs/wc/writes?task_id=t0&epoch={epoch}&batch_id=h8"), "application/x-ndjson",
+            "{\"word\": \"a\", \"n\": 1}\n{\"word\": \"b\", \"n\": \n".into()),
+    ];
+    for (method, path, content_type, body) in cases {
+        let mut request = app.http.request(method.parse().unwrap(), app.url(&path));
+        if !content_type.is_empty() {
+            request = request
+                .header("content-type", content_type)
+                .body(body.clone());
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let kind = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let text = response.text().await.unwrap();
+        assert!(status.is_client_error(), "{method} {path}: {status} {text}");
+        assert_eq!(
+            kind.as_deref(),
+            Some("application/problem+json"),
+            "{method} {path}: {text}"
+        );
+        let problem: Value = serde_json::from_str(&text).unwrap();
+        assert!(problem["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:sinkgate:problem:"));
+        assert_eq!(
+            snapshot(&app).await,
+            before,
+            "{method} {path} changed something"
+        );
+    }
+
+    // SQL in values is data: stored verbatim, nothing else happens.
+    let sneaky = "'); DROP TABLE jobs; --\\\t\"";
+    let response = app
+        .write("wc", "t0", epoch, "sql", json!([{"word": sneaky, "n": 1}]))
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    app.ack_ok("wc", checkpoint, "t0", epoch, json!({})).await;
+    app.ack_ok("wc", checkpoint, "t1", epoch, json!({})).await;
+    assert_eq!(
+        app.word_counts("wc_sink").await,
+        vec![(sneaky.to_owned(), 1)]
+    );
+    app.stop().await;
+}
