@@ -15,7 +15,7 @@ The protocol, as any processor follows it:
   4. on 409 `fenced`, stop: a newer instance of the job took over.
 
     python3 event_copy.py --url http://127.0.0.1:8080 --job events \\
-        --log-dir ./log --tasks 2 --partitions 4
+        --sink-table events --log-dir ./log --tasks 2 --partitions 4
 
 Exit status: 0 when every event is committed, 3 when fenced (a zombie).
 """
@@ -92,6 +92,9 @@ def run(args):
     owned = {task: [p for p in range(args.partitions) if p % args.tasks == t] for t, task in enumerate(tasks)}
     logs = {p: read_log(args.log_dir, p) for p in range(args.partitions)}
 
+    if args.sink_table:
+        spec = {"tasks": tasks, "sink": {"table": args.sink_table, "mode": "append"}}
+        client.call("PUT", "", spec)
     _, attempt = client.call("POST", "/attempts", {})
     epoch = attempt["epoch"]
     offsets = {p: int(attempt["recovery"]["offsets"].get(str(p), 0)) for p in range(args.partitions)}
@@ -182,6 +185,7 @@ def main():
     parser.add_argument("--batch-rows", type=int, default=50)
     parser.add_argument("--checkpoint-batches", type=int, default=8)
     parser.add_argument("--pause-ms", type=int, default=0)
+    parser.add_argument("--sink-table", help="register the job on this append sink first")
     args = parser.parse_args()
     try:
         return run(args)
