@@ -206,31 +206,8 @@ async fn sinkgate_ingest(
     upsert: bool,
     ndjson: bool,
 ) -> anyhow::Result<Duration> {
-    reset_sink(pool).await?;
     let tasks: Vec<String> = (0..args.tasks).map(|i| format!("task-{i}")).collect();
-    let sink = if upsert {
-        json!({"table": "bench_sink", "mode": "upsert", "key": ["id"]})
-    } else {
-        json!({"table": "bench_sink", "mode": "append"})
-    };
-    let _ = service
-        .call(reqwest::Method::DELETE, "/v1/jobs/bench", None)
-        .await;
-    service
-        .call(
-            reqwest::Method::PUT,
-            "/v1/jobs/bench",
-            Some(json!({"tasks": tasks, "sink": sink})),
-        )
-        .await?;
-    let attempt = service
-        .call(
-            reqwest::Method::POST,
-            "/v1/jobs/bench/attempts",
-            Some(json!({})),
-        )
-        .await?;
-    let epoch = attempt["epoch"].as_i64().unwrap();
+    let epoch = fresh_job(service, pool, &tasks, upsert).await?;
 
     let started = Instant::now();
     let mut writing = Duration::ZERO;

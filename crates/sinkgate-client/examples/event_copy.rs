@@ -81,11 +81,16 @@ async fn run(args: &Args) -> Result<(), Error> {
                     json!({"id": event["id"], "partition": p, "offset": offset, "payload": event["payload"]})
                 })
                 .collect();
-            processor.write(&tasks[p % args.tasks], &format!("{p}-{start}"), &rows).await?;
+            processor
+                .write(&tasks[p % args.tasks], &format!("{p}-{start}"), &rows)
+                .await?;
             offsets[p] = end;
             batches += 1;
         }
-        let done = logs.iter().enumerate().all(|(p, log)| offsets[p] >= log.len());
+        let done = logs
+            .iter()
+            .enumerate()
+            .all(|(p, log)| offsets[p] >= log.len());
         if done || batches >= args.checkpoint_batches {
             let barrier = |task: &str| {
                 let index: usize = task.trim_start_matches("task-").parse().unwrap();
