@@ -160,6 +160,7 @@ impl Service {
         let options = ServiceOptions {
             limits: Limits::default(),
             max_json_body_bytes: 256 << 20,
+            max_in_flight: 1024,
             tick: Duration::from_millis(200),
         };
         tokio::spawn(sinkgate::run(

@@ -31,6 +31,10 @@ pub struct Config {
     #[arg(long, env = "SINKGATE_MAX_INLINE_STATE", default_value_t = 64 * 1024)]
     pub max_inline_state_bytes: usize,
 
+    /// Requests handled at once; more are answered 503 (`overloaded`) at once.
+    #[arg(long, env = "SINKGATE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
     /// How often the scheduler (interval triggers, timeouts, promotion retries) runs.
     #[arg(long, env = "SINKGATE_TICK_MS", default_value_t = 200)]
     pub tick_ms: u64,
@@ -65,6 +69,7 @@ impl Config {
             max_json_body_bytes: 64 * 1024 * 1024,
             max_ndjson_body_bytes: 16 * 1024 * 1024 * 1024,
             max_inline_state_bytes: 64 * 1024,
+            max_in_flight: 1024,
             tick_ms: 200,
         }
     }

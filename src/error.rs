@@ -66,6 +66,10 @@ pub enum Error {
     #[error("{0}")]
     PayloadTooLarge(String),
 
+    /// Too many requests in flight: shed rather than queue without bound.
+    #[error("the service is at its limit of requests in flight; retry shortly")]
+    Overloaded,
+
     /// The database cannot be reached right now.
     #[error("the database is unavailable, retry later")]
     Unavailable,
@@ -108,6 +112,7 @@ impl Error {
             Error::PayloadTooLarge(_) => "payload-too-large",
             Error::Malformed(_) => "malformed",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
+            Error::Overloaded => "overloaded",
             Error::Unavailable => "unavailable",
             Error::Internal(_) => "internal",
         }

@@ -45,6 +45,8 @@ use crate::coordinator::Limits;
 pub struct ServiceOptions {
     pub limits: Limits,
     pub max_json_body_bytes: usize,
+    /// Requests handled at once before shedding with 503.
+    pub max_in_flight: usize,
     /// Scheduler period (interval triggers, timeouts, promotion retries).
     pub tick: Duration,
 }
@@ -57,6 +59,7 @@ impl From<&Config> for ServiceOptions {
                 max_ndjson_body_bytes: config.max_ndjson_body_bytes,
             },
             max_json_body_bytes: config.max_json_body_bytes,
+            max_in_flight: config.max_in_flight,
             tick: Duration::from_millis(config.tick_ms),
         }
     }
@@ -102,7 +105,13 @@ pub async fn run(
         scheduler_stopped,
     ));
 
-    let app = http::app(state, options.max_json_body_bytes);
+    let app = http::app(
+        state,
+        &http::HttpLimits {
+            max_json_body_bytes: options.max_json_body_bytes,
+            max_in_flight: options.max_in_flight,
+        },
+    );
     tracing::info!(address = %listener.local_addr()?, "sinkgate listening");
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

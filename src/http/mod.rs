@@ -11,9 +11,15 @@ pub mod jobs;
 pub mod problem;
 pub mod writes;
 
+use axum::body::Body;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::Router;
+use axum::http::{HeaderName, Request};
+use axum::{BoxError, Router};
 use sqlx::PgPool;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::ServiceBuilder;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -21,6 +27,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::coordinator::notify::Notifier;
 use crate::coordinator::Limits;
+use crate::error::Error;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -68,14 +75,49 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api_router().split_for_parts().1
 }
 
+/// Limits of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Largest JSON body (NDJSON writes are streamed and limited separately).
+    pub max_json_body_bytes: usize,
+    /// Requests handled at once; beyond it requests are shed with 503
+    /// (`overloaded`, Retry-After) instead of queueing without bound.
+    pub max_in_flight: usize,
+}
+
 /// The whole application, ready to serve.
-pub fn app(state: AppState, max_json_body_bytes: usize) -> Router {
+///
+/// Every request gets an `x-request-id` (kept when the client sends one),
+/// echoed in the response and recorded in the request's log span.
+pub fn app(state: AppState, limits: &HttpLimits) -> Router {
     let (router, api) = api_router().split_for_parts();
+    let request_id = HeaderName::from_static("x-request-id");
+    let shed = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(|_: BoxError| async {
+            Error::Overloaded
+        }))
+        .load_shed()
+        // One semaphore for the whole router (a plain concurrency limit
+        // would be per route, as axum layers every route separately).
+        .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight));
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
-        .fallback(|| async { crate::error::Error::not_found("no such endpoint") })
-        .layer(DefaultBodyLimit::max(max_json_body_bytes))
-        .layer(TraceLayer::new_for_http())
+        .fallback(|| async { Error::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(limits.max_json_body_bytes))
+        .layer(shed)
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
+                .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %id)
+                }))
+                .layer(PropagateRequestIdLayer::new(request_id)),
+        )
         .with_state(state)
 }
 

@@ -76,6 +76,10 @@ pub fn problem_for(error: &Error) -> Problem {
             ..Problem::new(error, S::TOO_MANY_REQUESTS, "Too early")
         },
         Error::PayloadTooLarge(_) => Problem::new(error, S::PAYLOAD_TOO_LARGE, "Payload too large"),
+        Error::Overloaded => Problem {
+            retry_after_ms: Some(1000),
+            ..Problem::new(error, S::SERVICE_UNAVAILABLE, "Overloaded")
+        },
         Error::Unavailable => Problem {
             retry_after_ms: Some(1000),
             ..Problem::new(error, S::SERVICE_UNAVAILABLE, "Service unavailable")

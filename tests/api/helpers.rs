@@ -29,6 +29,7 @@ pub fn options() -> ServiceOptions {
             max_ndjson_body_bytes: 1 << 30,
         },
         max_json_body_bytes: 1 << 20,
+        max_in_flight: 1024,
         tick: Duration::from_millis(50),
     }
 }

@@ -84,3 +84,60 @@ fn every_operation_documents_its_errors() {
     }
     assert!(operations >= 13, "{operations} operations");
 }
+
+#[sqlx::test]
+async fn every_response_carries_a_request_id(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    let generated = app.get("/v1/jobs/nope").await;
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let given = app
+        .http
+        .get(app.url("/healthz"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "trace-me-42");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn overload_is_shed_with_503_and_the_service_stays_up(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let options = sinkgate::ServiceOptions {
+        max_in_flight: 2,
+        ..crate::helpers::options()
+    };
+    let app = TestApp::spawn_with(&connect, options).await;
+    crate::helpers::word_count_job(&app, "wc", &["t0"]).await;
+    // Two long-polls hold both slots...
+    let polls: Vec<_> = (0..2)
+        .map(|_| {
+            let (http, url) = (
+                app.http.clone(),
+                app.url("/v1/jobs/wc/checkpoints/pending?wait_ms=1500"),
+            );
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // ...so a third request is refused at once, not queued.
+    let shed = app.get("/v1/jobs").await;
+    assert_eq!(shed.headers()["retry-after"], "1");
+    crate::helpers::problem(shed, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+    for poll in polls {
+        assert_eq!(poll.await.unwrap(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(
+        app.get("/v1/jobs").await.status(),
+        StatusCode::OK,
+        "back to normal"
+    );
+    app.stop().await;
+}

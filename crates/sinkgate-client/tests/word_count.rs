@@ -23,6 +23,7 @@ async fn word_counts_are_exact_after_crashes(_: PgPoolOptions, connect: PgConnec
     let options = sinkgate::ServiceOptions {
         limits: Default::default(),
         max_json_body_bytes: 1 << 20,
+        max_in_flight: 1024,
         tick: Duration::from_millis(100),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
