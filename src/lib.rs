@@ -18,6 +18,7 @@
 //! - [`db`]: pool, embedded migrations, identifier quoting.
 //! - [`config`]: command-line flags and environment variables.
 //! - [`error`]: the one error type, with a stable problem type per case.
+//! - [`metrics`]: Prometheus counters and histograms of protocol events.
 //!
 //! No state that matters lives in the process: every decision is a
 //! transaction with row locks, so replicas can share one database.
@@ -27,6 +28,7 @@ pub mod coordinator;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod sink;
 
@@ -95,6 +97,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    metrics::handle();
     coordinator::scheduler::roll_forward_all(&pool).await?;
     let state = http::state(pool.clone(), options.limits.clone());
     let listener_task = state.notifier.spawn_listener(pool.clone());

@@ -109,6 +109,7 @@ pub async fn record_ack(
         )));
     };
     if request.epoch < context.epoch {
+        crate::metrics::fenced(job_id);
         return Err(Error::Fenced {
             sent: request.epoch,
             current: context.epoch,
@@ -191,6 +192,7 @@ pub async fn record_ack(
     .bind(request.state.as_ref().map(Json))
     .execute(&mut *conn)
     .await?;
+    crate::metrics::ack_recorded(job_id);
     // Acked tasks as far as this transaction sees; the caller counts again
     // after its commit.
     Ok(answer(0))
@@ -378,19 +380,24 @@ async fn check_offsets(
 /// Makes checkpoint `checkpoint_id` decided: every task acked it. Older
 /// pending checkpoints are subsumed; its offsets become the recovery point.
 async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -> Result<()> {
-    sqlx::query(
+    let decide_seconds: f64 = sqlx::query_scalar(
         "UPDATE checkpoints c SET status = 'completed', decided_at = clock_timestamp(), acked_count = c.task_count,
                 staged_rows = COALESCE(b.rows, 0), staged_bytes = COALESCE(b.bytes, 0)
          FROM (SELECT sum(staged_rows) AS rows, sum(staged_bytes) AS bytes FROM batches
                WHERE job_id = $1 AND epoch = $3 AND checkpoint_tag = $2) b
-         WHERE c.job_id = $1 AND c.checkpoint_id = $2",
+         WHERE c.job_id = $1 AND c.checkpoint_id = $2
+         RETURNING extract(epoch FROM c.decided_at - c.triggered_at)::float8",
     )
     .bind(&job.job_id)
     .bind(checkpoint_id)
     .bind(job.epoch)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    sqlx::query(
+    crate::metrics::checkpoint_completed(
+        &job.job_id,
+        std::time::Duration::from_secs_f64(decide_seconds.max(0.0)),
+    );
+    let subsumed = sqlx::query(
         "UPDATE checkpoints SET status = 'aborted', aborted_at = now(), failure_reason = 'subsumed by ' || $2
          WHERE job_id = $1 AND status = 'pending' AND checkpoint_id < $2",
     )
@@ -398,6 +405,7 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
     .bind(checkpoint_id)
     .execute(&mut *conn)
     .await?;
+    crate::metrics::checkpoints_aborted(&job.job_id, "subsumed", subsumed.rows_affected());
     sqlx::query(
         "INSERT INTO committed_offsets (job_id, source_partition, next_offset, checkpoint_id)
          SELECT a.job_id, o.key, o.value::bigint, a.checkpoint_id
@@ -456,6 +464,7 @@ pub async fn decline(
             .bind(reason)
             .execute(&mut *conn)
             .await?;
+            crate::metrics::checkpoints_aborted(job_id, "declined", 1);
         }
         "aborted" => {}
         status => {

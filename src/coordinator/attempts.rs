@@ -47,6 +47,7 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     .bind(new_epoch)
     .fetch_all(&mut *conn)
     .await?;
+    crate::metrics::checkpoints_aborted(job_id, "fenced", aborted.len() as u64);
 
     // After a successful roll forward nothing decided is left staged, so the
     // orphans are the whole staging table.

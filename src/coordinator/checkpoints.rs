@@ -204,6 +204,7 @@ pub async fn abort_timed_out(conn: &mut PgConnection, job: &JobRow) -> Result<Ve
     .bind(job.timeout_ms as f64)
     .fetch_all(&mut *conn)
     .await?;
+    crate::metrics::checkpoints_aborted(&job.job_id, "timeout", ids.len() as u64);
     Ok(ids)
 }
 
@@ -275,6 +276,13 @@ pub async fn trigger(
         .execute(&mut *conn)
         .await?;
     job.next_checkpoint_id = checkpoint_id + 1;
+    crate::metrics::checkpoint_triggered(
+        &job.job_id,
+        match kind {
+            TriggerKind::Manual => "manual",
+            TriggerKind::Interval => "interval",
+        },
+    );
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(NOTIFY_CHANNEL)
         .bind(&job.job_id)

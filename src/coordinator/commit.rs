@@ -52,6 +52,7 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
             },
         )
         .await?;
+        crate::metrics::checkpoint_committed(&job.job_id, std::time::Duration::ZERO, 0);
         return Ok(CommitOutcome::Committed {
             checkpoint_id: decided,
             rows: 0,
@@ -82,6 +83,7 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
                 None => error.to_string(),
             };
             tracing::warn!(job = %job.job_id, checkpoint = decided, error = %message, "promotion failed; will retry");
+            crate::metrics::promotion_failed(&job.job_id);
             sqlx::query(
                 "UPDATE checkpoints SET promotion_error = $3, promotion_attempts = promotion_attempts + 1
                  WHERE job_id = $1 AND checkpoint_id = $2",
@@ -99,6 +101,11 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
     };
 
     mark_committed(&mut *conn, job, committed, decided, promoted).await?;
+    crate::metrics::checkpoint_committed(
+        &job.job_id,
+        std::time::Duration::from_secs_f64(promoted.millis / 1e3),
+        promoted.rows,
+    );
     Ok(CommitOutcome::Committed {
         checkpoint_id: decided,
         rows: promoted.rows,

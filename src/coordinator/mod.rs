@@ -108,6 +108,7 @@ impl JobRow {
     /// Refuses a request from an older epoch (a zombie) or one never issued.
     pub fn check_epoch(&self, sent: i64) -> Result<()> {
         if sent < self.epoch {
+            crate::metrics::fenced(&self.job_id);
             return Err(Error::Fenced {
                 sent,
                 current: self.epoch,

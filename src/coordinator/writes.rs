@@ -106,6 +106,7 @@ where
     .bind(staged.bytes as i64)
     .execute(&mut *conn)
     .await?;
+    crate::metrics::staged(job_id, staged.rows, staged.bytes);
     Ok(WriteResult {
         task_id: key.task_id.to_owned(),
         batch_id: key.batch_id.to_owned(),

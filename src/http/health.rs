@@ -1,7 +1,8 @@
 //! Liveness and readiness.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
 use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -13,6 +14,41 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(prometheus_metrics))
+}
+
+/// Prometheus metrics (text exposition format).
+///
+/// Checkpoints triggered/completed/committed/aborted (by reason), checkpoint
+/// and commit duration histograms, acks, staged rows and bytes, promoted
+/// rows, fenced requests, pending checkpoints per job, HTTP requests by
+/// route and status with latency, database pool use.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain",
+        example = "sinkgate_acks_total{job=\"wordcount\"} 42")))]
+async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    // Shared state is read at scrape time, so every replica reports the truth.
+    if let Ok(pending) = sqlx::query_as::<_, (String, i64)>(
+        "SELECT j.job_id, count(c.checkpoint_id) FROM jobs j
+         LEFT JOIN checkpoints c ON c.job_id = j.job_id AND c.status = 'pending'
+         GROUP BY j.job_id",
+    )
+    .fetch_all(&state.db)
+    .await
+    {
+        for (job, count) in pending {
+            crate::metrics::pending_checkpoints(&job, count);
+        }
+    }
+    crate::metrics::pool(
+        state.db.size(),
+        state.db.num_idle(),
+        state.db.options().get_max_connections(),
+    );
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::handle().render(),
+    )
 }
 
 /// Liveness: the process answers.

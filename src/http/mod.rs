@@ -105,6 +105,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         .fallback(|| async { Error::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(limits.max_json_body_bytes))
         .layer(shed)
+        .layer(axum::middleware::from_fn(record_request))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -119,6 +120,28 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
                 .layer(PropagateRequestIdLayer::new(request_id)),
         )
         .with_state(state)
+}
+
+/// Counts requests by method, route template and status, with latency.
+async fn record_request(
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    crate::metrics::http_request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }
 
 /// A state for `db` with default limits and a fresh notifier (tests, tools).

@@ -141,3 +141,113 @@ async fn overload_is_shed_with_503_and_the_service_stays_up(
     );
     app.stop().await;
 }
+
+/// The value of one sample line of `/metrics`, 0 when absent.
+fn sample(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|line| {
+            line.starts_with(name_and_labels) && line[name_and_labels.len()..].starts_with(' ')
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[sqlx::test]
+async fn metrics_follow_a_checkpoints_life(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    // Job ids unique to this test: the recorder is shared by every app in the process.
+    let epoch = crate::helpers::event_job(&app, "metricsjob", &["t0", "t1"]).await;
+    let scrape = || async { app.get("/metrics").await.text().await.unwrap() };
+
+    app.write("metricsjob", "t0", epoch, "b", crate::helpers::events(0, 7))
+        .await;
+    let checkpoint = app.checkpoint("metricsjob", epoch).await;
+    let text = scrape().await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"sinkgate_checkpoints_triggered_total{job="metricsjob",trigger="manual"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"sinkgate_staged_rows_total{job="metricsjob"}"#),
+        7.0
+    );
+    assert_eq!(
+        sample(&text, r#"sinkgate_pending_checkpoints{job="metricsjob"}"#),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"sinkgate_checkpoints_committed_total{job="metricsjob"}"#
+        ),
+        0.0
+    );
+
+    app.ack_ok("metricsjob", checkpoint, "t0", epoch, serde_json::json!({}))
+        .await;
+    app.ack_ok("metricsjob", checkpoint, "t1", epoch, serde_json::json!({}))
+        .await;
+    let text = scrape().await;
+    assert_eq!(
+        sample(&text, r#"sinkgate_acks_total{job="metricsjob"}"#),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"sinkgate_checkpoints_completed_total{job="metricsjob"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"sinkgate_checkpoints_committed_total{job="metricsjob"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"sinkgate_promoted_rows_total{job="metricsjob"}"#),
+        7.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"sinkgate_commit_duration_seconds_count{job="metricsjob"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"sinkgate_pending_checkpoints{job="metricsjob"}"#),
+        0.0
+    );
+
+    let stale = app.checkpoint("metricsjob", epoch).await;
+    app.epoch("metricsjob").await;
+    app.trigger("metricsjob", epoch).await; // fenced
+    let text = scrape().await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"sinkgate_checkpoints_aborted_total{job="metricsjob",reason="fenced"}"#
+        ),
+        1.0,
+        "{stale}"
+    );
+    assert_eq!(
+        sample(&text, r#"sinkgate_fenced_requests_total{job="metricsjob"}"#),
+        1.0
+    );
+    assert!(
+        sample(
+            &text,
+            r#"sinkgate_http_requests_total{method="POST",route="/v1/jobs/{job}/checkpoints/{id}/acks",status="200"}"#
+        ) >= 2.0
+    );
+    assert!(text.contains("sinkgate_db_pool_connections{state=\"idle\"}"));
+    app.stop().await;
+}

@@ -1,0 +1,96 @@
+//! Prometheus metrics, served at `/metrics`.
+//!
+//! Protocol events are counted where they happen, inside the coordinator's
+//! transactions; a transaction that then fails to commit (rare: a lost
+//! connection) may have counted an event that did not persist. Gauges that
+//! describe shared state (pending checkpoints, pool use) are read from the
+//! database and the pool at scrape time, so every replica reports the truth.
+//! Names and units follow Prometheus conventions (`_total`, `_seconds`).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once) and returns its handle.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        PrometheusBuilder::new()
+            .set_buckets(&[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0,
+            ])
+            .expect("non-empty buckets")
+            .install_recorder()
+            .expect("no other metrics recorder is installed")
+    })
+}
+
+pub fn checkpoint_triggered(job: &str, trigger: &'static str) {
+    counter!("sinkgate_checkpoints_triggered_total", "job" => job.to_owned(), "trigger" => trigger)
+        .increment(1);
+}
+
+/// `reason`: `timeout`, `declined`, `subsumed`, `fenced`.
+pub fn checkpoints_aborted(job: &str, reason: &'static str, count: u64) {
+    if count > 0 {
+        counter!("sinkgate_checkpoints_aborted_total", "job" => job.to_owned(), "reason" => reason)
+            .increment(count);
+    }
+}
+
+/// A checkpoint decided, `duration` after its trigger.
+pub fn checkpoint_completed(job: &str, duration: Duration) {
+    counter!("sinkgate_checkpoints_completed_total", "job" => job.to_owned()).increment(1);
+    histogram!("sinkgate_checkpoint_duration_seconds", "job" => job.to_owned())
+        .record(duration.as_secs_f64());
+}
+
+/// A promotion that committed `rows` rows in `duration`.
+pub fn checkpoint_committed(job: &str, duration: Duration, rows: u64) {
+    counter!("sinkgate_checkpoints_committed_total", "job" => job.to_owned()).increment(1);
+    counter!("sinkgate_promoted_rows_total", "job" => job.to_owned()).increment(rows);
+    histogram!("sinkgate_commit_duration_seconds", "job" => job.to_owned())
+        .record(duration.as_secs_f64());
+}
+
+pub fn promotion_failed(job: &str) {
+    counter!("sinkgate_promotion_failures_total", "job" => job.to_owned()).increment(1);
+}
+
+pub fn ack_recorded(job: &str) {
+    counter!("sinkgate_acks_total", "job" => job.to_owned()).increment(1);
+}
+
+pub fn staged(job: &str, rows: u64, bytes: u64) {
+    counter!("sinkgate_staged_rows_total", "job" => job.to_owned()).increment(rows);
+    counter!("sinkgate_staged_bytes_total", "job" => job.to_owned()).increment(bytes);
+}
+
+pub fn fenced(job: &str) {
+    counter!("sinkgate_fenced_requests_total", "job" => job.to_owned()).increment(1);
+}
+
+pub fn http_request(method: &str, route: &str, status: u16, duration: Duration) {
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
+    ];
+    counter!("sinkgate_http_requests_total", &labels).increment(1);
+    histogram!("sinkgate_http_request_duration_seconds", &labels).record(duration.as_secs_f64());
+}
+
+pub fn pending_checkpoints(job: &str, pending: i64) {
+    gauge!("sinkgate_pending_checkpoints", "job" => job.to_owned()).set(pending as f64);
+}
+
+pub fn pool(size: u32, idle: usize, max: u32) {
+    gauge!("sinkgate_db_pool_connections", "state" => "idle").set(idle as f64);
+    gauge!("sinkgate_db_pool_connections", "state" => "in_use")
+        .set(size.saturating_sub(idle as u32) as f64);
+    gauge!("sinkgate_db_pool_max_connections").set(max as f64);
+}
