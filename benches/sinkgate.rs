@@ -161,6 +161,7 @@ impl Service {
             limits: Limits::default(),
             max_json_body_bytes: 256 << 20,
             max_in_flight: 1024,
+            auth: sinkgate::auth::AuthMode::Disabled,
             tick: Duration::from_millis(200),
         };
         tokio::spawn(sinkgate::run(
@@ -673,7 +674,12 @@ async fn memory(pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Resu
         listener.local_addr()?.port()
     };
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sinkgate"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--insecure-no-auth",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .env("DATABASE_URL", &args.database_url)
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)

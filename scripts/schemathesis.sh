@@ -17,7 +17,7 @@ fi
 
 cargo build --quiet --bin sinkgate
 PORT=${SCHEMATHESIS_PORT:-18089}
-DATABASE_URL="$DB_URL" RUST_LOG=warn target/debug/sinkgate serve --listen "127.0.0.1:$PORT" &
+DATABASE_URL="$DB_URL" RUST_LOG=warn target/debug/sinkgate serve --insecure-no-auth --listen "127.0.0.1:$PORT" &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; psql "$BASE_URL" -qc "DROP DATABASE IF EXISTS sinkgate_schemathesis" || true' EXIT
 for _ in $(seq 1 100); do

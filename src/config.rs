@@ -31,6 +31,18 @@ pub struct Config {
     #[arg(long, env = "SINKGATE_MAX_INLINE_STATE", default_value_t = 64 * 1024)]
     pub max_inline_state_bytes: usize,
 
+    /// The admin token: may do everything, including issuing processor tokens.
+    #[arg(long, env = "SINKGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Run without authentication (local development only; logs a warning).
+    #[arg(long, env = "SINKGATE_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Require the admin token for /healthz, /readyz, /metrics and the API docs too.
+    #[arg(long, env = "SINKGATE_PROTECT_OPERATIONS")]
+    pub protect_operations: bool,
+
     /// Requests handled at once; more are answered 503 (`overloaded`) at once.
     #[arg(long, env = "SINKGATE_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
@@ -70,6 +82,9 @@ impl Config {
             max_ndjson_body_bytes: 16 * 1024 * 1024 * 1024,
             max_inline_state_bytes: 64 * 1024,
             max_in_flight: 1024,
+            admin_token: None,
+            insecure_no_auth: true,
+            protect_operations: false,
             tick_ms: 200,
         }
     }

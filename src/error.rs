@@ -42,6 +42,14 @@ pub enum Error {
         committed: i64,
     },
 
+    /// No valid credentials (401).
+    #[error("{0}")]
+    Unauthenticated(String),
+
+    /// Valid credentials without the right to do this (403).
+    #[error("{0}")]
+    Forbidden(String),
+
     /// The request is well-formed but contradicts the current state.
     #[error("{0}")]
     Conflict(String),
@@ -106,6 +114,8 @@ impl Error {
             Error::UnknownTask(_) => "unknown-task",
             Error::RowRejected { .. } => "row-rejected",
             Error::OffsetRegression { .. } => "offset-regression",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::Forbidden(_) => "forbidden",
             Error::Conflict(_) => "conflict",
             Error::Validation { .. } => "validation",
             Error::TooEarly { .. } => "too-early",

@@ -23,6 +23,7 @@
 //! No state that matters lives in the process: every decision is a
 //! transaction with row locks, so replicas can share one database.
 
+pub mod auth;
 pub mod config;
 pub mod coordinator;
 pub mod db;
@@ -49,6 +50,8 @@ pub struct ServiceOptions {
     pub max_json_body_bytes: usize,
     /// Requests handled at once before shedding with 503.
     pub max_in_flight: usize,
+    /// Who may call what.
+    pub auth: auth::AuthMode,
     /// Scheduler period (interval triggers, timeouts, promotion retries).
     pub tick: Duration,
 }
@@ -62,6 +65,13 @@ impl From<&Config> for ServiceOptions {
             },
             max_json_body_bytes: config.max_json_body_bytes,
             max_in_flight: config.max_in_flight,
+            auth: match &config.admin_token {
+                Some(token) if !config.insecure_no_auth => auth::AuthMode::Enabled {
+                    admin_token: token.clone(),
+                    protect_operations: config.protect_operations,
+                },
+                _ => auth::AuthMode::Disabled,
+            },
             tick: Duration::from_millis(config.tick_ms),
         }
     }
@@ -74,6 +84,10 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.admin_token.is_some() || config.insecure_no_auth,
+        "set an admin token (--admin-token or SINKGATE_ADMIN_TOKEN), or pass --insecure-no-auth for local development"
+    );
     let pool = db::connect(&config.database).await?;
     db::migrate(&pool).await?;
     run(
@@ -99,7 +113,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     metrics::handle();
     coordinator::scheduler::roll_forward_all(&pool).await?;
-    let state = http::state(pool.clone(), options.limits.clone());
+    if matches!(options.auth, auth::AuthMode::Disabled) {
+        tracing::warn!("authentication is OFF (--insecure-no-auth): anyone who reaches this port can do anything");
+    }
+    let state = http::state(pool.clone(), options.limits.clone(), options.auth.clone());
     let listener_task = state.notifier.spawn_listener(pool.clone());
     let (stop_scheduler, scheduler_stopped) = watch::channel(false);
     let scheduler = tokio::spawn(coordinator::scheduler::run(

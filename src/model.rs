@@ -432,7 +432,7 @@ pub struct Problem {
     /// `fenced`, `checkpoint-aborted`, `unknown-task`, `row-rejected`,
     /// `offset-regression`, `conflict`, `validation`, `malformed`,
     /// `unsupported-media-type`, `too-early`, `payload-too-large`,
-    /// `overloaded`, `unavailable`, `internal`.
+    /// `unauthenticated`, `forbidden`, `overloaded`, `unavailable`, `internal`.
     #[serde(rename = "type")]
     pub problem_type: String,
     pub title: String,

@@ -81,6 +81,7 @@ impl Service {
         let child = Command::new(env!("CARGO_BIN_EXE_sinkgate"))
             .args([
                 "serve",
+                "--insecure-no-auth",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
                 "--tick-ms",

@@ -34,7 +34,12 @@ async fn sigterm_during_a_commit_finishes_the_commit_and_exits_cleanly(
         .unwrap()
         .port();
     let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_sinkgate"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "serve",
+            "--insecure-no-auth",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .env("DATABASE_URL", &database_url)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -47,9 +47,10 @@ class Refused(Exception):
 class Sinkgate:
     """A tiny client: JSON over HTTP, retrying transient failures forever."""
 
-    def __init__(self, urls, job):
+    def __init__(self, urls, job, token=None):
         self.urls = urls
         self.job = job
+        self.token = token
 
     def call(self, method, path, body=None, content_type="application/json", query=""):
         data = None
@@ -61,6 +62,8 @@ class Sinkgate:
             request = urllib.request.Request(url, data=data, method=method)
             if data is not None:
                 request.add_header("Content-Type", content_type)
+            if self.token:
+                request.add_header("Authorization", f"Bearer {self.token}")
             try:
                 with urllib.request.urlopen(request, timeout=30) as response:
                     text = response.read()
@@ -87,7 +90,7 @@ def read_log(log_dir, partition):
 
 
 def run(args):
-    client = Sinkgate(args.url.split(","), args.job)
+    client = Sinkgate(args.url.split(","), args.job, args.token or os.environ.get("SINKGATE_TOKEN"))
     tasks = [f"task-{t}" for t in range(args.tasks)]
     owned = {task: [p for p in range(args.partitions) if p % args.tasks == t] for t, task in enumerate(tasks)}
     logs = {p: read_log(args.log_dir, p) for p in range(args.partitions)}
@@ -186,6 +189,7 @@ def main():
     parser.add_argument("--checkpoint-batches", type=int, default=8)
     parser.add_argument("--pause-ms", type=int, default=0)
     parser.add_argument("--sink-table", help="register the job on this append sink first")
+    parser.add_argument("--token", help="bearer token (default: $SINKGATE_TOKEN)")
     args = parser.parse_args()
     try:
         return run(args)

@@ -9,11 +9,12 @@ pub mod extract;
 pub mod health;
 pub mod jobs;
 pub mod problem;
+pub mod tokens;
 pub mod writes;
 
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, Request};
 use axum::{BoxError, Router};
 use sqlx::PgPool;
@@ -25,6 +26,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::auth::AuthMode;
 use crate::coordinator::notify::Notifier;
 use crate::coordinator::Limits;
 use crate::error::Error;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Wakes long-polls when a checkpoint is triggered on any replica.
     pub notifier: Notifier,
+    /// Who may call what.
+    pub auth: AuthMode,
 }
 
 #[derive(OpenApi)]
@@ -55,10 +59,67 @@ Errors are RFC 9457 problem documents (`application/problem+json`) whose `type` 
         (name = "recovery", description = "Start a job's attempt (epoch) and find where to resume"),
         (name = "writes", description = "Stage rows (pre-commit)"),
         (name = "checkpoints", description = "Trigger, discover, ack and decline checkpoints"),
-        (name = "operations", description = "Health and readiness"),
+        (name = "tokens", description = "Processor tokens (admin)"),
+        (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
 struct ApiDoc;
+
+/// Bearer authentication on every `/v1` operation, with its 401 and 403
+/// answers, documented once here rather than on each handler.
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                            "Problem",
+                        ))))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                operation.security = Some(vec![SecurityRequirement::new(
+                    "bearer",
+                    Vec::<String>::new(),
+                )]);
+                operation.responses.responses.entry("401".into()).or_insert_with(|| {
+                    RefOr::T(problem("No or unknown bearer token (`unauthenticated`); with `WWW-Authenticate: Bearer`"))
+                });
+                operation.responses.responses.entry("403".into()).or_insert_with(|| {
+                    RefOr::T(problem("A valid token without the right: a processor token of another job, or on an admin endpoint (`forbidden`)"))
+                });
+            }
+        }
+    }
+}
 
 fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -66,13 +127,22 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(attempts::router())
         .merge(writes::router())
         .merge(checkpoints::router())
+        .merge(tokens::router())
         .merge(health::router())
 }
 
 /// The OpenAPI document, as served at `/openapi.json` and committed at
 /// `openapi/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    split().1
+}
+
+/// The router and its finished OpenAPI document.
+fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::Modify;
+    let (router, mut api) = api_router().split_for_parts();
+    Security.modify(&mut api);
+    (router, api)
 }
 
 /// Limits of the HTTP layer.
@@ -90,7 +160,7 @@ pub struct HttpLimits {
 /// Every request gets an `x-request-id` (kept when the client sends one),
 /// echoed in the response and recorded in the request's log span.
 pub fn app(state: AppState, limits: &HttpLimits) -> Router {
-    let (router, api) = api_router().split_for_parts();
+    let (router, api) = split();
     let request_id = HeaderName::from_static("x-request-id");
     let shed = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(|_: BoxError| async {
@@ -104,6 +174,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         .fallback(|| async { Error::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(limits.max_json_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), check_access))
         .layer(shed)
         .layer(axum::middleware::from_fn(record_request))
         .layer(
@@ -120,6 +191,42 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
                 .layer(PropagateRequestIdLayer::new(request_id)),
         )
         .with_state(state)
+}
+
+/// Authentication and authorization, before any handler runs.
+async fn check_access(
+    State(state): State<AppState>,
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let AuthMode::Enabled {
+        admin_token,
+        protect_operations,
+    } = &state.auth
+    else {
+        return next.run(request).await;
+    };
+    let need = crate::auth::need(
+        request.method().as_str(),
+        request.uri().path(),
+        *protect_operations,
+    );
+    if need != crate::auth::Need::Nothing {
+        let bearer = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        let allowed = match crate::auth::authenticate(&state.db, admin_token, bearer).await {
+            Ok(caller) => crate::auth::authorize(&caller, &need),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = allowed {
+            return error.into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Counts requests by method, route template and status, with latency.
@@ -144,11 +251,12 @@ async fn record_request(
     response
 }
 
-/// A state for `db` with default limits and a fresh notifier (tests, tools).
-pub fn state(db: PgPool, limits: Limits) -> AppState {
+/// A state for `db` with these limits, a fresh notifier, and `auth`.
+pub fn state(db: PgPool, limits: Limits, auth: AuthMode) -> AppState {
     AppState {
         db,
         limits,
         notifier: Notifier::new(),
+        auth,
     }
 }

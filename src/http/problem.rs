@@ -62,6 +62,8 @@ pub fn problem_for(error: &Error) -> Problem {
             committed_offset: Some(*committed),
             ..Problem::new(error, S::UNPROCESSABLE_ENTITY, "Offset regression")
         },
+        Error::Unauthenticated(_) => Problem::new(error, S::UNAUTHORIZED, "Unauthenticated"),
+        Error::Forbidden(_) => Problem::new(error, S::FORBIDDEN, "Forbidden"),
         Error::Conflict(_) => Problem::new(error, S::CONFLICT, "Conflict"),
         Error::Validation { field, .. } => Problem {
             field: Some(field.clone()),
@@ -103,6 +105,9 @@ impl IntoResponse for Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if let Some(ms) = retry_after {
             let seconds = ms.div_ceil(1000).max(1);
             if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {

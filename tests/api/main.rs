@@ -2,6 +2,7 @@
 //! one fresh database per test (`#[sqlx::test]`). One binary for all of them.
 
 mod acks;
+mod auth;
 mod checkpoints;
 mod concurrency;
 mod epochs;

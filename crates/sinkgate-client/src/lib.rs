@@ -63,6 +63,8 @@ pub struct Client {
     http: reqwest::Client,
     base_urls: Vec<String>,
     job: String,
+    /// Bearer token (a processor token of this job, or the admin token).
+    token: Option<String>,
     /// Give up retrying transient failures after this long.
     pub retry_for: Duration,
 }
@@ -76,8 +78,15 @@ impl Client {
                 .map(|url| url.trim_end_matches('/').to_owned())
                 .collect(),
             job: job.to_owned(),
+            token: None,
             retry_for: Duration::from_secs(120),
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: &str) -> Client {
+        self.token = Some(token.to_owned());
+        self
     }
 
     pub fn job(&self) -> &str {
@@ -101,6 +110,9 @@ impl Client {
                 .request(method.clone(), format!("{base}/v1/jobs/{}{path}", self.job));
             if let Some(body) = body {
                 request = request.json(body);
+            }
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
             }
             let failure = match request.send().await {
                 Ok(response) => {

@@ -24,6 +24,7 @@ async fn word_counts_are_exact_after_crashes(_: PgPoolOptions, connect: PgConnec
         limits: Default::default(),
         max_json_body_bytes: 1 << 20,
         max_in_flight: 1024,
+        auth: sinkgate::auth::AuthMode::Disabled,
         tick: Duration::from_millis(100),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

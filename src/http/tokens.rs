@@ -1,0 +1,96 @@
+//! `/v1/jobs/{job}/tokens`: processor tokens, managed with the admin token.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{ApiJson, ApiPath};
+use super::problem::Problem;
+use super::AppState;
+use crate::auth::{self, IssuedToken, TokenInfo};
+use crate::error::Result;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(issue_token, list_tokens))
+        .routes(routes!(revoke_token))
+}
+
+/// `POST /tokens` body.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// A note for humans (who holds it).
+    #[serde(default)]
+    pub label: String,
+}
+
+/// Issue a processor token for this job (admin only). The token is shown once.
+#[utoipa::path(
+    post, path = "/v1/jobs/{job}/tokens", tag = "tokens",
+    params(("job" = String, Path, description = "Job id")),
+    request_body = TokenRequest,
+    responses(
+        (status = 201, description = "Issued; `token` is not retrievable later", body = IssuedToken),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token (`unauthenticated`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token (`forbidden`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid label (`validation`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn issue_token(
+    State(state): State<AppState>,
+    ApiPath(job_id): ApiPath<String>,
+    ApiJson(request): ApiJson<TokenRequest>,
+) -> Result<(StatusCode, Json<IssuedToken>)> {
+    let mut tx = state.db.begin().await?;
+    let issued = auth::issue(&mut tx, &job_id, &request.label).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(issued)))
+}
+
+/// List this job's processor tokens (admin only; secrets are never shown).
+#[utoipa::path(
+    get, path = "/v1/jobs/{job}/tokens", tag = "tokens",
+    params(("job" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Tokens, oldest first", body = Vec<TokenInfo>),
+        (status = 401, description = "No or unknown token (`unauthenticated`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token (`forbidden`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_tokens(
+    State(state): State<AppState>,
+    ApiPath(job_id): ApiPath<String>,
+) -> Result<Json<Vec<TokenInfo>>> {
+    let mut conn = state.db.acquire().await?;
+    Ok(Json(auth::list(&mut conn, &job_id).await?))
+}
+
+/// Revoke a processor token (admin only). Requests with it get 401 from now on.
+#[utoipa::path(
+    delete, path = "/v1/jobs/{job}/tokens/{token_id}", tag = "tokens",
+    params(("job" = String, Path, description = "Job id"), ("token_id" = String, Path, description = "Token id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No or unknown token (`unauthenticated`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not the admin token (`forbidden`)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such token (`not-found`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn revoke_token(
+    State(state): State<AppState>,
+    ApiPath((job_id, token_id)): ApiPath<(String, String)>,
+) -> Result<StatusCode> {
+    let mut conn = state.db.acquire().await?;
+    auth::revoke(&mut conn, &job_id, &token_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,276 @@
+//! Each kind of token can do exactly what it should: a matrix over the endpoints.
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sinkgate::auth::AuthMode;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+use crate::helpers::{options, TestApp};
+
+const ADMIN: &str = "admin-secret-for-tests";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// Authorized (whatever the endpoint then answers).
+    Pass,
+    Unauthenticated,
+    Forbidden,
+}
+
+#[sqlx::test]
+async fn each_token_kind_can_do_exactly_what_it_should(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn_with(
+        &connect,
+        sinkgate::ServiceOptions {
+            auth: AuthMode::Enabled {
+                admin_token: ADMIN.into(),
+                protect_operations: false,
+            },
+            ..options()
+        },
+    )
+    .await;
+    let http = &app.http;
+    app.sql("CREATE TABLE own_sink (id bigint); CREATE TABLE other_sink (id bigint)")
+        .await;
+    for job in ["own", "other"] {
+        let response = http
+            .put(app.url(&format!("/v1/jobs/{job}")))
+            .bearer_auth(ADMIN)
+            .json(&json!({"tasks": ["t0"], "sink": {"table": format!("{job}_sink"), "mode": "append"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let issued: Value = http
+        .post(app.url("/v1/jobs/own/tokens"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"label": "processor of own"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let processor = issued["token"].as_str().unwrap().to_owned();
+    let token_id = issued["token_id"].as_str().unwrap().to_owned();
+    assert!(processor.starts_with("sgt_"));
+    let listed: Value = http
+        .get(app.url("/v1/jobs/own/tokens"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["token_id"], token_id.as_str());
+    assert!(listed[0].get("token").is_none(), "secrets are never listed");
+
+    use Expect::*;
+    let body = json!({});
+    // (method, path, as admin, as processor of `own`, with no token)
+    let matrix: Vec<(&str, String, Expect, Expect, Expect)> = vec![
+        ("GET", "/v1/jobs".into(), Pass, Forbidden, Unauthenticated),
+        (
+            "PUT",
+            "/v1/jobs/own".into(),
+            Pass,
+            Forbidden,
+            Unauthenticated,
+        ),
+        (
+            "DELETE",
+            "/v1/jobs/nothing".into(),
+            Pass,
+            Forbidden,
+            Unauthenticated,
+        ),
+        ("GET", "/v1/jobs/own".into(), Pass, Pass, Unauthenticated),
+        (
+            "GET",
+            "/v1/jobs/other".into(),
+            Pass,
+            Forbidden,
+            Unauthenticated,
+        ),
+        (
+            "POST",
+            "/v1/jobs/own/attempts".into(),
+            Pass,
+            Pass,
+            Unauthenticated,
+        ),
+        (
+            "POST",
+            "/v1/jobs/other/attempts".into(),
+            Pass,
+            Forbidden,
+            Unauthenticated,
+        ),
+        (
+            "GET",
+            "/v1/jobs/own/recovery".into(),
+            Pass,
+            Pass,
+            Unauthenticated,
+        ),
+        (
+            "GET",
+            "/v1/jobs/other/recovery".into(),
+            Pass,
+            Forbidden,
+            Unauthenticated,
+        ),
+        (
+            "POST",
+            "/v1/jobs/own/writes".into(),
+            Pass,
+            Pass,
+            Unauthenticated,
+        ),
+        (
+            "POST",
+            "/v1/jobs/other/writes".into(),
+            Pass,
+            Forbidden,
+            Unauthenticated,
+        ),
+        (
+            "POST",
+            "/v1/jobs/own/checkpoints".into(),
+            Pass,
+            Pass,
+            Unauthenticated,
+        ),
+        (
+            "GET",
+            "/v1/jobs/own/checkpoints".into(),
+            Pass,
+            Pass,
+            Unauthenticated,
+        ),
+        (
+            "GET",
+            "/v1/jobs/own/checkpoints/pending".into(),
+            Pass,
+            Pass,
+            Unauthenticated,
+        ),
+        (
+            "GET",
+            "/v1/jobs/own/checkpoints/1".into(),
+            Pass,
+            Pass,
+            Unauthenticated,
+        ),
+        (
+            "POST",
+            "/v1/jobs/own/checkpoints/1/acks".into(),
+            Pass,
+            Pass,
+            Unauthenticated,
+        ),
+        (
+            "POST",
+            "/v1/jobs/other/checkpoints/1/acks".into(),
+            Pass,
+            Forbidden,
+            Unauthenticated,
+        ),
+        (
+            "POST",
+            "/v1/jobs/own/checkpoints/1/declines".into(),
+            Pass,
+            Pass,
+            Unauthenticated,
+        ),
+        (
+            "POST",
+            "/v1/jobs/own/tokens".into(),
+            Pass,
+            Forbidden,
+            Unauthenticated,
+        ),
+        (
+            "GET",
+            "/v1/jobs/own/tokens".into(),
+            Pass,
+            Forbidden,
+            Unauthenticated,
+        ),
+        (
+            "DELETE",
+            "/v1/jobs/own/tokens/nothing".into(),
+            Pass,
+            Forbidden,
+            Unauthenticated,
+        ),
+        ("GET", "/healthz".into(), Pass, Pass, Pass),
+        ("GET", "/readyz".into(), Pass, Pass, Pass),
+        ("GET", "/metrics".into(), Pass, Pass, Pass),
+    ];
+    for (method, path, admin, as_processor, anonymous) in matrix {
+        for (token, expected) in [
+            (Some(ADMIN), admin),
+            (Some(processor.as_str()), as_processor),
+            (None, anonymous),
+            (
+                Some("sgt_bogus_x"),
+                if anonymous == Pass {
+                    Pass
+                } else {
+                    Unauthenticated
+                },
+            ),
+        ] {
+            let mut request = http
+                .request(method.parse().unwrap(), app.url(&path))
+                .json(&body);
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let actual = match status {
+                StatusCode::UNAUTHORIZED => {
+                    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+                    Unauthenticated
+                }
+                StatusCode::FORBIDDEN => Forbidden,
+                _ => Pass,
+            };
+            assert_eq!(actual, expected, "{method} {path} with {token:?}: {status}");
+        }
+    }
+
+    // Revoked: the processor token stops working at once.
+    let revoked = http
+        .delete(app.url(&format!("/v1/jobs/own/tokens/{token_id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    let after = http
+        .get(app.url("/v1/jobs/own/recovery"))
+        .bearer_auth(&processor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+    // A wrong secret for a real token id is as unknown as a made-up token.
+    let (prefix, _) = processor.rsplit_once('_').unwrap();
+    let forged = http
+        .get(app.url("/v1/jobs/own/recovery"))
+        .bearer_auth(format!("{prefix}_wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
