@@ -5,7 +5,7 @@
 //! ends of the log.
 //!
 //! Bounded by default (a few kills per scenario, seeded). A soak is one
-//! variable away: `CHAOS_ITERATIONS=200 CHAOS_SEED=7 scripts/test.sh --test chaos`.
+//! variable away: `DATABASE_URL=$(scripts/postgres.sh) CHAOS_ITERATIONS=200 CHAOS_SEED=7 cargo test --test chaos`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
