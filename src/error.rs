@@ -34,8 +34,9 @@ pub enum Error {
         detail: String,
     },
 
-    /// An ack reports an offset below the last committed one for a partition.
-    #[error("partition {partition:?}: offset {offset} is below the committed offset {committed}")]
+    /// An ack reports an offset below the last committed one for a
+    /// partition, or below the task's own previous ack.
+    #[error("partition {partition:?}: offset {offset} is below offset {committed}, already committed or acked by this task")]
     OffsetRegression {
         partition: String,
         offset: i64,

@@ -456,7 +456,7 @@ pub struct Problem {
     /// The source partition (`offset-regression`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
-    /// The committed offset the ack fell below (`offset-regression`).
+    /// The offset the ack fell below: committed, or acked before by this task (`offset-regression`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committed_offset: Option<i64>,
     /// How long to wait before retrying, in ms (`too-early`, `unavailable`).

@@ -176,7 +176,14 @@ pub async fn record_ack(
             request.task_id
         )));
     }
-    check_offsets(&mut *conn, job_id, checkpoint_id, request).await?;
+    check_offsets(
+        &mut *conn,
+        job_id,
+        checkpoint_id,
+        context.last_acked_id,
+        request,
+    )
+    .await?;
 
     sqlx::query(
         "WITH recorded AS (
@@ -321,17 +328,25 @@ async fn check_offsets(
     conn: &mut PgConnection,
     job_id: &str,
     checkpoint_id: i64,
+    previous_ack: Option<i64>,
     request: &AckRequest,
 ) -> Result<()> {
     if request.offsets.is_empty() {
         return Ok(());
     }
     let partitions: Vec<&String> = request.offsets.keys().collect();
+    // Floors: the committed offsets, and this task's own previous ack in
+    // this epoch (which may not be decided yet).
     let committed: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT source_partition, next_offset FROM committed_offsets WHERE job_id = $1 AND source_partition = ANY ($2)",
+        "SELECT source_partition, next_offset FROM committed_offsets WHERE job_id = $1 AND source_partition = ANY ($2)
+         UNION ALL
+         SELECT o.key, o.value::bigint FROM acks a, jsonb_each_text(a.offsets) AS o
+         WHERE a.job_id = $1 AND a.task_id = $3 AND a.checkpoint_id = $4 AND o.key = ANY ($2)",
     )
     .bind(job_id)
     .bind(&partitions)
+    .bind(&request.task_id)
+    .bind(previous_ack)
     .fetch_all(&mut *conn)
     .await?;
     for (partition, committed) in committed {

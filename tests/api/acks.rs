@@ -178,6 +178,27 @@ async fn an_offset_below_the_committed_one_is_a_regression(
         "committed",
         "equal is fine"
     );
+
+    // Below the task's own previous ack, even before that ack is decided.
+    let spec = json!({"tasks": ["t0", "t1"], "sink": {"table": "wc_sink", "mode": "upsert", "key": ["word"]},
+                      "checkpointing": {"max_concurrent": 2}});
+    assert_eq!(app.put_job("wc", spec).await.status(), StatusCode::OK);
+    let third = app.checkpoint("wc", epoch).await;
+    let fourth = app.checkpoint("wc", epoch).await;
+    app.ack_ok("wc", third, "t0", epoch, json!({"0": 150}))
+        .await;
+    let own = problem(
+        app.ack("wc", fourth, "t0", epoch, json!({"0": 120})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "offset-regression",
+    )
+    .await;
+    assert_eq!(own["committed_offset"], 150);
+    assert_eq!(
+        app.ack_ok("wc", fourth, "t0", epoch, json!({"0": 150}))
+            .await,
+        "pending"
+    );
     app.stop().await;
 }
 
