@@ -16,6 +16,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
+/// The scenarios run one at a time: a killed service is restarted on the
+/// same port, and a concurrently running scenario could otherwise pick that
+/// port while it is free and end up talking to the wrong service.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const PARTITIONS: i64 = 4;
 const EVENTS_PER_PARTITION: i64 = 600;
 const JOB: &str = "chaos";
@@ -95,7 +100,7 @@ impl Service {
             .stdout(Stdio::null())
             .spawn()
             .expect("start sinkgate");
-        let service = Service {
+        let mut service = Service {
             child,
             port,
             database_url: database_url.to_owned(),
@@ -103,7 +108,9 @@ impl Service {
         let client = reqwest::Client::new();
         for _ in 0..200 {
             if let Ok(response) = client.get(format!("{}/readyz", service.url())).send().await {
-                if response.status().is_success() {
+                // Ready, and it is our process that answered (not one that
+                // holds the port while ours failed to bind).
+                if response.status().is_success() && service.child.try_wait().unwrap().is_none() {
                     return service;
                 }
             }
@@ -235,6 +242,7 @@ async fn processors_killed_at_random_points_still_copy_exactly_once(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
+    let _serial = SERIAL.lock().await;
     let db = pool(&connect).await;
     let service = Service::start(&database_url(&connect), free_port()).await;
     let log = setup(&db, &service.url()).await;
@@ -259,6 +267,7 @@ async fn the_service_killed_at_random_points_loses_and_duplicates_nothing(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
+    let _serial = SERIAL.lock().await;
     let db = pool(&connect).await;
     let mut service = Service::start(&database_url(&connect), free_port()).await;
     let log = setup(&db, &service.url()).await;
@@ -283,6 +292,7 @@ async fn the_service_killed_at_random_points_loses_and_duplicates_nothing(
 
 #[sqlx::test]
 async fn three_replicas_one_killed_mid_run(_: PgPoolOptions, connect: PgConnectOptions) {
+    let _serial = SERIAL.lock().await;
     let db = pool(&connect).await;
     let url = database_url(&connect);
     let mut replicas = vec![
@@ -320,6 +330,7 @@ async fn a_zombie_processor_is_fenced_and_changes_nothing(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
+    let _serial = SERIAL.lock().await;
     let db = pool(&connect).await;
     let service = Service::start(&database_url(&connect), free_port()).await;
     let log = setup(&db, &service.url()).await;
