@@ -176,6 +176,20 @@ impl Service {
         })
     }
 
+    /// Triggers a checkpoint of the `bench` job; returns its id.
+    async fn trigger(&self, epoch: i64) -> anyhow::Result<i64> {
+        let checkpoint = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/jobs/bench/checkpoints",
+                Some(json!({"epoch": epoch})),
+            )
+            .await?;
+        checkpoint["checkpoint_id"]
+            .as_i64()
+            .ok_or_else(|| anyhow::anyhow!("no checkpoint id in {checkpoint}"))
+    }
+
     async fn call(
         &self,
         method: reqwest::Method,
@@ -257,14 +271,7 @@ async fn sinkgate_ingest(
         try_join_all(writers).await?;
         writing += phase.elapsed();
         let phase = Instant::now();
-        let checkpoint = service
-            .call(
-                reqwest::Method::POST,
-                "/v1/jobs/bench/checkpoints",
-                Some(json!({"epoch": epoch})),
-            )
-            .await?;
-        let id = checkpoint["checkpoint_id"].as_i64().unwrap();
+        let id = service.trigger(epoch).await?;
         let mut last_status = String::new();
         for task in &tasks {
             let ack = service
@@ -441,14 +448,7 @@ async fn acks(
         let mut latencies = Vec::with_capacity(rounds * k);
         let mut busy = Duration::ZERO;
         for _ in 0..rounds {
-            let checkpoint = service
-                .call(
-                    reqwest::Method::POST,
-                    "/v1/jobs/bench/checkpoints",
-                    Some(json!({"epoch": epoch})),
-                )
-                .await?;
-            let id = checkpoint["checkpoint_id"].as_i64().unwrap();
+            let id = service.trigger(epoch).await?;
             let started = Instant::now();
             let acks = tasks.iter().map(|task| async move {
                 let started = Instant::now();
@@ -560,14 +560,7 @@ async fn commit_latency(
             )
             .await?;
             staging += started.elapsed();
-            let checkpoint = service
-                .call(
-                    reqwest::Method::POST,
-                    "/v1/jobs/bench/checkpoints",
-                    Some(json!({"epoch": epoch})),
-                )
-                .await?;
-            let id = checkpoint["checkpoint_id"].as_i64().unwrap();
+            let id = service.trigger(epoch).await?;
             let started = Instant::now();
             let ack = service
                 .call(
