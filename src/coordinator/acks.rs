@@ -108,22 +108,7 @@ pub async fn record_ack(
             "checkpoint {checkpoint_id} of job {job_id:?} does not exist"
         )));
     };
-    if request.epoch < context.epoch {
-        crate::metrics::fenced(job_id);
-        return Err(Error::Fenced {
-            sent: request.epoch,
-            current: context.epoch,
-        });
-    }
-    if request.epoch > context.epoch {
-        return Err(Error::validation(
-            "epoch",
-            format!(
-                "epoch {} was never issued; the current epoch is {}",
-                request.epoch, context.epoch
-            ),
-        ));
-    }
+    super::check_epoch(job_id, context.epoch, request.epoch)?;
     if context.status == "aborted" || context.expired {
         return Err(Error::CheckpointAborted {
             checkpoint_id,

@@ -107,30 +107,28 @@ impl JobRow {
 
     /// Refuses a request from an older epoch (a zombie) or one never issued.
     pub fn check_epoch(&self, sent: i64) -> Result<()> {
-        if sent < self.epoch {
-            crate::metrics::fenced(&self.job_id);
-            return Err(Error::Fenced {
-                sent,
-                current: self.epoch,
-            });
-        }
-        if sent > self.epoch {
-            return Err(Error::validation(
-                "epoch",
-                if self.epoch == 0 {
-                    format!(
-                        "epoch {sent} was never issued: start an attempt first (POST /attempts)"
-                    )
-                } else {
-                    format!(
-                        "epoch {sent} was never issued; the current epoch is {}",
-                        self.epoch
-                    )
-                },
-            ));
-        }
-        Ok(())
+        check_epoch(&self.job_id, self.epoch, sent)
     }
+}
+
+/// Refuses a request from an older epoch than `current` (a zombie: 409
+/// `fenced`) or from one never issued (422).
+pub fn check_epoch(job_id: &str, current: i64, sent: i64) -> Result<()> {
+    if sent < current {
+        crate::metrics::fenced(job_id);
+        return Err(Error::Fenced { sent, current });
+    }
+    if sent > current {
+        return Err(Error::validation(
+            "epoch",
+            if current == 0 {
+                format!("epoch {sent} was never issued: start an attempt first (POST /attempts)")
+            } else {
+                format!("epoch {sent} was never issued; the current epoch is {current}")
+            },
+        ));
+    }
+    Ok(())
 }
 
 /// Row lock taken on the job's row.

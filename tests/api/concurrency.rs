@@ -46,7 +46,6 @@ async fn parallel_acks_on_two_replicas_decide_and_promote_exactly_once(
         // Every task acks, half through each replica; in round 2 each task acks
         // twice at once (a client retry racing its original).
         let copies = if round == 2 { 2 } else { 1 };
-        let _ = copies;
         let replicas = &replicas;
         let acks = tasks.iter().enumerate().flat_map(|(i, task)| {
             (0..copies).map(move |copy| async move {
