@@ -125,6 +125,7 @@ pub async fn run(
         scheduler_stopped,
     ));
 
+    let requests = state.requests.clone();
     let app = http::app(
         state,
         &http::HttpLimits {
@@ -136,6 +137,10 @@ pub async fn run(
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
+    // Requests whose client went away are not waited for by axum; their
+    // transactions still finish before the pool closes.
+    requests.close();
+    requests.wait().await;
 
     let _ = stop_scheduler.send(true);
     let _ = scheduler.await;

@@ -18,6 +18,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, Request};
 use axum::{BoxError, Router};
 use sqlx::PgPool;
+use tokio_util::task::TaskTracker;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -40,6 +41,9 @@ pub struct AppState {
     pub notifier: Notifier,
     /// Who may call what.
     pub auth: AuthMode,
+    /// Every request's task, so shutdown can wait for those whose client
+    /// has gone (see [`run_to_completion`]).
+    pub requests: TaskTracker,
 }
 
 #[derive(OpenApi)]
@@ -190,7 +194,37 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
                 }))
                 .layer(PropagateRequestIdLayer::new(request_id)),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            state.requests.clone(),
+            run_to_completion,
+        ))
         .with_state(state)
+}
+
+/// Runs each request in a task of its own, so a client that disconnects (a
+/// crashed processor) cannot cancel its handler half-way through database
+/// work.
+///
+/// Cancelling a future that is using a sqlx 0.8 connection is not safe: a
+/// future dropped inside `begin()` returns its connection to the pool with
+/// the transaction still open, and dropped queries can leave the connection
+/// out of step with the server. The chaos and word-count tests saw both after
+/// processor crashes — a `SELECT` answered with another statement's empty
+/// result ("job does not exist" for a live job), then "expected
+/// ParseComplete, got ReadyForQuery". In a task, the work always finishes
+/// (or rolls back) on its own; the answer is dropped when nobody waits.
+async fn run_to_completion(
+    State(requests): State<TaskTracker>,
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match requests.spawn(next.run(request)).await {
+        Ok(response) => response,
+        Err(failed) => {
+            Error::Internal(anyhow::anyhow!("request handler failed: {failed}")).into_response()
+        }
+    }
 }
 
 /// Authentication and authorization, before any handler runs.
@@ -258,5 +292,6 @@ pub fn state(db: PgPool, limits: Limits, auth: AuthMode) -> AppState {
         limits,
         notifier: Notifier::new(),
         auth,
+        requests: TaskTracker::new(),
     }
 }

@@ -1,3 +1,6 @@
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -177,7 +180,7 @@ async fn writes_racing_an_attempt_are_aborted_with_their_epoch_or_fenced(
             .await
     });
     let attempt = async {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
         app.post("/v1/jobs/ev/attempts", json!({})).await
     };
     let (responses, attempt) = tokio::join!(join_all(writes), attempt);
@@ -258,7 +261,7 @@ async fn a_decision_lost_between_the_ack_transactions_is_made_by_the_scheduler(
         if status == "committed" {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(status, "committed");
     assert_eq!(app.count("ev_sink").await, 3);
@@ -271,7 +274,7 @@ async fn a_decision_lost_between_the_ack_transactions_is_made_by_a_retry_or_an_a
     connect: PgConnectOptions,
 ) {
     let quiet = sinkgate::ServiceOptions {
-        tick: std::time::Duration::from_secs(3600),
+        tick: Duration::from_secs(3600),
         ..crate::helpers::options()
     };
     let app = TestApp::spawn_with(&connect, quiet).await;
@@ -303,5 +306,90 @@ async fn a_decision_lost_between_the_ack_transactions_is_made_by_a_retry_or_an_a
     assert_eq!(attempt["recovery"]["checkpoint_id"], second);
     assert_eq!(attempt["aborted_checkpoints"], json!([]));
     assert_eq!(app.count("ev_sink").await, 5);
+    app.stop().await;
+}
+
+/// Clients that give up mid-request (a processor killed, a client timeout)
+/// must not leave the service's connections broken: the original bug left a
+/// pooled connection inside a transaction or out of step with the server,
+/// and later requests got "job does not exist" for a live job.
+#[sqlx::test]
+async fn requests_abandoned_by_their_clients_leave_no_broken_connection(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    let tasks = ["t0".to_string(), "t1".to_string()];
+    let epoch = keyless_job(&app, "gone", &tasks).await;
+
+    // Eight clients, each sending requests one after another and hanging up
+    // after 0.5–12 ms: some finish, the others are cut at every stage of the
+    // handlers (in `begin`, in queries, in `commit`).
+    let epoch_now = AtomicI64::new(epoch);
+    let clients = (0..8u64).map(|client| {
+        let (app, epoch_now) = (&app, &epoch_now);
+        async move {
+            let http = reqwest::Client::new();
+            for i in 0..150u64 {
+                let epoch = epoch_now.load(Ordering::Relaxed);
+                let patience = Duration::from_micros(500 + (client * 150 + i) * 7919 % 11_500);
+                let request = match (client + i) % 5 {
+                    0 => http.post(app.url("/v1/jobs/gone/attempts")).json(&json!({})),
+                    1 | 2 => http.post(app.url("/v1/jobs/gone/writes")).json(
+                        &json!({"task_id": "t0", "epoch": epoch, "batch_id": format!("c{client}-{i}"),
+                                "rows": events((client * 1000 + i) as i64, 20)}),
+                    ),
+                    3 => http.post(app.url("/v1/jobs/gone/checkpoints")).json(&json!({"epoch": epoch})),
+                    _ => http.get(app.url("/v1/jobs/gone")),
+                };
+                if let Ok(response) = request.timeout(patience).send().await {
+                    if let Ok(job) = response.json::<Value>().await {
+                        if let Some(epoch) = job["epoch"].as_i64() {
+                            epoch_now.fetch_max(epoch, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    join_all(clients).await;
+
+    // Every pooled connection answers correctly: the job is there, every time.
+    for _ in 0..64 {
+        let response = app.get("/v1/jobs/gone").await;
+        let status = response.status();
+        assert_eq!(status, StatusCode::OK, "{}", response.text().await.unwrap());
+    }
+    // And the protocol still works end to end, exactly once.
+    let epoch = app.epoch("gone").await;
+    let before = app.count("gone_sink").await;
+    for task in &tasks {
+        let response = app
+            .write("gone", task, epoch, "final", events(900_000, 10))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let checkpoint = app.checkpoint("gone", epoch).await;
+    for task in &tasks {
+        app.ack_ok("gone", checkpoint, task, epoch, json!({})).await;
+    }
+    assert_eq!(app.count("gone_sink").await, before + 20);
+    // No connection of the service sits in a transaction nobody owns (the
+    // scheduler's own transactions are short, so the count must reach 0).
+    let mut stuck: i64 = -1;
+    for _ in 0..40 {
+        stuck = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        if stuck == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stuck, 0, "connections left inside a transaction");
     app.stop().await;
 }

@@ -11,12 +11,11 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use word_count::{register, run, word, Args};
 
-// Ignored in the default run, not deleted: it found an open bug. In one of six
-// clean CI runs the restarted processor got 404 "job does not exist" for a
-// job that is never deleted (the chaos soak saw the same once). Run it with
-// `cargo test -p sinkgate-client -- --ignored` while chasing that bug.
+// This test found the service's worst bug so far: aborted processors
+// cancelled handlers inside sqlx calls, which left pooled connections broken,
+// and the restarted processor got 404 "job does not exist" for a live job
+// (see `run_to_completion` in src/http/mod.rs).
 #[sqlx::test(migrator = "sinkgate::db::MIGRATOR")]
-#[ignore = "open bug: spurious 404 job-not-found after crashes (see comment)"]
 async fn word_counts_are_exact_after_crashes(_: PgPoolOptions, connect: PgConnectOptions) {
     let pool = PgPoolOptions::new()
         .max_connections(8)
