@@ -110,26 +110,7 @@ pub fn authorize(caller: &Caller, need: &Need) -> Result<()> {
     }
 }
 
-/// A newly issued token: the only time its secret is seen.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct IssuedToken {
-    pub token_id: String,
-    pub job_id: String,
-    pub label: String,
-    /// Send as `Authorization: Bearer <token>`. Not retrievable later.
-    pub token: String,
-    pub created_at: DateTime<Utc>,
-}
-
-/// A token as listed (never its secret).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema, sqlx::FromRow)]
-pub struct TokenInfo {
-    pub token_id: String,
-    pub job_id: String,
-    pub label: String,
-    pub created_at: DateTime<Utc>,
-    pub revoked_at: Option<DateTime<Utc>>,
-}
+pub use crate::model::{IssuedToken, TokenInfo};
 
 /// Issues a processor token for a job.
 pub async fn issue(conn: &mut PgConnection, job_id: &str, label: &str) -> Result<IssuedToken> {
@@ -163,12 +144,25 @@ pub async fn issue(conn: &mut PgConnection, job_id: &str, label: &str) -> Result
 
 pub async fn list(conn: &mut PgConnection, job_id: &str) -> Result<Vec<TokenInfo>> {
     crate::coordinator::load_job(&mut *conn, job_id, crate::coordinator::JobLock::None).await?;
-    Ok(sqlx::query_as(
+    type TokenRow = (String, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+    let rows: Vec<TokenRow> = sqlx::query_as(
         "SELECT token_id, job_id, label, created_at, revoked_at FROM job_tokens WHERE job_id = $1 ORDER BY created_at",
     )
     .bind(job_id)
     .fetch_all(&mut *conn)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(token_id, job_id, label, created_at, revoked_at)| TokenInfo {
+                token_id,
+                job_id,
+                label,
+                created_at,
+                revoked_at,
+            },
+        )
+        .collect())
 }
 
 /// Revokes a token; revoking twice is fine.

@@ -30,7 +30,8 @@ pub mod db;
 pub mod error;
 pub mod http;
 pub mod metrics;
-pub mod model;
+/// The API's JSON shapes, from the `sinkgate-api` crate that clients share.
+pub use sinkgate_api as model;
 pub mod sink;
 
 use std::future::Future;

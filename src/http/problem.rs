@@ -11,22 +11,21 @@ pub const PROBLEM_TYPE_PREFIX: &str = "urn:sinkgate:problem:";
 
 pub use crate::model::Problem;
 
-impl Problem {
-    fn new(error: &Error, status: StatusCode, title: &str) -> Self {
-        Problem {
-            problem_type: format!("{PROBLEM_TYPE_PREFIX}{}", error.kind()),
-            title: title.to_owned(),
-            status: status.as_u16(),
-            detail: error.to_string(),
-            field: None,
-            row: None,
-            column: None,
-            current_epoch: None,
-            checkpoint_id: None,
-            partition: None,
-            committed_offset: None,
-            retry_after_ms: None,
-        }
+/// The fields every problem has; [`problem_for`] adds the kind's own.
+fn base(error: &Error, status: StatusCode, title: &str) -> Problem {
+    Problem {
+        problem_type: format!("{PROBLEM_TYPE_PREFIX}{}", error.kind()),
+        title: title.to_owned(),
+        status: status.as_u16(),
+        detail: error.to_string(),
+        field: None,
+        row: None,
+        column: None,
+        current_epoch: None,
+        checkpoint_id: None,
+        partition: None,
+        committed_offset: None,
+        retry_after_ms: None,
     }
 }
 
@@ -34,23 +33,23 @@ impl Problem {
 pub fn problem_for(error: &Error) -> Problem {
     use StatusCode as S;
     match error {
-        Error::NotFound(_) => Problem::new(error, S::NOT_FOUND, "Not found"),
+        Error::NotFound(_) => base(error, S::NOT_FOUND, "Not found"),
         Error::Fenced { current, .. } => Problem {
             current_epoch: Some(*current),
-            ..Problem::new(error, S::CONFLICT, "Fenced epoch")
+            ..base(error, S::CONFLICT, "Fenced epoch")
         },
         Error::CheckpointAborted { checkpoint_id, .. } => Problem {
             checkpoint_id: Some(*checkpoint_id),
-            ..Problem::new(error, S::CONFLICT, "Checkpoint aborted")
+            ..base(error, S::CONFLICT, "Checkpoint aborted")
         },
         Error::UnknownTask(_) => Problem {
             field: Some("task_id".into()),
-            ..Problem::new(error, S::UNPROCESSABLE_ENTITY, "Unknown task")
+            ..base(error, S::UNPROCESSABLE_ENTITY, "Unknown task")
         },
         Error::RowRejected { row, column, .. } => Problem {
             row: Some(*row),
             column: column.clone(),
-            ..Problem::new(error, S::UNPROCESSABLE_ENTITY, "Row rejected")
+            ..base(error, S::UNPROCESSABLE_ENTITY, "Row rejected")
         },
         Error::OffsetRegression {
             partition,
@@ -60,33 +59,33 @@ pub fn problem_for(error: &Error) -> Problem {
             field: Some(format!("offsets.{partition}")),
             partition: Some(partition.clone()),
             committed_offset: Some(*committed),
-            ..Problem::new(error, S::UNPROCESSABLE_ENTITY, "Offset regression")
+            ..base(error, S::UNPROCESSABLE_ENTITY, "Offset regression")
         },
-        Error::Unauthenticated(_) => Problem::new(error, S::UNAUTHORIZED, "Unauthenticated"),
-        Error::Forbidden(_) => Problem::new(error, S::FORBIDDEN, "Forbidden"),
-        Error::Conflict(_) => Problem::new(error, S::CONFLICT, "Conflict"),
+        Error::Unauthenticated(_) => base(error, S::UNAUTHORIZED, "Unauthenticated"),
+        Error::Forbidden(_) => base(error, S::FORBIDDEN, "Forbidden"),
+        Error::Conflict(_) => base(error, S::CONFLICT, "Conflict"),
         Error::Validation { field, .. } => Problem {
             field: Some(field.clone()),
-            ..Problem::new(error, S::UNPROCESSABLE_ENTITY, "Invalid request")
+            ..base(error, S::UNPROCESSABLE_ENTITY, "Invalid request")
         },
-        Error::Malformed(_) => Problem::new(error, S::BAD_REQUEST, "Malformed request"),
+        Error::Malformed(_) => base(error, S::BAD_REQUEST, "Malformed request"),
         Error::UnsupportedMediaType(_) => {
-            Problem::new(error, S::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type")
+            base(error, S::UNSUPPORTED_MEDIA_TYPE, "Unsupported media type")
         }
         Error::TooEarly { retry_after_ms, .. } => Problem {
             retry_after_ms: Some(*retry_after_ms),
-            ..Problem::new(error, S::TOO_MANY_REQUESTS, "Too early")
+            ..base(error, S::TOO_MANY_REQUESTS, "Too early")
         },
-        Error::PayloadTooLarge(_) => Problem::new(error, S::PAYLOAD_TOO_LARGE, "Payload too large"),
+        Error::PayloadTooLarge(_) => base(error, S::PAYLOAD_TOO_LARGE, "Payload too large"),
         Error::Overloaded => Problem {
             retry_after_ms: Some(1000),
-            ..Problem::new(error, S::SERVICE_UNAVAILABLE, "Overloaded")
+            ..base(error, S::SERVICE_UNAVAILABLE, "Overloaded")
         },
         Error::Unavailable => Problem {
             retry_after_ms: Some(1000),
-            ..Problem::new(error, S::SERVICE_UNAVAILABLE, "Service unavailable")
+            ..base(error, S::SERVICE_UNAVAILABLE, "Service unavailable")
         },
-        Error::Internal(_) => Problem::new(error, S::INTERNAL_SERVER_ERROR, "Internal error"),
+        Error::Internal(_) => base(error, S::INTERNAL_SERVER_ERROR, "Internal error"),
     }
 }
 

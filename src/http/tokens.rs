@@ -3,30 +3,20 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde::Deserialize;
-use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{ApiJson, ApiPath};
 use super::problem::Problem;
 use super::AppState;
-use crate::auth::{self, IssuedToken, TokenInfo};
+use crate::auth;
 use crate::error::Result;
+use crate::model::{IssuedToken, TokenInfo, TokenRequest};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(issue_token, list_tokens))
         .routes(routes!(revoke_token))
-}
-
-/// `POST /tokens` body.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct TokenRequest {
-    /// A note for humans (who holds it).
-    #[serde(default)]
-    pub label: String,
 }
 
 /// Issue a processor token for this job (admin only). The token is shown once.

@@ -1,7 +1,7 @@
 //! A Rust client for sinkgate.
 //!
 //! [`Client`] is one typed method per endpoint, using the server's own
-//! request and response types ([`sinkgate::model`]). Transient failures
+//! request and response types ([`sinkgate_api`], re-exported as [`model`]). Transient failures
 //! (connection refused while a replica restarts, 5xx, 429) are retried with
 //! exponential backoff; every call is safe to retry because the protocol
 //! makes it so (batch ids, identical re-acks). A `fenced` answer becomes
@@ -19,9 +19,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use sinkgate::model;
-pub use sinkgate::model::Problem;
-use sinkgate::model::{
+pub use sinkgate_api as model;
+pub use sinkgate_api::Problem;
+use sinkgate_api::{
     AckRequest, AckResult, Attempt, Checkpoint, CheckpointDetails, CheckpointStatus, Job, JobSpec,
     PendingCheckpoint, Recovery, StateHandle, TriggerRequest, WriteResult,
 };

@@ -2,7 +2,7 @@
 //! service, crashed at random points and restarted; the sink must hold the
 //! counts computed from the log, exactly.
 
-#[path = "../examples/word_count.rs"]
+#[path = "../crates/sinkgate-client/examples/word_count.rs"]
 mod word_count;
 
 use std::collections::BTreeMap;

@@ -1,8 +1,10 @@
-//! The JSON shapes of the API: what processors send and receive.
+//! The JSON shapes of sinkgate's API: what processors and operators send and
+//! receive.
 //!
-//! These types are the contract of `../DESIGN.md` ("Shapes a processor relies
-//! on"); they are shared by the handlers, the OpenAPI document, and Rust
-//! clients. Requests deny unknown fields so that a typo is a 422, not a
+//! These types are the contract of `DESIGN.md` ("Shapes a processor relies
+//! on"). They live in a crate of their own so that the server (handlers and
+//! OpenAPI document), the Rust client and the command-line client share one
+//! definition without the client depending on the server. Requests deny unknown fields so that a typo is a 422, not a
 //! silently ignored setting.
 
 use std::collections::BTreeMap;
@@ -462,4 +464,34 @@ pub struct Problem {
     /// How long to wait before retrying, in ms (`too-early`, `unavailable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+}
+
+/// `POST /v1/jobs/{job}/tokens` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// A note for humans (who holds it).
+    #[serde(default)]
+    pub label: String,
+}
+
+/// A newly issued token: the only time its secret is seen.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct IssuedToken {
+    pub token_id: String,
+    pub job_id: String,
+    pub label: String,
+    /// Send as `Authorization: Bearer <token>`. Not retrievable later.
+    pub token: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A token as listed (never its secret).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenInfo {
+    pub token_id: String,
+    pub job_id: String,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }
