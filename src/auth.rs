@@ -53,6 +53,7 @@ pub fn need(method: &str, path: &str, protect_operations: bool) -> Need {
             _ => Need::Admin,
         },
         ["v1", "jobs", _, "tokens", ..] => Need::Admin,
+        ["v1", "jobs", _, "checkpoints", _, "abort"] => Need::Admin,
         ["v1", "jobs", job, ..] => Need::Job((*job).to_owned()),
         ["v1", ..] => Need::Admin,
         _ if protect_operations => Need::Admin,

@@ -10,7 +10,7 @@ use super::commit::{commit_decided, CommitOutcome};
 use super::{load_job, lock_task, require_name, JobLock, JobRow, Limits};
 use crate::error::{Error, Result};
 use crate::model::{
-    AckRequest, AckResult, Checkpoint, CheckpointStatus, DeclineRequest, StateHandle,
+    AbortRequest, AckRequest, AckResult, Checkpoint, CheckpointStatus, DeclineRequest, StateHandle,
 };
 
 fn validate_ack(request: &AckRequest, limits: &Limits) -> Result<()> {
@@ -437,24 +437,60 @@ pub async fn decline(
     request: &DeclineRequest,
 ) -> Result<Checkpoint> {
     require_name("task_id", &request.task_id, 200)?;
-    if request.reason.len() > 2000 {
+    require_reason(&request.reason)?;
+    let job = load_job(&mut *conn, job_id, JobLock::NoKeyUpdate).await?;
+    job.check_epoch(request.epoch)?;
+    lock_task(&mut *conn, job_id, &request.task_id, false).await?;
+    let reason = if request.reason.is_empty() {
+        format!("declined by {}", request.task_id)
+    } else {
+        format!("declined by {}: {}", request.task_id, request.reason)
+    };
+    abort_pending(conn, &job, checkpoint_id, &reason, "declined").await
+}
+
+/// `POST /checkpoints/{id}/abort`: an operator gives up on a pending
+/// checkpoint (a task is stuck, say). Like a decline, staged rows stay staged
+/// for the next checkpoint; aborting an aborted checkpoint is a no-op.
+pub async fn abort(
+    conn: &mut PgConnection,
+    job_id: &str,
+    checkpoint_id: i64,
+    request: &AbortRequest,
+) -> Result<Checkpoint> {
+    require_reason(&request.reason)?;
+    let job = load_job(&mut *conn, job_id, JobLock::NoKeyUpdate).await?;
+    let reason = if request.reason.is_empty() {
+        "aborted by an operator".to_owned()
+    } else {
+        format!("aborted by an operator: {}", request.reason)
+    };
+    abort_pending(conn, &job, checkpoint_id, &reason, "operator").await
+}
+
+fn require_reason(reason: &str) -> Result<()> {
+    if reason.len() > 2000 {
         return Err(Error::validation(
             "reason",
             "reason is longer than 2000 bytes",
         ));
     }
-    let job = load_job(&mut *conn, job_id, JobLock::NoKeyUpdate).await?;
-    job.check_epoch(request.epoch)?;
-    abort_timed_out(&mut *conn, &job).await?;
-    lock_task(&mut *conn, job_id, &request.task_id, false).await?;
+    Ok(())
+}
+
+/// Aborts a pending checkpoint of a job whose row the caller has locked.
+async fn abort_pending(
+    conn: &mut PgConnection,
+    job: &JobRow,
+    checkpoint_id: i64,
+    reason: &str,
+    metric_reason: &'static str,
+) -> Result<Checkpoint> {
+    let job_id = job.job_id.as_str();
+    abort_timed_out(&mut *conn, job).await?;
     let status = lock_checkpoint(&mut *conn, job_id, checkpoint_id).await?;
     match status.as_str() {
         "pending" => {
-            let reason = if request.reason.is_empty() {
-                format!("declined by {}", request.task_id)
-            } else {
-                format!("declined by {}: {}", request.task_id, request.reason)
-            };
             sqlx::query(
                 "UPDATE checkpoints SET status = 'aborted', aborted_at = now(), failure_reason = $3
                  WHERE job_id = $1 AND checkpoint_id = $2",
@@ -464,12 +500,12 @@ pub async fn decline(
             .bind(reason)
             .execute(&mut *conn)
             .await?;
-            crate::metrics::checkpoints_aborted(job_id, "declined", 1);
+            crate::metrics::checkpoints_aborted(job_id, metric_reason, 1);
         }
         "aborted" => {}
         status => {
             return Err(Error::conflict(format!(
-                "checkpoint {checkpoint_id} is {status}; a decided checkpoint cannot be declined"
+                "checkpoint {checkpoint_id} is {status}; a decided checkpoint cannot be aborted"
             )))
         }
     }

@@ -16,8 +16,8 @@ use crate::coordinator::checkpoints::{self, TriggerKind};
 use crate::coordinator::{acks, load_job, JobLock};
 use crate::error::{Error, Result};
 use crate::model::{
-    AckRequest, AckResult, Checkpoint, CheckpointDetails, CheckpointList, CheckpointListQuery,
-    DeclineRequest, PendingCheckpoint, PendingQuery, TriggerRequest,
+    AbortRequest, AckRequest, AckResult, Checkpoint, CheckpointDetails, CheckpointList,
+    CheckpointListQuery, DeclineRequest, PendingCheckpoint, PendingQuery, TriggerRequest,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_checkpoint))
         .routes(routes!(ack_checkpoint))
         .routes(routes!(decline_checkpoint))
+        .routes(routes!(abort_checkpoint))
 }
 
 /// Longest long-poll.
@@ -213,6 +214,39 @@ async fn decline_checkpoint(
 ) -> Result<Json<Checkpoint>> {
     let mut tx = state.db.begin().await?;
     let checkpoint = acks::decline(&mut tx, &job_id, checkpoint_id, &request).await?;
+    tx.commit().await?;
+    Ok(Json(checkpoint))
+}
+
+/// Abort a pending checkpoint (admin): for operators, when a task is stuck.
+///
+/// Staged rows stay staged and are promoted by the next checkpoint that
+/// completes. Aborting an already aborted checkpoint is a no-op.
+#[utoipa::path(
+    post, path = "/v1/jobs/{job}/checkpoints/{id}/abort", tag = "checkpoints",
+    params(("job" = String, Path, description = "Job id"), ("id" = i64, Path, description = "Checkpoint id")),
+    request_body = AbortRequest,
+    responses(
+        (status = 200, description = "The checkpoint, now aborted", body = Checkpoint),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job or checkpoint (`not-found`)", body = Problem, content_type = "application/problem+json",
+         example = json!({"type": "urn:sinkgate:problem:not-found", "title": "Not found", "status": 404,
+                          "detail": "checkpoint 9 of job \"word-count\" does not exist"})),
+        (status = 409, description = "The checkpoint is already decided (`conflict`)", body = Problem, content_type = "application/problem+json",
+         example = json!({"type": "urn:sinkgate:problem:conflict", "title": "Conflict", "status": 409,
+                          "detail": "checkpoint 7 is committed; a decided checkpoint cannot be aborted"})),
+        (status = 422, description = "Invalid body (`validation`)", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn abort_checkpoint(
+    State(state): State<AppState>,
+    ApiPath((job_id, checkpoint_id)): ApiPath<(String, i64)>,
+    ApiJson(request): ApiJson<AbortRequest>,
+) -> Result<Json<Checkpoint>> {
+    let mut tx = state.db.begin().await?;
+    let checkpoint = acks::abort(&mut tx, &job_id, checkpoint_id, &request).await?;
     tx.commit().await?;
     Ok(Json(checkpoint))
 }

@@ -191,6 +191,13 @@ async fn each_token_kind_can_do_exactly_what_it_should(
         ),
         (
             "POST",
+            "/v1/jobs/own/checkpoints/1/abort".into(),
+            Pass,
+            Forbidden,
+            Unauthenticated,
+        ),
+        (
+            "POST",
             "/v1/jobs/own/tokens".into(),
             Pass,
             Forbidden,

@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{problem, word_count_job, TestApp};
+use crate::helpers::{event_job, events, problem, word_count_job, TestApp};
 
 async fn set_checkpointing(app: &TestApp, job: &str, tasks: &[&str], checkpointing: Value) {
     let spec = json!({"tasks": tasks, "sink": {"table": format!("{job}_sink"), "mode": "upsert", "key": ["word"]},
@@ -116,6 +116,68 @@ async fn a_decline_aborts_the_checkpoint(_: PgPoolOptions, connect: PgConnectOpt
         "conflict",
     )
     .await;
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn an_operator_abort_keeps_staged_rows_for_the_next_checkpoint(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    let epoch = event_job(&app, "ev", &["t0"]).await;
+    let written = app.write("ev", "t0", epoch, "b1", events(1, 3)).await;
+    assert_eq!(written.status(), StatusCode::CREATED);
+    let stuck = app.checkpoint("ev", epoch).await;
+    let abort = |id: i64, body: Value| {
+        let app = &app;
+        async move {
+            app.post(&format!("/v1/jobs/ev/checkpoints/{id}/abort"), body)
+                .await
+        }
+    };
+
+    let aborted = abort(stuck, json!({"reason": "t0 is stuck"})).await;
+    assert_eq!(aborted.status(), StatusCode::OK);
+    let body: Value = aborted.json().await.unwrap();
+    assert_eq!(body["status"], "aborted");
+    assert_eq!(
+        body["failure_reason"],
+        "aborted by an operator: t0 is stuck"
+    );
+    assert_eq!(
+        abort(stuck, json!({})).await.status(),
+        StatusCode::OK,
+        "idempotent"
+    );
+    assert_eq!(app.count("ev_sink").await, 0);
+
+    // The rows staged before the abort are promoted by the next checkpoint.
+    let next = app.checkpoint("ev", epoch).await;
+    assert_eq!(
+        app.ack_ok("ev", next, "t0", epoch, json!({})).await,
+        "committed"
+    );
+    assert_eq!(app.count("ev_sink").await, 3);
+    problem(
+        abort(next, json!({})).await,
+        StatusCode::CONFLICT,
+        "conflict",
+    )
+    .await;
+    problem(
+        abort(999, json!({})).await,
+        StatusCode::NOT_FOUND,
+        "not-found",
+    )
+    .await;
+    let field = problem(
+        abort(next + 1, json!({"reason": 5})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert_eq!(field["field"], "reason");
     app.stop().await;
 }
 

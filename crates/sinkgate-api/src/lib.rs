@@ -376,6 +376,16 @@ pub struct DeclineRequest {
     pub reason: String,
 }
 
+/// `POST /v1/jobs/{job}/checkpoints/{id}/abort` body (operators).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"reason": "task-3 is stuck; restarting the job"}))]
+pub struct AbortRequest {
+    /// Why, for the checkpoint's `failure_reason`.
+    #[serde(default)]
+    pub reason: String,
+}
+
 /// `POST /v1/jobs/{job}/writes` JSON body.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
