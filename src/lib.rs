@@ -17,6 +17,7 @@
 //!   promotion and abort.
 //! - [`db`]: pool, embedded migrations, identifier quoting.
 //! - [`config`]: command-line flags and environment variables.
+//! - [`cli`]: the command-line client (`sinkgate jobs …`), over `sinkgate-client`.
 //! - [`error`]: the one error type, with a stable problem type per case.
 //! - [`metrics`]: Prometheus counters and histograms of protocol events.
 //!
@@ -24,6 +25,7 @@
 //! transaction with row locks, so replicas can share one database.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod db;

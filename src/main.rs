@@ -1,6 +1,9 @@
-//! The `sinkgate` command: serve, migrate, print the OpenAPI document.
+//! The `sinkgate` command: serve, migrate, print the OpenAPI document, and
+//! the command-line client for operators (`jobs`, `checkpoints`, `recovery`,
+//! `tokens`).
 
 use clap::{Parser, Subcommand};
+use sinkgate::cli::{CheckpointsCommand, Connection, JobsCommand, TokensCommand};
 use sinkgate::config::{Config, DatabaseConfig};
 
 #[derive(Parser)]
@@ -22,12 +25,49 @@ enum Command {
     Migrate(DatabaseConfig),
     /// Print the OpenAPI document.
     Openapi,
+    /// Manage jobs of a running service.
+    Jobs {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Inspect and abort checkpoints.
+    Checkpoints {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: CheckpointsCommand,
+    },
+    /// Where a job's processors resume: offsets and state handles.
+    Recovery {
+        #[command(flatten)]
+        connection: Connection,
+        job: String,
+    },
+    /// Issue, list and revoke processor tokens.
+    Tokens {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    match run(cli.command).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve(config) => {
             init_tracing(&config.log_format);
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -44,6 +84,19 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", sinkgate::http::openapi().to_pretty_json()?);
             Ok(())
         }
+        Command::Jobs {
+            connection,
+            command,
+        } => sinkgate::cli::jobs(&connection, command).await,
+        Command::Checkpoints {
+            connection,
+            command,
+        } => sinkgate::cli::checkpoints(&connection, command).await,
+        Command::Recovery { connection, job } => sinkgate::cli::recovery(&connection, &job).await,
+        Command::Tokens {
+            connection,
+            command,
+        } => sinkgate::cli::tokens(&connection, command).await,
     }
 }
 

@@ -2,12 +2,17 @@
 //! service, crashed at random points and restarted; the sink must hold the
 //! counts computed from the log, exactly.
 
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
 #[path = "../crates/sinkgate-client/examples/word_count.rs"]
 mod word_count;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use helpers::TestApp;
+use sinkgate::ServiceOptions;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use word_count::{register, run, word, Args};
 
@@ -17,24 +22,15 @@ use word_count::{register, run, word, Args};
 // (see `run_to_completion` in src/http/mod.rs).
 #[sqlx::test(migrator = "sinkgate::db::MIGRATOR")]
 async fn word_counts_are_exact_after_crashes(_: PgPoolOptions, connect: PgConnectOptions) {
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(connect)
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let options = sinkgate::ServiceOptions {
-        limits: Default::default(),
-        max_json_body_bytes: 1 << 20,
-        max_in_flight: 1024,
-        auth: sinkgate::auth::AuthMode::Disabled,
-        tick: Duration::from_millis(100),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(sinkgate::run(pool.clone(), options, listener, async {
-        let _ = stopped.await;
-    }));
+    let app = TestApp::spawn_with(
+        &connect,
+        ServiceOptions {
+            tick: Duration::from_millis(100),
+            ..helpers::options()
+        },
+    )
+    .await;
+    let (pool, url) = (app.db.clone(), app.base.clone());
 
     let log_dir = std::env::temp_dir().join(format!("sinkgate-wordcount-{}", std::process::id()));
     std::fs::create_dir_all(&log_dir).unwrap();
@@ -89,7 +85,5 @@ async fn word_counts_are_exact_after_crashes(_: PgPoolOptions, connect: PgConnec
     assert_eq!(counts, truth.into_iter().collect::<Vec<_>>());
 
     let _ = std::fs::remove_dir_all(&log_dir);
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
-    pool.close().await;
+    app.stop().await;
 }

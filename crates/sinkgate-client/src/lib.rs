@@ -22,8 +22,9 @@ use serde_json::Value;
 pub use sinkgate_api as model;
 pub use sinkgate_api::Problem;
 use sinkgate_api::{
-    AckRequest, AckResult, Attempt, Checkpoint, CheckpointDetails, CheckpointStatus, Job, JobSpec,
-    PendingCheckpoint, Recovery, StateHandle, TriggerRequest, WriteResult,
+    AbortRequest, AckRequest, AckResult, Attempt, Checkpoint, CheckpointDetails, CheckpointList,
+    CheckpointStatus, IssuedToken, Job, JobList, JobSpec, PendingCheckpoint, Recovery, StateHandle,
+    TokenInfo, TokenRequest, TriggerRequest, WriteResult,
 };
 
 /// What can go wrong when calling sinkgate.
@@ -105,9 +106,7 @@ impl Client {
         loop {
             let base = &self.base_urls[attempt % self.base_urls.len()];
             attempt += 1;
-            let mut request = self
-                .http
-                .request(method.clone(), format!("{base}/v1/jobs/{}{path}", self.job));
+            let mut request = self.http.request(method.clone(), format!("{base}{path}"));
             if let Some(body) = body {
                 request = request.json(body);
             }
@@ -141,7 +140,7 @@ impl Client {
                         return Err(Error::Refused(Box::new(problem)));
                     }
                 }
-                Err(error) => error.to_string(),
+                Err(error) => with_causes(&error),
             };
             if started.elapsed() > self.retry_for {
                 return Err(Error::Unavailable(failure));
@@ -165,18 +164,24 @@ impl Client {
 
     /// `PUT /v1/jobs/{job}`.
     pub async fn put_job(&self, spec: &JobSpec) -> Result<Job> {
-        self.expect(Method::PUT, "", Some(spec)).await
+        self.expect(Method::PUT, &self.job_path(""), Some(spec))
+            .await
     }
 
     /// `POST /attempts`: a new epoch and where to resume.
     pub async fn start_attempt(&self) -> Result<Attempt> {
-        self.expect(Method::POST, "/attempts", Some(&serde_json::json!({})))
-            .await
+        self.expect(
+            Method::POST,
+            &self.job_path("/attempts"),
+            Some(&serde_json::json!({})),
+        )
+        .await
     }
 
     /// `GET /recovery`.
     pub async fn recovery(&self) -> Result<Recovery> {
-        self.expect(Method::GET, "/recovery", None::<&()>).await
+        self.expect(Method::GET, &self.job_path("/recovery"), None::<&()>)
+            .await
     }
 
     /// `POST /writes` (JSON body).
@@ -188,14 +193,15 @@ impl Client {
         rows: &[Value],
     ) -> Result<WriteResult> {
         let body = serde_json::json!({"task_id": task_id, "epoch": epoch, "batch_id": batch_id, "rows": rows});
-        self.expect(Method::POST, "/writes", Some(&body)).await
+        self.expect(Method::POST, &self.job_path("/writes"), Some(&body))
+            .await
     }
 
     /// `POST /checkpoints`.
     pub async fn trigger(&self, epoch: i64) -> Result<Checkpoint> {
         self.expect(
             Method::POST,
-            "/checkpoints",
+            &self.job_path("/checkpoints"),
             Some(&TriggerRequest { epoch }),
         )
         .await
@@ -203,10 +209,10 @@ impl Client {
 
     /// `GET /checkpoints/pending`: long-poll for a checkpoint above `after`.
     pub async fn pending(&self, after: i64, wait: Duration) -> Result<Option<PendingCheckpoint>> {
-        let path = format!(
+        let path = self.job_path(&format!(
             "/checkpoints/pending?after={after}&wait_ms={}",
             wait.as_millis()
-        );
+        ));
         self.call(Method::GET, &path, None::<&()>).await
     }
 
@@ -214,7 +220,7 @@ impl Client {
     pub async fn ack(&self, checkpoint_id: i64, ack: &AckRequest) -> Result<AckResult> {
         self.expect(
             Method::POST,
-            &format!("/checkpoints/{checkpoint_id}/acks"),
+            &self.job_path(&format!("/checkpoints/{checkpoint_id}/acks")),
             Some(ack),
         )
         .await
@@ -224,11 +230,108 @@ impl Client {
     pub async fn checkpoint(&self, checkpoint_id: i64) -> Result<CheckpointDetails> {
         self.expect(
             Method::GET,
-            &format!("/checkpoints/{checkpoint_id}"),
+            &self.job_path(&format!("/checkpoints/{checkpoint_id}")),
             None::<&()>,
         )
         .await
     }
+
+    /// `GET /v1/jobs/{job}`.
+    pub async fn get_job(&self) -> Result<Job> {
+        self.expect(Method::GET, &self.job_path(""), None::<&()>)
+            .await
+    }
+
+    /// `DELETE /v1/jobs/{job}` (admin).
+    pub async fn delete_job(&self) -> Result<()> {
+        self.call::<Value>(Method::DELETE, &self.job_path(""), None::<&()>)
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /v1/jobs` (admin): every job, whichever this client is for.
+    pub async fn list_jobs(&self) -> Result<JobList> {
+        self.expect(Method::GET, "/v1/jobs", None::<&()>).await
+    }
+
+    /// `GET /checkpoints`: history, newest first, at most `limit`, optionally
+    /// of one status.
+    pub async fn checkpoints(
+        &self,
+        limit: u32,
+        status: Option<CheckpointStatus>,
+    ) -> Result<CheckpointList> {
+        let mut path = self.job_path(&format!("/checkpoints?limit={limit}"));
+        if let Some(status) = status {
+            path.push_str(&format!("&status={}", status.as_str()));
+        }
+        self.expect(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `POST /checkpoints/{id}/abort` (admin).
+    pub async fn abort_checkpoint(&self, checkpoint_id: i64, reason: &str) -> Result<Checkpoint> {
+        self.expect(
+            Method::POST,
+            &self.job_path(&format!("/checkpoints/{checkpoint_id}/abort")),
+            Some(&AbortRequest {
+                reason: reason.to_owned(),
+            }),
+        )
+        .await
+    }
+
+    /// `GET /tokens` (admin).
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        self.expect(Method::GET, &self.job_path("/tokens"), None::<&()>)
+            .await
+    }
+
+    /// `POST /tokens` (admin): a processor token for this job, shown once.
+    pub async fn issue_token(&self, label: &str) -> Result<IssuedToken> {
+        self.expect(
+            Method::POST,
+            &self.job_path("/tokens"),
+            Some(&TokenRequest {
+                label: label.to_owned(),
+            }),
+        )
+        .await
+    }
+
+    /// `DELETE /tokens/{id}` (admin).
+    pub async fn revoke_token(&self, token_id: &str) -> Result<()> {
+        self.call::<Value>(
+            Method::DELETE,
+            &self.job_path(&format!("/tokens/{token_id}")),
+            None::<&()>,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The same service and token, for another job.
+    pub fn for_job(&self, job: &str) -> Client {
+        Client {
+            job: job.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    fn job_path(&self, suffix: &str) -> String {
+        format!("/v1/jobs/{}{suffix}", self.job)
+    }
+}
+
+/// An error and its causes ("error sending request …: … Connection refused").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// One running instance of a job: all its tasks, in one epoch.
