@@ -161,6 +161,7 @@ impl Service {
             limits: Limits::default(),
             max_json_body_bytes: 256 << 20,
             max_in_flight: 1024,
+            request_timeout: Duration::from_secs(30),
             auth: sinkgate::auth::AuthMode::Disabled,
             tick: Duration::from_millis(200),
         };

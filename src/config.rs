@@ -47,6 +47,12 @@ pub struct Config {
     #[arg(long, env = "SINKGATE_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
 
+    /// Longest wait for an answer, in ms; then 503 `timeout`. The work itself
+    /// is not cut off: it finishes (or rolls back) on its own. NDJSON uploads
+    /// are exempt, and long-polls get their `wait_ms` on top.
+    #[arg(long, env = "SINKGATE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub request_timeout_ms: u64,
+
     /// How often the scheduler (interval triggers, timeouts, promotion retries) runs.
     #[arg(long, env = "SINKGATE_TICK_MS", default_value_t = 200)]
     pub tick_ms: u64,
@@ -82,6 +88,7 @@ impl Config {
             max_ndjson_body_bytes: 16 * 1024 * 1024 * 1024,
             max_inline_state_bytes: 64 * 1024,
             max_in_flight: 1024,
+            request_timeout_ms: 30_000,
             admin_token: None,
             insecure_no_auth: true,
             protect_operations: false,

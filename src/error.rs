@@ -79,6 +79,11 @@ pub enum Error {
     #[error("the service is at its limit of requests in flight; retry shortly")]
     Overloaded,
 
+    /// No answer within the request timeout. The work goes on and may still
+    /// take effect, so the caller retries (writes and acks are idempotent).
+    #[error("no answer within {0} ms; the request may still take effect: retry it (writes and acks are safe to repeat)")]
+    Timeout(u64),
+
     /// The database cannot be reached right now.
     #[error("the database is unavailable, retry later")]
     Unavailable,
@@ -124,6 +129,7 @@ impl Error {
             Error::Malformed(_) => "malformed",
             Error::UnsupportedMediaType(_) => "unsupported-media-type",
             Error::Overloaded => "overloaded",
+            Error::Timeout(_) => "timeout",
             Error::Unavailable => "unavailable",
             Error::Internal(_) => "internal",
         }

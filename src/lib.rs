@@ -53,6 +53,8 @@ pub struct ServiceOptions {
     pub max_json_body_bytes: usize,
     /// Requests handled at once before shedding with 503.
     pub max_in_flight: usize,
+    /// Longest wait for an answer before 503 `timeout` (the work goes on).
+    pub request_timeout: Duration,
     /// Who may call what.
     pub auth: auth::AuthMode,
     /// Scheduler period (interval triggers, timeouts, promotion retries).
@@ -68,6 +70,7 @@ impl From<&Config> for ServiceOptions {
             },
             max_json_body_bytes: config.max_json_body_bytes,
             max_in_flight: config.max_in_flight,
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
             auth: match &config.admin_token {
                 Some(token) if !config.insecure_no_auth => auth::AuthMode::Enabled {
                     admin_token: token.clone(),
@@ -134,6 +137,7 @@ pub async fn run(
         &http::HttpLimits {
             max_json_body_bytes: options.max_json_body_bytes,
             max_in_flight: options.max_in_flight,
+            request_timeout: options.request_timeout,
         },
     );
     tracing::info!(address = %listener.local_addr()?, "sinkgate listening");

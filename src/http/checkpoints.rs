@@ -31,7 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Longest long-poll.
-const MAX_WAIT_MS: u64 = 60_000;
+pub const MAX_WAIT_MS: u64 = 60_000;
 
 /// Trigger a checkpoint.
 ///
@@ -176,7 +176,6 @@ async fn get_checkpoint(
             example = json!({"type": "urn:sinkgate:problem:offset-regression", "title": "Offset regression", "status": 422,
                              "detail": "partition \"0\": offset 10 is below the committed offset 5000", "field": "offsets.0",
                              "partition": "0", "committed_offset": 5000})),
-        (status = 503, description = "Database unavailable; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn ack_checkpoint(

@@ -69,8 +69,10 @@ Errors are RFC 9457 problem documents (`application/problem+json`) whose `type` 
 )]
 struct ApiDoc;
 
-/// Bearer authentication on every `/v1` operation, with its 401 and 403
-/// answers, documented once here rather than on each handler.
+/// What every `/v1` operation shares, documented once here rather than on
+/// each handler: bearer authentication with its 401 and 403 answers, and the
+/// 503 answers of the layers in front of every handler (load shedding, the
+/// request timeout, an unreachable database).
 struct Security;
 
 impl utoipa::Modify for Security {
@@ -84,7 +86,7 @@ impl utoipa::Modify for Security {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
-        let problem = |description: &str| {
+        let problem = |description: &str, example: serde_json::Value| {
             ResponseBuilder::new()
                 .description(description)
                 .content(
@@ -93,6 +95,7 @@ impl utoipa::Modify for Security {
                         .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
                             "Problem",
                         ))))
+                        .example(Some(example))
                         .build(),
                 )
                 .build()
@@ -114,11 +117,30 @@ impl utoipa::Modify for Security {
                     "bearer",
                     Vec::<String>::new(),
                 )]);
-                operation.responses.responses.entry("401".into()).or_insert_with(|| {
-                    RefOr::T(problem("No or unknown bearer token (`unauthenticated`); with `WWW-Authenticate: Bearer`"))
+                let responses = &mut operation.responses.responses;
+                responses.entry("401".into()).or_insert_with(|| {
+                    RefOr::T(problem(
+                        "No or unknown bearer token (`unauthenticated`); with `WWW-Authenticate: Bearer`",
+                        serde_json::json!({"type": "urn:sinkgate:problem:unauthenticated", "title": "Unauthenticated",
+                                           "status": 401, "detail": "a bearer token is required",
+                                           "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
+                    ))
                 });
-                operation.responses.responses.entry("403".into()).or_insert_with(|| {
-                    RefOr::T(problem("A valid token without the right: a processor token of another job, or on an admin endpoint (`forbidden`)"))
+                responses.entry("403".into()).or_insert_with(|| {
+                    RefOr::T(problem(
+                        "A valid token without the right: a processor token of another job, or on an admin endpoint (`forbidden`)",
+                        serde_json::json!({"type": "urn:sinkgate:problem:forbidden", "title": "Forbidden",
+                                           "status": 403, "detail": "this token belongs to job \"word-count\"",
+                                           "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
+                    ))
+                });
+                responses.entry("503".into()).or_insert_with(|| {
+                    RefOr::T(problem(
+                        "Retry after `Retry-After` seconds: too many requests in flight (`overloaded`), no answer within the request timeout (`timeout`; the request may still take effect), or the database is unreachable (`unavailable`)",
+                        serde_json::json!({"type": "urn:sinkgate:problem:overloaded", "title": "Overloaded",
+                                           "status": 503, "detail": "the service is at its limit of requests in flight; retry shortly",
+                                           "retry_after_ms": 1000, "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
+                    ))
                 });
             }
         }
@@ -157,12 +179,19 @@ pub struct HttpLimits {
     /// Requests handled at once; beyond it requests are shed with 503
     /// (`overloaded`, Retry-After) instead of queueing without bound.
     pub max_in_flight: usize,
+    /// Longest wait for an answer (see [`answer_in_time`]).
+    pub request_timeout: std::time::Duration,
 }
 
 /// The whole application, ready to serve.
 ///
 /// Every request gets an `x-request-id` (kept when the client sends one),
-/// echoed in the response and recorded in the request's log span.
+/// echoed in the response, in problem documents, and in the request's log
+/// span.
+///
+/// The layers, outermost first: request id and tracing; the id stamped into
+/// problem documents; the answer deadline; the request's own task; metrics;
+/// load shedding; authentication; body limit; the handler.
 pub fn app(state: AppState, limits: &HttpLimits) -> Router {
     let (router, api) = split();
     let request_id = HeaderName::from_static("x-request-id");
@@ -181,6 +210,15 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), check_access))
         .layer(shed)
         .layer(axum::middleware::from_fn(record_request))
+        .layer(axum::middleware::from_fn_with_state(
+            state.requests.clone(),
+            run_to_completion,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            limits.request_timeout,
+            answer_in_time,
+        ))
+        .layer(axum::middleware::from_fn(stamp_problem_with_request_id))
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -194,10 +232,6 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
                 }))
                 .layer(PropagateRequestIdLayer::new(request_id)),
         )
-        .layer(axum::middleware::from_fn_with_state(
-            state.requests.clone(),
-            run_to_completion,
-        ))
         .with_state(state)
 }
 
@@ -219,12 +253,80 @@ async fn run_to_completion(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    match requests.spawn(next.run(request)).await {
+    use tracing::Instrument;
+    let work = next.run(request).instrument(tracing::Span::current());
+    match requests.spawn(work).await {
         Ok(response) => response,
         Err(failed) => {
             Error::Internal(anyhow::anyhow!("request handler failed: {failed}")).into_response()
         }
     }
+}
+
+/// Bounds how long a client waits for its answer: 503 `timeout` after
+/// `limit`. Only the wait is cut short; the request's task (see
+/// [`run_to_completion`]) finishes or rolls back on its own, which is why the
+/// problem tells the client to retry rather than to assume nothing happened.
+///
+/// NDJSON uploads are exempt (a large upload takes as long as it takes;
+/// `max_ndjson_body_bytes` bounds it), and a long-poll gets its `wait_ms` on
+/// top of the limit.
+async fn answer_in_time(
+    State(limit): State<std::time::Duration>,
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let ndjson = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/x-ndjson"));
+    if ndjson {
+        return next.run(request).await;
+    }
+    let long_poll = request.uri().path().ends_with("/checkpoints/pending");
+    let limit = if long_poll {
+        limit + std::time::Duration::from_millis(checkpoints::MAX_WAIT_MS)
+    } else {
+        limit
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => Error::Timeout(limit.as_millis() as u64).into_response(),
+    }
+}
+
+/// Adds the request id to every problem document (`request_id`), so a
+/// user's error report can be found in the service's log.
+async fn stamp_problem_with_request_id(
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let id = request.headers().get("x-request-id").cloned();
+    let response = next.run(request).await;
+    let is_problem = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes() == b"application/problem+json");
+    let Some(id) = id.filter(|_| is_problem) else {
+        return response;
+    };
+    let (mut parts, body) = response.into_parts();
+    // Problem documents are small; anything odd is passed on untouched.
+    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
+        return axum::response::Response::from_parts(parts, Body::empty());
+    };
+    let stamped = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut problem)) => {
+            let id = String::from_utf8_lossy(id.as_bytes()).into_owned();
+            problem.insert("request_id".into(), id.into());
+            serde_json::to_vec(&problem).unwrap_or_else(|_| bytes.to_vec())
+        }
+        _ => bytes.to_vec(),
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, Body::from(stamped))
 }
 
 /// Authentication and authorization, before any handler runs.

@@ -26,6 +26,7 @@ fn base(error: &Error, status: StatusCode, title: &str) -> Problem {
         partition: None,
         committed_offset: None,
         retry_after_ms: None,
+        request_id: None,
     }
 }
 
@@ -80,6 +81,10 @@ pub fn problem_for(error: &Error) -> Problem {
         Error::Overloaded => Problem {
             retry_after_ms: Some(1000),
             ..base(error, S::SERVICE_UNAVAILABLE, "Overloaded")
+        },
+        Error::Timeout(_) => Problem {
+            retry_after_ms: Some(1000),
+            ..base(error, S::SERVICE_UNAVAILABLE, "Timeout")
         },
         Error::Unavailable => Problem {
             retry_after_ms: Some(1000),

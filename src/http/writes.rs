@@ -60,7 +60,6 @@ type BodyStream = BoxStream<'static, Result<Bytes, Error>>;
         (status = 422, description = "A row does not fit the sink (`row-rejected`), an unknown task (`unknown-task`), or a bad field (`validation`)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:sinkgate:problem:row-rejected", "title": "Row rejected", "status": 422,
                              "detail": "row 3: column \"n\": expected an integer for bigint, got \"many\"", "row": 3, "column": "n"})),
-        (status = 503, description = "Database unavailable; retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn write_batch(

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -94,14 +96,78 @@ async fn every_response_carries_a_request_id(_: PgPoolOptions, connect: PgConnec
         .unwrap()
         .to_owned();
     assert_eq!(id.len(), 36, "a UUID: {id}");
+    let problem: Value = generated.json().await.unwrap();
+    assert_eq!(
+        problem["request_id"],
+        id.as_str(),
+        "and in the problem document"
+    );
     let given = app
         .http
-        .get(app.url("/healthz"))
+        .get(app.url("/v1/jobs/nope"))
         .header("x-request-id", "trace-me-42")
         .send()
         .await
         .unwrap();
     assert_eq!(given.headers()["x-request-id"], "trace-me-42");
+    let problem: Value = given.json().await.unwrap();
+    assert_eq!(problem["request_id"], "trace-me-42");
+    assert_eq!(problem["type"], "urn:sinkgate:problem:not-found");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_slow_request_is_answered_503_timeout_and_still_takes_effect(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let options = sinkgate::ServiceOptions {
+        request_timeout: Duration::from_millis(300),
+        ..crate::helpers::options()
+    };
+    let app = TestApp::spawn_with(&connect, options).await;
+    let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
+
+    // Hold the job's row as /attempts would, so a write has to wait for it.
+    let mut blocker = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobs WHERE job_id = 'ev' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.write("ev", "t0", epoch, "slow", crate::helpers::events(1, 2)),
+    )
+    .await
+    .expect("answered at the deadline, not when the lock goes");
+    let waited = started.elapsed();
+    assert_eq!(response.headers()["retry-after"], "1");
+    let body = crate::helpers::problem(response, StatusCode::SERVICE_UNAVAILABLE, "timeout").await;
+    assert!(body["detail"].as_str().unwrap().contains("retry"), "{body}");
+    assert!(
+        waited < Duration::from_secs(5),
+        "answered at the deadline, not after the lock: {waited:?}"
+    );
+
+    // The write was not cut off: once the lock goes it lands on its own,
+    // and the client's retry finds it.
+    blocker.rollback().await.unwrap();
+    let mut staged = 0;
+    for _ in 0..100 {
+        staged = app.staged("ev").await;
+        if staged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(staged, 2, "the timed-out write was staged");
+    let retried = app
+        .write("ev", "t0", epoch, "slow", crate::helpers::events(1, 2))
+        .await;
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["duplicate"], true, "{retried}");
+    assert_eq!(app.staged("ev").await, 2);
     app.stop().await;
 }
 

@@ -437,14 +437,15 @@ pub struct Readiness {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({
     "type": "urn:sinkgate:problem:fenced", "title": "Fenced epoch", "status": 409,
-    "detail": "epoch 2 is fenced: the job's current epoch is 3", "current_epoch": 3
+    "detail": "epoch 2 is fenced: the job's current epoch is 3", "current_epoch": 3,
+    "request_id": "6f1c2a9e-3d4b-4c5a-9e8f-7a6b5c4d3e2f"
 }))]
 pub struct Problem {
     /// Stable identifier: `urn:sinkgate:problem:` followed by one of `not-found`,
     /// `fenced`, `checkpoint-aborted`, `unknown-task`, `row-rejected`,
     /// `offset-regression`, `conflict`, `validation`, `malformed`,
     /// `unsupported-media-type`, `too-early`, `payload-too-large`,
-    /// `unauthenticated`, `forbidden`, `overloaded`, `unavailable`, `internal`.
+    /// `unauthenticated`, `forbidden`, `overloaded`, `timeout`, `unavailable`, `internal`.
     #[serde(rename = "type")]
     pub problem_type: String,
     pub title: String,
@@ -471,9 +472,12 @@ pub struct Problem {
     /// The offset the ack fell below: committed, or acked before by this task (`offset-regression`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committed_offset: Option<i64>,
-    /// How long to wait before retrying, in ms (`too-early`, `unavailable`).
+    /// How long to wait before retrying, in ms (`too-early`, `overloaded`, `timeout`, `unavailable`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// The request's id, as in the `x-request-id` header and the service's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// `POST /v1/jobs/{job}/tokens` body.
