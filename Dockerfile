@@ -2,8 +2,11 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+COPY crates ./crates
 COPY src ./src
 COPY migrations ./migrations
+# Declared in Cargo.toml, so the manifest needs it even for the binary.
+COPY benches ./benches
 RUN cargo build --release --locked --bin sinkgate
 
 # Runtime stage: a slim image with a non-root user.
