@@ -30,6 +30,8 @@ psql "$DB_URL" -qc 'CREATE TABLE st_sink (id bigint PRIMARY KEY, word text NOT N
 curl -sf -X PUT "http://127.0.0.1:$PORT/v1/jobs/st" -H 'content-type: application/json' \
   -d '{"tasks": ["task-0", "task-1"], "sink": {"table": "st_sink", "mode": "upsert", "key": ["id"]}}' >/dev/null
 curl -sf -X POST "http://127.0.0.1:$PORT/v1/jobs/st/attempts" >/dev/null
+curl -sf -X POST "http://127.0.0.1:$PORT/v1/jobs/st/checkpoints" -H 'content-type: application/json' \
+  -d '{"epoch": 1}' >/dev/null
 
 SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=scripts "$VENV/bin/st" --config-file scripts/schemathesis.toml \
   run openapi/openapi.json \
