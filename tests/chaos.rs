@@ -195,8 +195,10 @@ async fn setup(pool: &PgPool, service_url: &str) -> tempdir::Dir {
     dir
 }
 
-/// Every event exactly once, nothing beyond the committed offsets.
-async fn assert_exactly_once(pool: &PgPool, service_url: &str) {
+/// Every event exactly once, nothing beyond the committed offsets. `what`
+/// (the scenario and its kills) is printed with the counts, for soak reports
+/// (`--nocapture`).
+async fn assert_exactly_once(pool: &PgPool, service_url: &str, what: &str) {
     let total = PARTITIONS * EVENTS_PER_PARTITION;
     let (rows, distinct, wrong_payload): (i64, i64, i64) = sqlx::query_as(
         r#"SELECT count(*), count(DISTINCT id),
@@ -227,6 +229,7 @@ async fn assert_exactly_once(pool: &PgPool, service_url: &str) {
             "{recovery}"
         );
     }
+    eprintln!("chaos: {what}: {rows} rows for {total} events, 0 duplicated, 0 missing");
 }
 
 async fn pool(connect: &PgConnectOptions) -> PgPool {
@@ -257,7 +260,8 @@ async fn processors_killed_at_random_points_still_copy_exactly_once(
         Duration::from_secs(120),
     )
     .await;
-    assert_exactly_once(&db, &service.url()).await;
+    let what = format!("{} processor kills", iterations());
+    assert_exactly_once(&db, &service.url(), &what).await;
     drop(service);
     db.close().await;
 }
@@ -274,6 +278,7 @@ async fn the_service_killed_at_random_points_loses_and_duplicates_nothing(
     let mut rng = Rng::from_env(2);
     // A slow processor, so that the kills land in the middle of its work.
     let mut child = processor(&[service.url()], log.path(), 30);
+    let mut processor_runs = 1;
     for _ in 0..iterations() {
         tokio::time::sleep(rng.millis(100, 1200)).await;
         service.kill().await;
@@ -282,10 +287,15 @@ async fn the_service_killed_at_random_points_loses_and_duplicates_nothing(
         if let Ok(Some(status)) = child.try_wait() {
             assert!(status.success(), "processor exited with {status}");
             child = processor(&[service.url()], log.path(), 30);
+            processor_runs += 1;
         }
     }
     wait_success(child, Duration::from_secs(120)).await;
-    assert_exactly_once(&db, &service.url()).await;
+    let what = format!(
+        "{} service kills under {processor_runs} processor runs",
+        iterations()
+    );
+    assert_exactly_once(&db, &service.url(), &what).await;
     drop(service);
     db.close().await;
 }
@@ -320,7 +330,12 @@ async fn three_replicas_one_killed_mid_run(_: PgPoolOptions, connect: PgConnectO
     let victim = rng.below(3) as usize;
     replicas[victim].kill().await;
     wait_success(child, Duration::from_secs(120)).await;
-    assert_exactly_once(&db, &replicas[(victim + 1) % 3].url()).await;
+    let what = format!(
+        "{} replica kills and {} processor kills, 3 replicas",
+        iterations() + 1,
+        iterations()
+    );
+    assert_exactly_once(&db, &replicas[(victim + 1) % 3].url(), &what).await;
     drop(replicas);
     db.close().await;
 }
@@ -361,7 +376,8 @@ async fn a_zombie_processor_is_fenced_and_changes_nothing(
             Duration::from_secs(120),
         )
         .await;
-        assert_exactly_once(&db, &service.url()).await;
+        let what = format!("zombie round {}: fenced, exit 3", round + 1);
+        assert_exactly_once(&db, &service.url(), &what).await;
     }
     drop(service);
     db.close().await;
