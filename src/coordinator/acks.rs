@@ -63,6 +63,10 @@ struct AckContext {
     task_count: i32,
     /// Pending but past its timeout (the scheduler has not marked it yet).
     expired: bool,
+    /// The lowest offset this ack may send per partition: the committed
+    /// offset, and the task's own previous ack in this epoch (which may not be
+    /// decided yet); `[partition, offset]` pairs.
+    floors: Json<Vec<(String, i64)>>,
 }
 
 /// `POST /checkpoints/{id}/acks`, first transaction: records the ack and
@@ -83,11 +87,20 @@ pub async fn record_ack(
     limits: &Limits,
 ) -> Result<AckResult> {
     validate_ack(request, limits)?;
-    // Job, task and checkpoint, locked in that order, in one round trip.
+    // Job, task and checkpoint, locked in that order, and the offset
+    // floors, in one round trip.
+    let partitions: Vec<&String> = request.offsets.keys().collect();
     let context: Option<AckContext> = sqlx::query_as(
         "SELECT j.epoch, t.last_acked_id, c.status, c.failure_reason, c.task_count,
                 c.status = 'pending'
-                  AND c.triggered_at + make_interval(secs => j.timeout_ms::double precision / 1000) < now() AS expired
+                  AND c.triggered_at + make_interval(secs => j.timeout_ms::double precision / 1000) < now() AS expired,
+                (SELECT coalesce(jsonb_agg(jsonb_build_array(f.source_partition, f.next_offset)), '[]')
+                 FROM (SELECT source_partition, next_offset FROM committed_offsets
+                       WHERE job_id = $1 AND source_partition = ANY ($4)
+                       UNION ALL
+                       SELECT o.key, o.value::bigint FROM acks a, jsonb_each_text(a.offsets) AS o
+                       WHERE a.job_id = $1 AND a.task_id = $3 AND a.checkpoint_id = t.last_acked_id
+                         AND o.key = ANY ($4)) f) AS floors
          FROM jobs j
          JOIN tasks t ON t.job_id = j.job_id AND t.task_id = $3
          JOIN checkpoints c ON c.job_id = j.job_id AND c.checkpoint_id = $2
@@ -97,6 +110,7 @@ pub async fn record_ack(
     .bind(job_id)
     .bind(checkpoint_id)
     .bind(&request.task_id)
+    .bind(&partitions)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(context) = context else {
@@ -161,20 +175,35 @@ pub async fn record_ack(
             request.task_id
         )));
     }
-    check_offsets(
-        &mut *conn,
-        job_id,
-        checkpoint_id,
-        context.last_acked_id,
-        request,
-    )
-    .await?;
+    for (partition, floor) in &context.floors.0 {
+        let offset = request.offsets[partition];
+        if offset < *floor {
+            return Err(Error::OffsetRegression {
+                partition: partition.clone(),
+                offset,
+                committed: *floor,
+            });
+        }
+    }
 
-    sqlx::query(
-        "WITH recorded AS (
-             INSERT INTO acks (job_id, checkpoint_id, task_id, epoch, offsets, state) VALUES ($1, $2, $3, $4, $5, $6)
+    // Claim the partitions (one task per partition per checkpoint: a unique
+    // key, so concurrent acks cannot both claim one) and, only if every
+    // claim held, record the ack; one statement.
+    let claimed: i64 = sqlx::query_scalar(
+        "WITH claimed AS (
+             INSERT INTO ack_partitions (job_id, checkpoint_id, source_partition, task_id)
+             SELECT $1, $2, p, $3 FROM unnest($7::text[]) AS p
+             ON CONFLICT DO NOTHING RETURNING 1
+         ), complete AS (
+             SELECT count(*) = cardinality($7::text[]) AS ok FROM claimed
+         ), recorded AS (
+             INSERT INTO acks (job_id, checkpoint_id, task_id, epoch, offsets, state)
+             SELECT $1, $2, $3, $4, $5, $6 FROM complete WHERE ok
+         ), moved AS (
+             UPDATE tasks SET last_acked_id = $2
+             WHERE job_id = $1 AND task_id = $3 AND (SELECT ok FROM complete)
          )
-         UPDATE tasks SET last_acked_id = $2 WHERE job_id = $1 AND task_id = $3",
+         SELECT count(*) FROM claimed",
     )
     .bind(job_id)
     .bind(checkpoint_id)
@@ -182,8 +211,27 @@ pub async fn record_ack(
     .bind(request.epoch)
     .bind(Json(&request.offsets))
     .bind(request.state.as_ref().map(Json))
-    .execute(&mut *conn)
+    .bind(&partitions)
+    .fetch_one(&mut *conn)
     .await?;
+    if (claimed as usize) < partitions.len() {
+        // Rolled back by the caller; say who holds the partition.
+        let (partition, task): (String, String) = sqlx::query_as(
+            "SELECT source_partition, task_id FROM ack_partitions
+             WHERE job_id = $1 AND checkpoint_id = $2 AND source_partition = ANY ($3) AND task_id <> $4
+             ORDER BY source_partition LIMIT 1",
+        )
+        .bind(job_id)
+        .bind(checkpoint_id)
+        .bind(&partitions)
+        .bind(&request.task_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        return Err(Error::validation(
+            format!("offsets.{partition}"),
+            format!("partition {partition:?} is already claimed by task {task:?} in checkpoint {checkpoint_id}"),
+        ));
+    }
     crate::metrics::ack_recorded(job_id);
     // Acked tasks as far as this transaction sees; the caller counts again
     // after its commit.
@@ -243,15 +291,17 @@ pub async fn decide_if_complete(
     // No timeout sweep here: every ack was accepted before the deadline, so
     // a complete checkpoint is decided even if its decision comes late.
     let mut job = load_job(&mut *conn, job_id, JobLock::NoKeyUpdate).await?;
-    let (status, task_count): (String, i32) = sqlx::query_as(
-        "SELECT status, task_count FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
+    let (status, task_count, acked): (String, i32, i64) = sqlx::query_as(
+        "SELECT status, task_count,
+                (SELECT count(*) FROM acks a WHERE a.job_id = c.job_id AND a.checkpoint_id = c.checkpoint_id)
+         FROM checkpoints c WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
     )
     .bind(job_id)
     .bind(checkpoint_id)
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| Error::not_found(format!("checkpoint {checkpoint_id} of job {job_id:?} does not exist")))?;
-    let acked = count_acks(&mut *conn, job_id, checkpoint_id).await?;
+    let acked = acked as i32;
     let mut status = CheckpointStatus::parse(&status).unwrap_or(CheckpointStatus::Aborted);
     if status == CheckpointStatus::Pending && acked >= task_count {
         decide(&mut *conn, &mut job, checkpoint_id).await?;
@@ -306,87 +356,33 @@ async fn lock_checkpoint(
     })
 }
 
-/// A partition may be claimed by one task per checkpoint (a unique key, so
-/// that concurrent acks cannot both claim it), and its offset may not go
-/// below the committed one.
-async fn check_offsets(
-    conn: &mut PgConnection,
-    job_id: &str,
-    checkpoint_id: i64,
-    previous_ack: Option<i64>,
-    request: &AckRequest,
-) -> Result<()> {
-    if request.offsets.is_empty() {
-        return Ok(());
-    }
-    let partitions: Vec<&String> = request.offsets.keys().collect();
-    // Floors: the committed offsets, and this task's own previous ack in
-    // this epoch (which may not be decided yet).
-    let committed: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT source_partition, next_offset FROM committed_offsets WHERE job_id = $1 AND source_partition = ANY ($2)
-         UNION ALL
-         SELECT o.key, o.value::bigint FROM acks a, jsonb_each_text(a.offsets) AS o
-         WHERE a.job_id = $1 AND a.task_id = $3 AND a.checkpoint_id = $4 AND o.key = ANY ($2)",
-    )
-    .bind(job_id)
-    .bind(&partitions)
-    .bind(&request.task_id)
-    .bind(previous_ack)
-    .fetch_all(&mut *conn)
-    .await?;
-    for (partition, committed) in committed {
-        let offset = request.offsets[&partition];
-        if offset < committed {
-            return Err(Error::OffsetRegression {
-                partition,
-                offset,
-                committed,
-            });
-        }
-    }
-    let claimed: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO ack_partitions (job_id, checkpoint_id, source_partition, task_id)
-         SELECT $1, $2, p, $3 FROM unnest($4::text[]) AS p
-         ON CONFLICT DO NOTHING RETURNING source_partition",
-    )
-    .bind(job_id)
-    .bind(checkpoint_id)
-    .bind(&request.task_id)
-    .bind(&partitions)
-    .fetch_all(&mut *conn)
-    .await?;
-    if claimed.len() < partitions.len() {
-        let partition = partitions
-            .iter()
-            .find(|partition| !claimed.contains(partition))
-            .map(|partition| partition.to_string())
-            .unwrap_or_default();
-        let (task,): (String,) = sqlx::query_as(
-            "SELECT task_id FROM ack_partitions WHERE job_id = $1 AND checkpoint_id = $2 AND source_partition = $3",
-        )
-        .bind(job_id)
-        .bind(checkpoint_id)
-        .bind(&partition)
-        .fetch_one(&mut *conn)
-        .await?;
-        return Err(Error::validation(
-            format!("offsets.{partition}"),
-            format!("partition {partition:?} is already claimed by task {task:?} in checkpoint {checkpoint_id}"),
-        ));
-    }
-    Ok(())
-}
-
 /// Makes checkpoint `checkpoint_id` decided: every task acked it. Older
 /// pending checkpoints are subsumed; its offsets become the recovery point.
+/// One statement (it runs on every checkpoint's critical path).
 async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -> Result<()> {
-    let decide_seconds: f64 = sqlx::query_scalar(
-        "UPDATE checkpoints c SET status = 'completed', decided_at = clock_timestamp(), acked_count = c.task_count,
-                staged_rows = COALESCE(b.rows, 0), staged_bytes = COALESCE(b.bytes, 0)
-         FROM (SELECT sum(staged_rows) AS rows, sum(staged_bytes) AS bytes FROM batches
-               WHERE job_id = $1 AND epoch = $3 AND checkpoint_tag = $2) b
-         WHERE c.job_id = $1 AND c.checkpoint_id = $2
-         RETURNING extract(epoch FROM c.decided_at - c.triggered_at)::float8",
+    let (decide_seconds, subsumed): (f64, i64) = sqlx::query_as(
+        "WITH decided AS (
+             UPDATE checkpoints c SET status = 'completed', decided_at = clock_timestamp(), acked_count = c.task_count,
+                    staged_rows = COALESCE(b.rows, 0), staged_bytes = COALESCE(b.bytes, 0)
+             FROM (SELECT sum(staged_rows) AS rows, sum(staged_bytes) AS bytes FROM batches
+                   WHERE job_id = $1 AND epoch = $3 AND checkpoint_tag = $2) b
+             WHERE c.job_id = $1 AND c.checkpoint_id = $2
+             RETURNING extract(epoch FROM c.decided_at - c.triggered_at)::float8 AS seconds
+         ), subsumed AS (
+             UPDATE checkpoints SET status = 'aborted', aborted_at = now(), failure_reason = 'subsumed by ' || $2
+             WHERE job_id = $1 AND status = 'pending' AND checkpoint_id < $2
+             RETURNING 1
+         ), offsets AS (
+             INSERT INTO committed_offsets (job_id, source_partition, next_offset, checkpoint_id)
+             SELECT a.job_id, o.key, o.value::bigint, a.checkpoint_id
+             FROM acks a, jsonb_each_text(a.offsets) AS o
+             WHERE a.job_id = $1 AND a.checkpoint_id = $2
+             ON CONFLICT (job_id, source_partition) DO UPDATE
+             SET next_offset = EXCLUDED.next_offset, checkpoint_id = EXCLUDED.checkpoint_id
+         ), moved AS (
+             UPDATE jobs SET last_decided_id = $2 WHERE job_id = $1
+         )
+         SELECT (SELECT seconds FROM decided), (SELECT count(*) FROM subsumed)",
     )
     .bind(&job.job_id)
     .bind(checkpoint_id)
@@ -397,32 +393,7 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
         &job.job_id,
         std::time::Duration::from_secs_f64(decide_seconds.max(0.0)),
     );
-    let subsumed = sqlx::query(
-        "UPDATE checkpoints SET status = 'aborted', aborted_at = now(), failure_reason = 'subsumed by ' || $2
-         WHERE job_id = $1 AND status = 'pending' AND checkpoint_id < $2",
-    )
-    .bind(&job.job_id)
-    .bind(checkpoint_id)
-    .execute(&mut *conn)
-    .await?;
-    crate::metrics::checkpoints_aborted(&job.job_id, "subsumed", subsumed.rows_affected());
-    sqlx::query(
-        "INSERT INTO committed_offsets (job_id, source_partition, next_offset, checkpoint_id)
-         SELECT a.job_id, o.key, o.value::bigint, a.checkpoint_id
-         FROM acks a, jsonb_each_text(a.offsets) AS o
-         WHERE a.job_id = $1 AND a.checkpoint_id = $2
-         ON CONFLICT (job_id, source_partition) DO UPDATE
-         SET next_offset = EXCLUDED.next_offset, checkpoint_id = EXCLUDED.checkpoint_id",
-    )
-    .bind(&job.job_id)
-    .bind(checkpoint_id)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("UPDATE jobs SET last_decided_id = $2 WHERE job_id = $1")
-        .bind(&job.job_id)
-        .bind(checkpoint_id)
-        .execute(&mut *conn)
-        .await?;
+    crate::metrics::checkpoints_aborted(&job.job_id, "subsumed", subsumed as u64);
     job.last_decided_id = Some(checkpoint_id);
     Ok(())
 }

@@ -132,7 +132,10 @@ pub async fn staged_tags(
     Ok(tags)
 }
 
-/// Marks the decided checkpoints in (committed, decided] committed.
+/// Marks the decided checkpoints in (committed, decided] committed, and
+/// keeps ack details (and batch records) of only the `retained` most recent
+/// decided checkpoints. One statement: it runs on every checkpoint's
+/// critical path.
 async fn mark_committed(
     conn: &mut PgConnection,
     job: &mut JobRow,
@@ -140,58 +143,38 @@ async fn mark_committed(
     decided: i64,
     promoted: Promoted,
 ) -> Result<()> {
+    // `horizon` reads the statement's snapshot, where `decided` is already
+    // `completed`: it counts among the retained either way.
     sqlx::query(
-        "UPDATE checkpoints SET status = 'committed', committed_at = clock_timestamp(), promotion_error = NULL,
-                promoted_rows = CASE WHEN checkpoint_id = $3 THEN $4 ELSE 0 END,
-                promotion_ms = CASE WHEN checkpoint_id = $3 THEN $5 END,
-                promotion_attempts = promotion_attempts + 1
-         WHERE job_id = $1 AND status = 'completed' AND checkpoint_id > $2 AND checkpoint_id <= $3",
+        "WITH marked AS (
+             UPDATE checkpoints SET status = 'committed', committed_at = clock_timestamp(), promotion_error = NULL,
+                    promoted_rows = CASE WHEN checkpoint_id = $3 THEN $4 ELSE 0 END,
+                    promotion_ms = CASE WHEN checkpoint_id = $3 THEN $5 END,
+                    promotion_attempts = promotion_attempts + 1
+             WHERE job_id = $1 AND status = 'completed' AND checkpoint_id > $2 AND checkpoint_id <= $3
+         ), moved AS (
+             UPDATE jobs SET last_committed_id = $3 WHERE job_id = $1
+         ), horizon AS (
+             SELECT checkpoint_id FROM checkpoints
+             WHERE job_id = $1 AND status IN ('completed', 'committed')
+             ORDER BY checkpoint_id DESC OFFSET $6 - 1 LIMIT 1
+         ), pruned_claims AS (
+             DELETE FROM ack_partitions WHERE job_id = $1 AND checkpoint_id < (SELECT checkpoint_id FROM horizon)
+         ), pruned_acks AS (
+             DELETE FROM acks WHERE job_id = $1 AND checkpoint_id < (SELECT checkpoint_id FROM horizon)
+         ), pruned_batches AS (
+             DELETE FROM batches WHERE job_id = $1 AND checkpoint_tag < (SELECT checkpoint_id FROM horizon)
+         )
+         SELECT 1",
     )
     .bind(&job.job_id)
     .bind(committed)
     .bind(decided)
     .bind(promoted.rows as i64)
     .bind(promoted.millis)
+    .bind(job.retained as i64)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE jobs SET last_committed_id = $2 WHERE job_id = $1")
-        .bind(&job.job_id)
-        .bind(decided)
-        .execute(&mut *conn)
-        .await?;
     job.last_committed_id = Some(decided);
-    prune_history(&mut *conn, job).await?;
-    Ok(())
-}
-
-/// Keeps ack details (and batch records) of the `retained` most recent
-/// decided checkpoints; older ones are deleted.
-async fn prune_history(conn: &mut PgConnection, job: &JobRow) -> Result<()> {
-    let horizon: Option<i64> = sqlx::query_scalar(
-        "SELECT checkpoint_id FROM checkpoints
-         WHERE job_id = $1 AND status IN ('completed', 'committed')
-         ORDER BY checkpoint_id DESC OFFSET $2 - 1 LIMIT 1",
-    )
-    .bind(&job.job_id)
-    .bind(job.retained as i64)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(horizon) = horizon {
-        sqlx::query("DELETE FROM ack_partitions WHERE job_id = $1 AND checkpoint_id < $2")
-            .bind(&job.job_id)
-            .bind(horizon)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM acks WHERE job_id = $1 AND checkpoint_id < $2")
-            .bind(&job.job_id)
-            .bind(horizon)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM batches WHERE job_id = $1 AND checkpoint_tag < $2")
-            .bind(&job.job_id)
-            .bind(horizon)
-            .execute(&mut *conn)
-            .await?;
-    }
     Ok(())
 }
