@@ -4,6 +4,10 @@
 //! every source event exactly once, and the committed offsets must be the
 //! ends of the log.
 //!
+//! Whenever a processor has copied the whole log, the sink is checked and the
+//! job starts over from an empty sink, so that every kill of a long soak
+//! lands in the middle of work rather than on an idle, finished job.
+//!
 //! Bounded by default (a few kills per scenario, seeded). A soak is one
 //! variable away: `DATABASE_URL=$(scripts/postgres.sh) CHAOS_ITERATIONS=200 CHAOS_SEED=7 cargo test --test chaos`.
 
@@ -232,6 +236,36 @@ async fn assert_exactly_once(pool: &PgPool, service_url: &str, what: &str) {
     eprintln!("chaos: {what}: {rows} rows for {total} events, 0 duplicated, 0 missing");
 }
 
+/// Whether the committed offsets are the ends of the log.
+async fn log_done(service_url: &str) -> bool {
+    let Ok(response) = reqwest::get(format!("{service_url}/v1/jobs/{JOB}/recovery")).await else {
+        return false;
+    };
+    let recovery: Value = response.json().await.unwrap_or_default();
+    (0..PARTITIONS)
+        .all(|partition| recovery["offsets"][partition.to_string()] == EVENTS_PER_PARTITION)
+}
+
+/// Counts complete runs of the log: each is checked, then the job starts
+/// over from an empty sink.
+#[derive(Default)]
+struct Runs {
+    complete: usize,
+}
+
+impl Runs {
+    /// When the log is done: checks the sink and starts over. Call only
+    /// while no processor is running.
+    async fn check_if_done(&mut self, pool: &PgPool, service_url: &str, what: &str) {
+        if log_done(service_url).await {
+            self.complete += 1;
+            let what = format!("run {}, {what}", self.complete);
+            assert_exactly_once(pool, service_url, &what).await;
+            restart_job(pool, service_url).await;
+        }
+    }
+}
+
 async fn pool(connect: &PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .max_connections(2)
@@ -250,17 +284,30 @@ async fn processors_killed_at_random_points_still_copy_exactly_once(
     let service = Service::start(&database_url(&connect), free_port()).await;
     let log = setup(&db, &service.url()).await;
     let mut rng = Rng::from_env(1);
-    for _ in 0..iterations() {
-        let mut child = processor(&[service.url()], log.path(), 0);
-        tokio::time::sleep(rng.millis(50, 1500)).await;
+    let mut runs = Runs::default();
+    let mut mid_run = 0;
+    for kill in 1..=iterations() {
+        // Paced (60 ms a round of batches, about a second a run) so that most kills
+        // land in a running processor.
+        let mut child = processor(&[service.url()], log.path(), 60);
+        tokio::time::sleep(rng.millis(50, 900)).await;
+        if matches!(child.try_wait(), Ok(None)) {
+            mid_run += 1;
+        }
         let _ = child.kill().await; // SIGKILL, wherever it was
+        let what = format!("after processor kill {kill}");
+        runs.check_if_done(&db, &service.url(), &what).await;
     }
     wait_success(
         processor(&[service.url()], log.path(), 0),
         Duration::from_secs(120),
     )
     .await;
-    let what = format!("{} processor kills", iterations());
+    let what = format!(
+        "{} processor kills ({mid_run} of a running processor), {} runs completed between them",
+        iterations(),
+        runs.complete
+    );
     assert_exactly_once(&db, &service.url(), &what).await;
     drop(service);
     db.close().await;
@@ -278,22 +325,24 @@ async fn the_service_killed_at_random_points_loses_and_duplicates_nothing(
     let mut rng = Rng::from_env(2);
     // A slow processor, so that the kills land in the middle of its work.
     let mut child = processor(&[service.url()], log.path(), 30);
-    let mut processor_runs = 1;
-    for _ in 0..iterations() {
+    let mut runs = Runs::default();
+    for kill in 1..=iterations() {
         tokio::time::sleep(rng.millis(100, 1200)).await;
         service.kill().await;
         tokio::time::sleep(rng.millis(0, 300)).await;
         service.restart().await;
         if let Ok(Some(status)) = child.try_wait() {
             assert!(status.success(), "processor exited with {status}");
+            let what = format!("after service kill {kill}");
+            runs.check_if_done(&db, &service.url(), &what).await;
             child = processor(&[service.url()], log.path(), 30);
-            processor_runs += 1;
         }
     }
     wait_success(child, Duration::from_secs(120)).await;
     let what = format!(
-        "{} service kills under {processor_runs} processor runs",
-        iterations()
+        "{} service kills, {} runs completed between them",
+        iterations(),
+        runs.complete
     );
     assert_exactly_once(&db, &service.url(), &what).await;
     drop(service);
@@ -313,7 +362,8 @@ async fn three_replicas_one_killed_mid_run(_: PgPoolOptions, connect: PgConnectO
     let urls: Vec<String> = replicas.iter().map(Service::url).collect();
     let log = setup(&db, &urls[0]).await;
     let mut rng = Rng::from_env(3);
-    for _ in 0..iterations() {
+    let mut runs = Runs::default();
+    for kill in 1..=iterations() {
         // A processor spreading requests over the replicas; one replica is
         // killed under it, then the processor too; the replica comes back.
         let mut child = processor(&urls, log.path(), 10);
@@ -323,6 +373,8 @@ async fn three_replicas_one_killed_mid_run(_: PgPoolOptions, connect: PgConnectO
         tokio::time::sleep(rng.millis(100, 800)).await;
         let _ = child.kill().await;
         replicas[victim].restart().await;
+        let what = format!("after replica and processor kill {kill}");
+        runs.check_if_done(&db, &urls[0], &what).await;
     }
     // The last run finishes on two replicas after the third is killed.
     let child = processor(&urls, log.path(), 10);
@@ -331,9 +383,10 @@ async fn three_replicas_one_killed_mid_run(_: PgPoolOptions, connect: PgConnectO
     replicas[victim].kill().await;
     wait_success(child, Duration::from_secs(120)).await;
     let what = format!(
-        "{} replica kills and {} processor kills, 3 replicas",
+        "{} replica kills and {} processor kills, 3 replicas, {} runs completed between them",
         iterations() + 1,
-        iterations()
+        iterations(),
+        runs.complete
     );
     assert_exactly_once(&db, &replicas[(victim + 1) % 3].url(), &what).await;
     drop(replicas);
