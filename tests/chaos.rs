@@ -175,8 +175,8 @@ async fn wait_success(mut child: Child, within: Duration) {
 }
 
 /// Log files, the sink table and the job.
-async fn setup(pool: &PgPool, service_url: &str) -> tempdir::Dir {
-    let dir = tempdir::Dir::new();
+async fn setup(pool: &PgPool, service_url: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("python3")
         .arg(example("make_log.py"))
         .arg("--log-dir")
@@ -465,36 +465,4 @@ async fn register_job(service_url: &str) {
         "{}",
         response.text().await.unwrap()
     );
-}
-
-/// A temporary directory removed on drop (std only).
-mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new() -> Dir {
-            let path = std::env::temp_dir().join(format!(
-                "sinkgate-chaos-{}-{}",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos()
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Dir(path)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }

@@ -32,8 +32,8 @@ async fn word_counts_are_exact_after_crashes(_: PgPoolOptions, connect: PgConnec
     .await;
     let (pool, url) = (app.db.clone(), app.base.clone());
 
-    let log_dir = std::env::temp_dir().join(format!("sinkgate-wordcount-{}", std::process::id()));
-    std::fs::create_dir_all(&log_dir).unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let log_dir = log.path().to_owned();
     let (partitions, events) = (4, 500);
     let mut truth: BTreeMap<String, i64> = BTreeMap::new();
     for p in 0..partitions {
@@ -84,6 +84,5 @@ async fn word_counts_are_exact_after_crashes(_: PgPoolOptions, connect: PgConnec
             .unwrap();
     assert_eq!(counts, truth.into_iter().collect::<Vec<_>>());
 
-    let _ = std::fs::remove_dir_all(&log_dir);
     app.stop().await;
 }
