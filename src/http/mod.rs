@@ -168,6 +168,7 @@ fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa::Modify;
     let (router, mut api) = api_router().split_for_parts();
     Security.modify(&mut api);
+    problem::ProblemExamples.modify(&mut api);
     (router, api)
 }
 

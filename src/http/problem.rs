@@ -121,3 +121,112 @@ impl IntoResponse for Error {
         response
     }
 }
+
+/// A representative error of each problem kind, for the OpenAPI examples.
+fn sample(kind: &str) -> Option<Error> {
+    Some(match kind {
+        "not-found" => Error::not_found("job \"word-count\" does not exist"),
+        "fenced" => Error::Fenced {
+            sent: 2,
+            current: 3,
+        },
+        "checkpoint-aborted" => Error::CheckpointAborted {
+            checkpoint_id: 41,
+            reason: "timeout".into(),
+        },
+        "unknown-task" => Error::UnknownTask("task-9".into()),
+        "row-rejected" => Error::RowRejected {
+            row: 3,
+            column: Some("n".into()),
+            detail: "column \"n\" (bigint): \"three\" is not an integer".into(),
+        },
+        "offset-regression" => Error::OffsetRegression {
+            partition: "0".into(),
+            offset: 4900,
+            committed: 5000,
+        },
+        "conflict" => {
+            Error::conflict("checkpoint 41 is committed; a decided checkpoint cannot be aborted")
+        }
+        "validation" => Error::validation("epoch", "epoch must be at least 1"),
+        "malformed" => {
+            Error::Malformed("the body is not JSON: expected value at line 1 column 1".into())
+        }
+        "unsupported-media-type" => {
+            Error::UnsupportedMediaType("send Content-Type: application/json".into())
+        }
+        "too-early" => Error::TooEarly {
+            detail: "min_pause_ms has not passed since the last decision".into(),
+            retry_after_ms: 250,
+        },
+        "payload-too-large" => Error::PayloadTooLarge("the body exceeds 1048576 bytes".into()),
+        "unauthenticated" => Error::Unauthenticated("a bearer token is required".into()),
+        "forbidden" => Error::Forbidden("this token belongs to job \"word-count\"".into()),
+        "overloaded" => Error::Overloaded,
+        "timeout" => Error::Timeout(30_000),
+        "unavailable" => Error::Unavailable,
+        _ => return None,
+    })
+}
+
+/// The error a response documents: the first problem kind its description
+/// names in backticks, else the usual kind for its status.
+fn documented_error(status: &str, description: &str) -> Option<Error> {
+    let named = description.split('`').skip(1).step_by(2).find_map(sample);
+    named.or_else(|| {
+        sample(match status {
+            "400" => "malformed",
+            "401" => "unauthenticated",
+            "403" => "forbidden",
+            "404" => "not-found",
+            "409" => "conflict",
+            "413" => "payload-too-large",
+            "415" => "unsupported-media-type",
+            "422" => "validation",
+            "429" => "too-early",
+            "503" => "unavailable",
+            _ => return None,
+        })
+    })
+}
+
+/// Gives every problem response of the OpenAPI document that has no example
+/// one, made by the same mapping as real answers ([`problem_for`]), so an
+/// example cannot drift from what the service sends.
+pub struct ProblemExamples;
+
+impl utoipa::Modify for ProblemExamples {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    let RefOr::T(response) = response else {
+                        continue;
+                    };
+                    let Some(content) = response.content.get_mut("application/problem+json") else {
+                        continue;
+                    };
+                    if content.example.is_some() || !content.examples.is_empty() {
+                        continue;
+                    }
+                    let Some(error) = documented_error(status, &response.description) else {
+                        continue;
+                    };
+                    let mut example =
+                        serde_json::to_value(problem_for(&error)).expect("problems serialize");
+                    example["request_id"] = "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11".into();
+                    content.example = Some(example);
+                }
+            }
+        }
+    }
+}

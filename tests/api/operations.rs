@@ -81,6 +81,18 @@ fn every_operation_documents_its_errors() {
                         "{method} {path} {status} is not a problem document"
                     );
                 }
+                // Every error answer has an example, of its own status.
+                for (status, response) in responses
+                    .iter()
+                    .filter(|(status, _)| status.starts_with('4') || status.starts_with('5'))
+                {
+                    let example = &response["content"]["application/problem+json"]["example"];
+                    assert_eq!(
+                        example["status"].to_string(),
+                        *status,
+                        "{method} {path} {status}: example {example}"
+                    );
+                }
             }
         }
     }
