@@ -100,49 +100,39 @@ impl utoipa::Modify for Security {
                 )
                 .build()
         };
-        for (path, item) in openapi.paths.paths.iter_mut() {
+        for (path, operation) in operations_mut(openapi) {
             if !path.starts_with("/v1/") {
                 continue;
             }
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                operation.security = Some(vec![SecurityRequirement::new(
-                    "bearer",
-                    Vec::<String>::new(),
-                )]);
-                let responses = &mut operation.responses.responses;
-                responses.entry("401".into()).or_insert_with(|| {
-                    RefOr::T(problem(
-                        "No or unknown bearer token (`unauthenticated`); with `WWW-Authenticate: Bearer`",
-                        serde_json::json!({"type": "urn:sinkgate:problem:unauthenticated", "title": "Unauthenticated",
-                                           "status": 401, "detail": "a bearer token is required",
-                                           "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
-                    ))
-                });
-                responses.entry("403".into()).or_insert_with(|| {
-                    RefOr::T(problem(
-                        "A valid token without the right: a processor token of another job, or on an admin endpoint (`forbidden`)",
-                        serde_json::json!({"type": "urn:sinkgate:problem:forbidden", "title": "Forbidden",
-                                           "status": 403, "detail": "this token belongs to job \"word-count\"",
-                                           "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
-                    ))
-                });
-                responses.entry("503".into()).or_insert_with(|| {
-                    RefOr::T(problem(
-                        "Retry after `Retry-After` seconds: too many requests in flight (`overloaded`), no answer within the request timeout (`timeout`; the request may still take effect), or the database is unreachable (`unavailable`)",
-                        serde_json::json!({"type": "urn:sinkgate:problem:overloaded", "title": "Overloaded",
-                                           "status": 503, "detail": "the service is at its limit of requests in flight; retry shortly",
-                                           "retry_after_ms": 1000, "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
-                    ))
-                });
-            }
+            operation.security = Some(vec![SecurityRequirement::new(
+                "bearer",
+                Vec::<String>::new(),
+            )]);
+            let responses = &mut operation.responses.responses;
+            responses.entry("401".into()).or_insert_with(|| {
+                RefOr::T(problem(
+                    "No or unknown bearer token (`unauthenticated`); with `WWW-Authenticate: Bearer`",
+                    serde_json::json!({"type": "urn:sinkgate:problem:unauthenticated", "title": "Unauthenticated",
+                                       "status": 401, "detail": "a bearer token is required",
+                                       "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
+                ))
+            });
+            responses.entry("403".into()).or_insert_with(|| {
+                RefOr::T(problem(
+                    "A valid token without the right: a processor token of another job, or on an admin endpoint (`forbidden`)",
+                    serde_json::json!({"type": "urn:sinkgate:problem:forbidden", "title": "Forbidden",
+                                       "status": 403, "detail": "this token belongs to job \"word-count\"",
+                                       "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
+                ))
+            });
+            responses.entry("503".into()).or_insert_with(|| {
+                RefOr::T(problem(
+                    "Retry after `Retry-After` seconds: too many requests in flight (`overloaded`), no answer within the request timeout (`timeout`; the request may still take effect), or the database is unreachable (`unavailable`)",
+                    serde_json::json!({"type": "urn:sinkgate:problem:overloaded", "title": "Overloaded",
+                                       "status": 503, "detail": "the service is at its limit of requests in flight; retry shortly",
+                                       "retry_after_ms": 1000, "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
+                ))
+            });
         }
     }
 }
@@ -161,6 +151,23 @@ fn api_router() -> OpenApiRouter<AppState> {
 /// `openapi/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     split().1
+}
+
+/// Every operation of the document, with its path.
+fn operations_mut(
+    openapi: &mut utoipa::openapi::OpenApi,
+) -> impl Iterator<Item = (&String, &mut utoipa::openapi::path::Operation)> {
+    openapi.paths.paths.iter_mut().flat_map(|(path, item)| {
+        [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        .map(move |operation| (&*path, operation))
+    })
 }
 
 /// The router and its finished OpenAPI document.

@@ -198,34 +198,24 @@ pub struct ProblemExamples;
 impl utoipa::Modify for ProblemExamples {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::RefOr;
-        for item in openapi.paths.paths.values_mut() {
-            for operation in [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                for (status, response) in operation.responses.responses.iter_mut() {
-                    let RefOr::T(response) = response else {
-                        continue;
-                    };
-                    let Some(content) = response.content.get_mut("application/problem+json") else {
-                        continue;
-                    };
-                    if content.example.is_some() || !content.examples.is_empty() {
-                        continue;
-                    }
-                    let Some(error) = documented_error(status, &response.description) else {
-                        continue;
-                    };
-                    let mut example =
-                        serde_json::to_value(problem_for(&error)).expect("problems serialize");
-                    example["request_id"] = "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11".into();
-                    content.example = Some(example);
+        for (_, operation) in super::operations_mut(openapi) {
+            for (status, response) in operation.responses.responses.iter_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                let Some(content) = response.content.get_mut("application/problem+json") else {
+                    continue;
+                };
+                if content.example.is_some() || !content.examples.is_empty() {
+                    continue;
                 }
+                let Some(error) = documented_error(status, &response.description) else {
+                    continue;
+                };
+                let mut example =
+                    serde_json::to_value(problem_for(&error)).expect("problems serialize");
+                example["request_id"] = "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11".into();
+                content.example = Some(example);
             }
         }
     }
