@@ -86,20 +86,27 @@ impl utoipa::Modify for Security {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
-        let problem = |description: &str, example: serde_json::Value| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/problem+json",
-                    ContentBuilder::new()
-                        .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
-                            "Problem",
-                        ))))
-                        .example(Some(example))
-                        .build(),
-                )
-                .build()
+        // Their examples are added by `problem::ProblemExamples`.
+        let problem = |description: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/problem+json",
+                        ContentBuilder::new()
+                            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                                "Problem",
+                            ))))
+                            .build(),
+                    )
+                    .build(),
+            )
         };
+        let shared = [
+            ("401", "No or unknown bearer token (`unauthenticated`); with `WWW-Authenticate: Bearer`"),
+            ("403", "A valid token without the right: a processor token of another job, or on an admin endpoint (`forbidden`)"),
+            ("503", "Retry after `Retry-After` seconds: too many requests in flight (`overloaded`), no answer within the request timeout (`timeout`; the request may still take effect), or the database is unreachable (`unavailable`)"),
+        ];
         for (path, operation) in operations_mut(openapi) {
             if !path.starts_with("/v1/") {
                 continue;
@@ -108,31 +115,13 @@ impl utoipa::Modify for Security {
                 "bearer",
                 Vec::<String>::new(),
             )]);
-            let responses = &mut operation.responses.responses;
-            responses.entry("401".into()).or_insert_with(|| {
-                RefOr::T(problem(
-                    "No or unknown bearer token (`unauthenticated`); with `WWW-Authenticate: Bearer`",
-                    serde_json::json!({"type": "urn:sinkgate:problem:unauthenticated", "title": "Unauthenticated",
-                                       "status": 401, "detail": "a bearer token is required",
-                                       "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
-                ))
-            });
-            responses.entry("403".into()).or_insert_with(|| {
-                RefOr::T(problem(
-                    "A valid token without the right: a processor token of another job, or on an admin endpoint (`forbidden`)",
-                    serde_json::json!({"type": "urn:sinkgate:problem:forbidden", "title": "Forbidden",
-                                       "status": 403, "detail": "this token belongs to job \"word-count\"",
-                                       "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
-                ))
-            });
-            responses.entry("503".into()).or_insert_with(|| {
-                RefOr::T(problem(
-                    "Retry after `Retry-After` seconds: too many requests in flight (`overloaded`), no answer within the request timeout (`timeout`; the request may still take effect), or the database is unreachable (`unavailable`)",
-                    serde_json::json!({"type": "urn:sinkgate:problem:overloaded", "title": "Overloaded",
-                                       "status": 503, "detail": "the service is at its limit of requests in flight; retry shortly",
-                                       "retry_after_ms": 1000, "request_id": "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11"}),
-                ))
-            });
+            for (status, description) in shared {
+                operation
+                    .responses
+                    .responses
+                    .entry(status.into())
+                    .or_insert_with(|| problem(description));
+            }
         }
     }
 }
