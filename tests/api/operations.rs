@@ -99,6 +99,52 @@ fn every_operation_documents_its_errors() {
     assert!(operations >= 13, "{operations} operations");
 }
 
+/// Every success answer has an example (inline or on its schema), and every
+/// schema example is a value of its Rust type.
+#[test]
+fn success_examples_exist_and_parse_as_their_types() {
+    use sinkgate::model::*;
+    let spec: Value = serde_json::from_str(&sinkgate::http::openapi().to_json().unwrap()).unwrap();
+    let schemas = &spec["components"]["schemas"];
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                let Some(body) = response["content"]["application/json"].as_object() else {
+                    continue;
+                };
+                let schema = &body["schema"];
+                let reference = schema["$ref"].as_str().or(schema["items"]["$ref"].as_str());
+                let on_schema = reference
+                    .and_then(|reference| reference.rsplit('/').next())
+                    .is_some_and(|name| !schemas[name]["example"].is_null());
+                assert!(
+                    body.contains_key("example") || on_schema,
+                    "{method} {path} {status} has no example"
+                );
+            }
+        }
+    }
+    fn parses<T: serde::de::DeserializeOwned>(schemas: &Value, name: &str) {
+        let example = schemas[name]["example"].clone();
+        assert!(!example.is_null(), "{name} has no example");
+        if let Err(error) = serde_json::from_value::<T>(example) {
+            panic!("the example of {name} is not a {name}: {error}");
+        }
+    }
+    parses::<Job>(schemas, "Job");
+    parses::<JobList>(schemas, "JobList");
+    parses::<Attempt>(schemas, "Attempt");
+    parses::<Recovery>(schemas, "Recovery");
+    parses::<Checkpoint>(schemas, "Checkpoint");
+    parses::<CheckpointList>(schemas, "CheckpointList");
+    parses::<CheckpointDetails>(schemas, "CheckpointDetails");
+    parses::<PendingCheckpoint>(schemas, "PendingCheckpoint");
+    parses::<Readiness>(schemas, "Readiness");
+    parses::<IssuedToken>(schemas, "IssuedToken");
+    parses::<TokenInfo>(schemas, "TokenInfo");
+    parses::<Problem>(schemas, "Problem");
+}
+
 #[sqlx::test]
 async fn every_response_carries_a_request_id(_: PgPoolOptions, connect: PgConnectOptions) {
     let app = TestApp::spawn(&connect).await;

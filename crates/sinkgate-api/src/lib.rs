@@ -101,6 +101,15 @@ pub struct SinkColumn {
 
 /// A registered job.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "job_id": "word-count", "tasks": ["task-0", "task-1"],
+    "sink": {"table": "public.word_counts", "mode": "upsert", "key": ["word"]},
+    "checkpointing": {"interval_ms": 10000, "timeout_ms": 600000, "min_pause_ms": 0, "max_concurrent": 1, "retained": 10},
+    "epoch": 3, "last_decided_checkpoint": 41, "last_committed_checkpoint": 41, "pending_checkpoints": [42],
+    "sink_columns": [{"name": "word", "data_type": "text", "nullable": false, "has_default": false},
+                     {"name": "n", "data_type": "bigint", "nullable": false, "has_default": false}],
+    "created_at": "2026-11-25T09:00:00Z", "updated_at": "2026-11-25T10:00:00Z"
+}))]
 pub struct Job {
     pub job_id: String,
     pub tasks: Vec<String>,
@@ -118,6 +127,15 @@ pub struct Job {
 
 /// `GET /v1/jobs` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"jobs": [{
+    "job_id": "word-count", "tasks": ["task-0", "task-1"],
+    "sink": {"table": "public.word_counts", "mode": "upsert", "key": ["word"]},
+    "checkpointing": {"interval_ms": 10000, "timeout_ms": 600000, "min_pause_ms": 0, "max_concurrent": 1, "retained": 10},
+    "epoch": 3, "last_decided_checkpoint": 41, "last_committed_checkpoint": 41, "pending_checkpoints": [42],
+    "sink_columns": [{"name": "word", "data_type": "text", "nullable": false, "has_default": false},
+                     {"name": "n", "data_type": "bigint", "nullable": false, "has_default": false}],
+    "created_at": "2026-11-25T09:00:00Z", "updated_at": "2026-11-25T10:00:00Z"
+}]}))]
 pub struct JobList {
     pub jobs: Vec<Job>,
 }
@@ -183,6 +201,14 @@ pub struct AttemptRequest {}
 
 /// `POST /v1/jobs/{job}/attempts` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "epoch": 4,
+    "recovery": {"checkpoint_id": 41, "epoch": 3, "status": "committed",
+                 "tasks": {"task-0": {"offsets": {"0": 5000}, "state": {"inline": {"words": 17}}},
+                           "task-1": {"offsets": {"1": 4900}, "state": null}},
+                 "offsets": {"0": 5000, "1": 4900}},
+    "aborted_checkpoints": [42], "rolled_forward_checkpoints": []
+}))]
 pub struct Attempt {
     /// The new epoch: send it with every write, trigger, ack, and decline.
     pub epoch: i64,
@@ -277,6 +303,12 @@ pub struct Checkpoint {
 
 /// `GET /v1/jobs/{job}/checkpoints` answer, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"checkpoints": [{"checkpoint_id": 42, "epoch": 3, "status": "committed", "trigger": "interval",
+    "acked_tasks": 2, "total_tasks": 2,
+    "triggered_at": "2026-11-25T10:00:00Z", "decided_at": "2026-11-25T10:00:01Z",
+    "committed_at": "2026-11-25T10:00:01.2Z", "aborted_at": null, "failure_reason": null,
+    "decide_ms": 1000.0, "commit_ms": 200.0, "staged_rows": 1000, "staged_bytes": 40000,
+    "promoted_rows": 1000, "promotion_ms": 180.5, "promotion_error": null}]}))]
 pub struct CheckpointList {
     pub checkpoints: Vec<Checkpoint>,
 }
@@ -309,6 +341,18 @@ pub struct TaskAck {
 
 /// `GET /v1/jobs/{job}/checkpoints/{id}` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "checkpoint_id": 42, "epoch": 3, "status": "committed", "trigger": "interval",
+    "acked_tasks": 2, "total_tasks": 2,
+    "triggered_at": "2026-11-25T10:00:00Z", "decided_at": "2026-11-25T10:00:01Z",
+    "committed_at": "2026-11-25T10:00:01.2Z", "aborted_at": null, "failure_reason": null,
+    "decide_ms": 1000.0, "commit_ms": 200.0, "staged_rows": 1000, "staged_bytes": 40000,
+    "promoted_rows": 1000, "promotion_ms": 180.5, "promotion_error": null,
+    "acks": [{"task_id": "task-0", "acked": true, "acked_at": "2026-11-25T10:00:00.4Z", "offsets": {"0": 5000},
+              "state": {"inline": {"words": 17}}, "staged_rows": 600, "staged_bytes": 24000},
+             {"task_id": "task-1", "acked": true, "acked_at": "2026-11-25T10:00:01Z", "offsets": {"1": 4900},
+              "state": null, "staged_rows": 400, "staged_bytes": 16000}]
+}))]
 pub struct CheckpointDetails {
     #[serde(flatten)]
     pub checkpoint: Checkpoint,
@@ -331,6 +375,7 @@ pub struct PendingQuery {
 
 /// A pending checkpoint, as barrier discovery reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"checkpoint_id": 43, "epoch": 3, "triggered_at": "2026-11-25T10:00:10Z"}))]
 pub struct PendingCheckpoint {
     pub checkpoint_id: i64,
     pub epoch: i64,
@@ -428,6 +473,7 @@ pub struct WriteResult {
 
 /// `/readyz` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"database": true, "migrations": true}))]
 pub struct Readiness {
     pub database: bool,
     pub migrations: bool,
@@ -491,6 +537,9 @@ pub struct TokenRequest {
 
 /// A newly issued token: the only time its secret is seen.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"token_id": "f8b824947217", "job_id": "word-count", "label": "team-a",
+    "token": "sgt_f8b824947217_ce8f2a9d54454fff8a97a3a967427ed14ffae3ee64164b97b586018e0727445a",
+    "created_at": "2026-11-25T10:00:00Z"}))]
 pub struct IssuedToken {
     pub token_id: String,
     pub job_id: String,
@@ -502,6 +551,8 @@ pub struct IssuedToken {
 
 /// A token as listed (never its secret).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"token_id": "f8b824947217", "job_id": "word-count", "label": "team-a",
+    "created_at": "2026-11-25T10:00:00Z", "revoked_at": null}))]
 pub struct TokenInfo {
     pub token_id: String,
     pub job_id: String,
