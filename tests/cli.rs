@@ -142,25 +142,9 @@ async fn an_operator_manages_jobs_checkpoints_and_tokens(
     .unwrap();
 
     // A checkpoint that a task never acks, aborted by the operator.
-    let http = reqwest::Client::new();
-    let admin = |request: reqwest::RequestBuilder| request.bearer_auth(ADMIN).send();
-    let attempt: Value = admin(
-        http.post(format!("{url}/v1/jobs/wc/attempts"))
-            .json(&json!({})),
-    )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
-    let epoch = attempt["epoch"].as_i64().unwrap();
-    let trigger = admin(
-        http.post(format!("{url}/v1/jobs/wc/checkpoints"))
-            .json(&json!({"epoch": epoch})),
-    )
-    .await
-    .unwrap();
-    assert_eq!(trigger.status(), reqwest::StatusCode::CREATED);
+    let processor = sinkgate_client::Client::new(&[url.as_str()], "wc").with_token(ADMIN);
+    let epoch = processor.start_attempt().await.unwrap().epoch;
+    processor.trigger(epoch).await.unwrap();
 
     blocking(Box::new(|cli| {
         let pending = cli.ok(&["checkpoints", "list", "wc", "--status", "pending"]);

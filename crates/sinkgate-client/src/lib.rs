@@ -309,14 +309,6 @@ impl Client {
         .map(|_| ())
     }
 
-    /// The same service and token, for another job.
-    pub fn for_job(&self, job: &str) -> Client {
-        Client {
-            job: job.to_owned(),
-            ..self.clone()
-        }
-    }
-
     fn job_path(&self, suffix: &str) -> String {
         format!("/v1/jobs/{}{suffix}", self.job)
     }
