@@ -54,6 +54,7 @@ pub fn need(method: &str, path: &str, protect_operations: bool) -> Need {
         },
         ["v1", "jobs", _, "tokens", ..] => Need::Admin,
         ["v1", "jobs", _, "checkpoints", _, "abort"] => Need::Admin,
+        ["v1", "jobs", _, "promotions" | "dead-letters", ..] => Need::Admin,
         ["v1", "jobs", job, ..] => Need::Job((*job).to_owned()),
         ["v1", ..] => Need::Admin,
         _ if protect_operations => Need::Admin,

@@ -27,6 +27,17 @@ pub struct Config {
     #[arg(long, env = "SINKGATE_MAX_NDJSON_BODY", default_value_t = 16 * 1024 * 1024 * 1024)]
     pub max_ndjson_body_bytes: u64,
 
+    /// An NDJSON upload that sends no bytes for this many ms is abandoned
+    /// (408 `body-timeout`) and nothing of it is staged.
+    #[arg(long, env = "SINKGATE_BODY_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_idle_timeout_ms: u64,
+
+    /// Writes of one job staged at once by this replica (each holds a
+    /// database connection, so one job cannot take the whole pool); more
+    /// wait up to 5 s, then get 503 `overloaded`.
+    #[arg(long, env = "SINKGATE_MAX_WRITES_PER_JOB", default_value_t = 8)]
+    pub max_writes_per_job: usize,
+
     /// Largest inline state handle in an ack, in bytes of JSON.
     #[arg(long, env = "SINKGATE_MAX_INLINE_STATE", default_value_t = 64 * 1024)]
     pub max_inline_state_bytes: usize,
@@ -87,6 +98,8 @@ impl Config {
             max_json_body_bytes: 64 * 1024 * 1024,
             max_ndjson_body_bytes: 16 * 1024 * 1024 * 1024,
             max_inline_state_bytes: 64 * 1024,
+            body_idle_timeout_ms: 30_000,
+            max_writes_per_job: 8,
             max_in_flight: 1024,
             request_timeout_ms: 30_000,
             admin_token: None,

@@ -34,6 +34,17 @@ pub enum Error {
         detail: String,
     },
 
+    /// A batch id that this task already used in this epoch, sent again
+    /// with different rows.
+    #[error("batch {batch_id:?} was already staged by this task in this epoch with different rows; a retry must resend the same rows, and new rows need a new batch id")]
+    BatchConflict { batch_id: String },
+
+    /// The last decided checkpoint's rows could not be promoted into the
+    /// sink (job policy `block`): there is no recovery point to hand out
+    /// until an operator fixes the sink.
+    #[error("checkpoint {checkpoint_id} is decided but its rows cannot be promoted into the sink: {error}. Fix the sink (or its data), then retry with POST /v1/jobs/{{job}}/promotions (the scheduler also retries every few seconds); after an ALTER TABLE, PUT the job again to refresh its columns")]
+    PromotionBlocked { checkpoint_id: i64, error: String },
+
     /// An ack reports an offset below the last committed one for a
     /// partition, or below the task's own previous ack.
     #[error("partition {partition:?}: offset {offset} is below offset {committed}, already committed or acked by this task")]
@@ -70,6 +81,12 @@ pub enum Error {
     /// The body's media type is not one this endpoint takes.
     #[error("{0}")]
     UnsupportedMediaType(String),
+
+    /// The request body stopped arriving for longer than allowed.
+    #[error(
+        "no body bytes arrived for {0} ms; the upload was abandoned and nothing of it was staged"
+    )]
+    BodyTimeout(u64),
 
     /// The request body is larger than allowed.
     #[error("{0}")]
@@ -120,6 +137,9 @@ impl Error {
             Error::UnknownTask(_) => "unknown-task",
             Error::RowRejected { .. } => "row-rejected",
             Error::OffsetRegression { .. } => "offset-regression",
+            Error::BatchConflict { .. } => "batch-conflict",
+            Error::PromotionBlocked { .. } => "promotion-blocked",
+            Error::BodyTimeout(_) => "body-timeout",
             Error::Unauthenticated(_) => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
             Error::Conflict(_) => "conflict",
@@ -142,9 +162,13 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 Error::Unavailable
             }
-            // Deadlock or serialization failure: nothing was changed; a retry succeeds.
+            // Deadlock, serialization failure, lock timeout, or a session
+            // ended by a fencing attempt: nothing was changed; a retry succeeds.
             sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("40P01") | Some("40001")) =>
+                if matches!(
+                    db.code().as_deref(),
+                    Some("40P01") | Some("40001") | Some("55P03") | Some("57P01")
+                ) =>
             {
                 Error::Unavailable
             }

@@ -67,6 +67,8 @@ impl From<&Config> for ServiceOptions {
             limits: Limits {
                 max_inline_state_bytes: config.max_inline_state_bytes,
                 max_ndjson_body_bytes: config.max_ndjson_body_bytes,
+                body_idle_timeout: Duration::from_millis(config.body_idle_timeout_ms),
+                max_writes_per_job: config.max_writes_per_job,
             },
             max_json_body_bytes: config.max_json_body_bytes,
             max_in_flight: config.max_in_flight,

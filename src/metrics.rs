@@ -94,3 +94,14 @@ pub fn pool(size: u32, idle: usize, max: u32) {
         .set(size.saturating_sub(idle as u32) as f64);
     gauge!("sinkgate_db_pool_max_connections").set(max as f64);
 }
+
+/// Rows that a promotion sent to the dead-letter table.
+pub fn dead_lettered(job: &str, rows: u64) {
+    counter!("sinkgate_dead_lettered_rows_total", "job" => job.to_owned()).increment(rows);
+}
+
+/// A scheduler pass over one job that failed (the job is skipped until the
+/// next tick; other jobs go on).
+pub fn scheduler_job_failed(job: &str) {
+    counter!("sinkgate_scheduler_job_failures_total", "job" => job.to_owned()).increment(1);
+}

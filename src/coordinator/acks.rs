@@ -63,9 +63,9 @@ struct AckContext {
     task_count: i32,
     /// Pending but past its timeout (the scheduler has not marked it yet).
     expired: bool,
-    /// The lowest offset this ack may send per partition: the committed
-    /// offset, and the task's own previous ack in this epoch (which may not be
-    /// decided yet); `[partition, offset]` pairs.
+    /// The committed offset per partition (from earlier epochs too);
+    /// `[partition, offset]` pairs. Offsets acked in this epoch are checked
+    /// by the `ack_floors` upsert that records the ack.
     floors: Json<Vec<(String, i64)>>,
 }
 
@@ -77,7 +77,7 @@ struct AckContext {
 /// task's own writes), the checkpoint row share-locked (against an abort or
 /// decision changing its status), and partition claims are a unique key.
 /// Whoever commits the last ack sees the full set afterwards and decides in
-/// a second, short transaction ([`decide_if_complete`]); if the service dies
+/// a second, short transaction ([`settle`]); if the service dies
 /// in between, the scheduler, a retried ack, or the next `/attempts` decides.
 pub async fn record_ack(
     conn: &mut PgConnection,
@@ -85,7 +85,7 @@ pub async fn record_ack(
     checkpoint_id: i64,
     request: &AckRequest,
     limits: &Limits,
-) -> Result<AckResult> {
+) -> Result<RecordedAck> {
     validate_ack(request, limits)?;
     // Job, task and checkpoint, locked in that order, and the offset
     // floors, in one round trip.
@@ -95,12 +95,8 @@ pub async fn record_ack(
                 c.status = 'pending'
                   AND c.triggered_at + make_interval(secs => j.timeout_ms::double precision / 1000) < now() AS expired,
                 (SELECT coalesce(jsonb_agg(jsonb_build_array(f.source_partition, f.next_offset)), '[]')
-                 FROM (SELECT source_partition, next_offset FROM committed_offsets
-                       WHERE job_id = $1 AND source_partition = ANY ($4)
-                       UNION ALL
-                       SELECT o.key, o.value::bigint FROM acks a, jsonb_each_text(a.offsets) AS o
-                       WHERE a.job_id = $1 AND a.task_id = $3 AND a.checkpoint_id = t.last_acked_id
-                         AND o.key = ANY ($4)) f) AS floors
+                 FROM committed_offsets f
+                 WHERE f.job_id = $1 AND f.source_partition = ANY ($4)) AS floors
          FROM jobs j
          JOIN tasks t ON t.job_id = j.job_id AND t.task_id = $3
          JOIN checkpoints c ON c.job_id = j.job_id AND c.checkpoint_id = $2
@@ -123,16 +119,6 @@ pub async fn record_ack(
         )));
     };
     super::check_epoch(job_id, context.epoch, request.epoch)?;
-    if context.status == "aborted" || context.expired {
-        return Err(Error::CheckpointAborted {
-            checkpoint_id,
-            reason: if context.expired {
-                "timeout".into()
-            } else {
-                context.failure_reason.unwrap_or_default()
-            },
-        });
-    }
     let status = CheckpointStatus::parse(&context.status).unwrap_or(CheckpointStatus::Aborted);
     let answer = |acked_tasks| AckResult {
         checkpoint_id,
@@ -140,9 +126,22 @@ pub async fn record_ack(
         acked_tasks,
         total_tasks: context.task_count,
     };
+    let aborted = || Error::CheckpointAborted {
+        checkpoint_id,
+        reason: if context.expired {
+            "timeout".into()
+        } else {
+            context.failure_reason.clone().unwrap_or_default()
+        },
+    };
 
-    if context.last_acked_id == Some(checkpoint_id) || status != CheckpointStatus::Pending {
-        // A retry of an ack whose answer was lost, or a late ack.
+    if context.last_acked_id == Some(checkpoint_id)
+        || status != CheckpointStatus::Pending
+        || context.expired
+    {
+        // A retry of an ack whose answer was lost, or a late ack. A retry
+        // is answered by what happened to the checkpoint, never by the
+        // clock: if every task acked in time it is (or will be) decided.
         let previous: Option<StoredAck> = sqlx::query_as(
             "SELECT epoch, offsets, state FROM acks WHERE job_id = $1 AND checkpoint_id = $2 AND task_id = $3",
         )
@@ -157,12 +156,19 @@ pub async fn record_ack(
                     && previous.offsets.0 == request.offsets
                     && previous.state.as_ref().map(|state| &state.0) == request.state.as_ref() =>
             {
-                Ok(answer(count_acks(&mut *conn, job_id, checkpoint_id).await?))
+                if status == CheckpointStatus::Aborted {
+                    return Err(aborted());
+                }
+                Ok(RecordedAck {
+                    result: answer(count_acks(&mut *conn, job_id, checkpoint_id).await?),
+                    expired: context.expired,
+                })
             }
             Some(_) => Err(Error::conflict(format!(
                 "task {:?} already acked checkpoint {checkpoint_id} with different offsets or state",
                 request.task_id
             ))),
+            None if status == CheckpointStatus::Aborted || context.expired => Err(aborted()),
             None => Err(Error::conflict(format!(
                 "checkpoint {checkpoint_id} is already {}",
                 context.status
@@ -187,10 +193,24 @@ pub async fn record_ack(
     }
 
     // Claim the partitions (one task per partition per checkpoint: a unique
-    // key, so concurrent acks cannot both claim one) and, only if every
-    // claim held, record the ack; one statement.
-    let claimed: i64 = sqlx::query_scalar(
-        "WITH claimed AS (
+    // key, so concurrent acks cannot both claim one), raise each
+    // partition's floor for this epoch (the row lock of the upsert orders
+    // concurrent acks of one partition, and `previous_offset` tells this ack
+    // what the floor was), and, only if every claim held, record the ack;
+    // one statement. A regression is found in its answer and rolls it all
+    // back.
+    let (claimed, regression): (i64, Option<Json<(String, i64)>>) = sqlx::query_as(
+        "WITH floors AS (
+             INSERT INTO ack_floors AS f (job_id, source_partition, epoch, next_offset)
+             SELECT $1, o.key, $4, o.value::bigint FROM jsonb_each_text($5) AS o ORDER BY o.key
+             ON CONFLICT (job_id, source_partition) DO UPDATE SET
+                 previous_offset = CASE WHEN f.epoch = EXCLUDED.epoch THEN f.next_offset END,
+                 next_offset = CASE WHEN f.epoch = EXCLUDED.epoch
+                                    THEN greatest(f.next_offset, EXCLUDED.next_offset)
+                                    ELSE EXCLUDED.next_offset END,
+                 epoch = EXCLUDED.epoch
+             RETURNING source_partition, previous_offset
+         ), claimed AS (
              INSERT INTO ack_partitions (job_id, checkpoint_id, source_partition, task_id)
              SELECT $1, $2, p, $3 FROM unnest($7::text[]) AS p
              ON CONFLICT DO NOTHING RETURNING 1
@@ -203,7 +223,10 @@ pub async fn record_ack(
              UPDATE tasks SET last_acked_id = $2
              WHERE job_id = $1 AND task_id = $3 AND (SELECT ok FROM complete)
          )
-         SELECT count(*) FROM claimed",
+         SELECT (SELECT count(*) FROM claimed),
+                (SELECT jsonb_build_array(f.source_partition, f.previous_offset)
+                 FROM floors f WHERE f.previous_offset > ($5 ->> f.source_partition)::bigint
+                 ORDER BY f.source_partition LIMIT 1)",
     )
     .bind(job_id)
     .bind(checkpoint_id)
@@ -214,6 +237,14 @@ pub async fn record_ack(
     .bind(&partitions)
     .fetch_one(&mut *conn)
     .await?;
+    if let Some(Json((partition, floor))) = regression {
+        // Rolled back by the caller.
+        return Err(Error::OffsetRegression {
+            offset: request.offsets[&partition],
+            partition,
+            committed: floor,
+        });
+    }
     if (claimed as usize) < partitions.len() {
         // Rolled back by the caller; say who holds the partition.
         let (partition, task): (String, String) = sqlx::query_as(
@@ -235,7 +266,18 @@ pub async fn record_ack(
     crate::metrics::ack_recorded(job_id);
     // Acked tasks as far as this transaction sees; the caller counts again
     // after its commit.
-    Ok(answer(0))
+    Ok(RecordedAck {
+        result: answer(0),
+        expired: false,
+    })
+}
+
+/// What [`record_ack`] found.
+pub struct RecordedAck {
+    pub result: AckResult,
+    /// A retry of an ack recorded earlier, for a checkpoint that is still
+    /// pending past its deadline: [`settle`] says what became of it.
+    pub expired: bool,
 }
 
 async fn count_acks(conn: &mut PgConnection, job_id: &str, checkpoint_id: i64) -> Result<i32> {
@@ -259,7 +301,10 @@ pub async fn ack(
     limits: &Limits,
 ) -> Result<AckResult> {
     let mut tx = pool.begin().await?;
-    let mut recorded = record_ack(&mut tx, job_id, checkpoint_id, request, limits).await?;
+    let RecordedAck {
+        result: mut recorded,
+        expired,
+    } = record_ack(&mut tx, job_id, checkpoint_id, request, limits).await?;
     tx.commit().await?;
     if recorded.status != CheckpointStatus::Pending {
         return Ok(recorded);
@@ -270,45 +315,69 @@ pub async fn ack(
         let mut conn = pool.acquire().await?;
         count_acks(&mut conn, job_id, checkpoint_id).await?
     };
-    if recorded.acked_tasks < recorded.total_tasks {
+    if recorded.acked_tasks < recorded.total_tasks && !expired {
         return Ok(recorded);
     }
     let mut tx = pool.begin().await?;
-    let decided = decide_if_complete(&mut tx, job_id, checkpoint_id).await?;
+    let settled = settle(&mut tx, job_id, checkpoint_id).await?;
     tx.commit().await?;
-    Ok(decided)
+    if settled.status == CheckpointStatus::Aborted {
+        // Only a checkpoint whose acks were not all in by its deadline.
+        return Err(Error::CheckpointAborted {
+            checkpoint_id,
+            reason: "timeout".into(),
+        });
+    }
+    Ok(settled)
 }
 
-/// Second transaction of the ack that completed the set (and the
+/// Second transaction of the ack that completed the set (and of the
 /// scheduler's sweep): under the job row lock, decides the checkpoint if
-/// every task has acked and it is still pending, and commits it. Idempotent:
-/// a checkpoint already decided or aborted is reported as it is.
-pub async fn decide_if_complete(
+/// every task has acked and it is still pending, and commits it; aborts it
+/// if it is pending past its deadline with acks missing. Idempotent: a
+/// checkpoint already decided or aborted is reported as it is.
+///
+/// The checkpoint row is locked before the acks are counted, in a
+/// statement of its own: its snapshot then holds every ack that had the row
+/// share-locked, so a complete checkpoint is never taken for an incomplete one.
+pub async fn settle(
     conn: &mut PgConnection,
     job_id: &str,
     checkpoint_id: i64,
 ) -> Result<AckResult> {
-    // No timeout sweep here: every ack was accepted before the deadline, so
-    // a complete checkpoint is decided even if its decision comes late.
     let mut job = load_job(&mut *conn, job_id, JobLock::NoKeyUpdate).await?;
-    let (status, task_count, acked): (String, i32, i64) = sqlx::query_as(
-        "SELECT status, task_count,
-                (SELECT count(*) FROM acks a WHERE a.job_id = c.job_id AND a.checkpoint_id = c.checkpoint_id)
+    let (status, task_count, expired): (String, i32, bool) = sqlx::query_as(
+        "SELECT c.status, c.task_count,
+                c.triggered_at + make_interval(secs => $3::double precision / 1000) < now()
          FROM checkpoints c WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
     )
     .bind(job_id)
     .bind(checkpoint_id)
+    .bind(job.timeout_ms as f64)
     .fetch_optional(&mut *conn)
     .await?
-    .ok_or_else(|| Error::not_found(format!("checkpoint {checkpoint_id} of job {job_id:?} does not exist")))?;
-    let acked = acked as i32;
+    .ok_or_else(|| {
+        Error::not_found(format!(
+            "checkpoint {checkpoint_id} of job {job_id:?} does not exist"
+        ))
+    })?;
+    let acked = count_acks(&mut *conn, job_id, checkpoint_id).await?;
     let mut status = CheckpointStatus::parse(&status).unwrap_or(CheckpointStatus::Aborted);
     if status == CheckpointStatus::Pending && acked >= task_count {
+        // Every ack was accepted before the deadline, so a complete
+        // checkpoint is decided even if its decision comes late.
         decide(&mut *conn, &mut job, checkpoint_id).await?;
         status = match commit_decided(&mut *conn, &mut job).await? {
             CommitOutcome::Committed { .. } => CheckpointStatus::Committed,
             _ => CheckpointStatus::Completed,
         };
+    } else if status == CheckpointStatus::Pending
+        && expired
+        && abort_timed_out(&mut *conn, &job)
+            .await?
+            .contains(&checkpoint_id)
+    {
+        status = CheckpointStatus::Aborted;
     }
     Ok(AckResult {
         checkpoint_id,
@@ -331,7 +400,7 @@ pub async fn decide_complete_pending(conn: &mut PgConnection, job_id: &str) -> R
     .fetch_all(&mut *conn)
     .await?;
     for checkpoint_id in complete {
-        decide_if_complete(&mut *conn, job_id, checkpoint_id).await?;
+        settle(&mut *conn, job_id, checkpoint_id).await?;
     }
     Ok(())
 }
@@ -360,6 +429,17 @@ async fn lock_checkpoint(
 /// pending checkpoints are subsumed; its offsets become the recovery point.
 /// One statement (it runs on every checkpoint's critical path).
 async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -> Result<()> {
+    // Older pending checkpoints are locked before their acks are counted
+    // (see `settle`): one whose acks are all in is decided with this one,
+    // never reported aborted.
+    sqlx::query(
+        "SELECT 1 FROM checkpoints WHERE job_id = $1 AND status = 'pending' AND checkpoint_id < $2
+         ORDER BY checkpoint_id FOR UPDATE",
+    )
+    .bind(&job.job_id)
+    .bind(checkpoint_id)
+    .execute(&mut *conn)
+    .await?;
     let (decide_seconds, subsumed): (f64, i64) = sqlx::query_as(
         "WITH decided AS (
              UPDATE checkpoints c SET status = 'completed', decided_at = clock_timestamp(), acked_count = c.task_count,
@@ -369,9 +449,16 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
              WHERE c.job_id = $1 AND c.checkpoint_id = $2
              RETURNING extract(epoch FROM c.decided_at - c.triggered_at)::float8 AS seconds
          ), subsumed AS (
-             UPDATE checkpoints SET status = 'aborted', aborted_at = now(), failure_reason = 'subsumed by ' || $2
-             WHERE job_id = $1 AND status = 'pending' AND checkpoint_id < $2
-             RETURNING 1
+             UPDATE checkpoints c SET
+                 status = CASE WHEN complete THEN 'completed' ELSE 'aborted' END,
+                 decided_at = CASE WHEN complete THEN clock_timestamp() END,
+                 aborted_at = CASE WHEN complete THEN NULL ELSE now() END,
+                 failure_reason = CASE WHEN complete THEN NULL ELSE 'subsumed by ' || $2 END
+             FROM (SELECT p.checkpoint_id AS id,
+                          (SELECT count(*) FROM acks a WHERE a.job_id = p.job_id AND a.checkpoint_id = p.checkpoint_id) >= p.task_count AS complete
+                   FROM checkpoints p WHERE p.job_id = $1 AND p.status = 'pending' AND p.checkpoint_id < $2) older
+             WHERE c.job_id = $1 AND c.checkpoint_id = older.id
+             RETURNING c.status
          ), offsets AS (
              INSERT INTO committed_offsets (job_id, source_partition, next_offset, checkpoint_id)
              SELECT a.job_id, o.key, o.value::bigint, a.checkpoint_id
@@ -382,7 +469,7 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
          ), moved AS (
              UPDATE jobs SET last_decided_id = $2 WHERE job_id = $1
          )
-         SELECT (SELECT seconds FROM decided), (SELECT count(*) FROM subsumed)",
+         SELECT (SELECT seconds FROM decided), (SELECT count(*) FROM subsumed WHERE status = 'aborted')",
     )
     .bind(&job.job_id)
     .bind(checkpoint_id)

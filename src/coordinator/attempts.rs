@@ -4,23 +4,112 @@
 use std::collections::BTreeMap;
 
 use sqlx::types::Json;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use super::acks::decide_complete_pending;
 use super::commit::{commit_decided, staged_tags, CommitOutcome};
-use super::{load_job, JobLock};
-use crate::error::Result;
+use super::{load_job, JobLock, JobRow};
+use crate::error::{Error, Result};
 use crate::model::{Attempt, CheckpointStatus, Recovery, StateHandle, TaskRecovery};
 use crate::sink::promote::abort_orphans;
 
-/// `POST /v1/jobs/{job}/attempts`.
+/// How long a fencing request waits for the job row before it ends the
+/// sessions of writes that hold it (a zombie's stalled upload).
+const FENCE_LOCK_WAIT: &str = "1s";
+
+/// How many times a fencing request waits and ends stalled writes before
+/// it gives up with 503.
+const FENCE_TRIES: usize = 10;
+
+/// Opens a transaction that holds the job's row `FOR UPDATE` (or finds no
+/// job): what every fencing request (`/attempts`, `PUT` and `DELETE` of the
+/// job) starts with.
+///
+/// A write holds the job row (`FOR KEY SHARE`) for as long as its body
+/// takes to arrive, and a zombie's upload over a bad network may never end.
+/// A fence must not wait for it: after a short wait, the database sessions
+/// of this job's writes that are in progress (marked by their
+/// `application_name`, on any replica) are ended, which rolls their
+/// batches back whole, and the lock is tried again. Only writes are ended:
+/// they belong to the epoch being fenced, whose staged rows are thrown away
+/// anyway.
+pub async fn begin_fence(
+    pool: &PgPool,
+    job_id: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    for _ in 0..FENCE_TRIES {
+        let mut tx = pool.begin().await?;
+        sqlx::query(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_WAIT}'"))
+            .execute(&mut *tx)
+            .await?;
+        let locked: std::result::Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT staging_id FROM jobs WHERE job_id = $1 FOR UPDATE")
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await;
+        match locked {
+            Ok(_) => {
+                sqlx::query("SET LOCAL lock_timeout = DEFAULT")
+                    .execute(&mut *tx)
+                    .await?;
+                return Ok(tx);
+            }
+            Err(error)
+                if error
+                    .as_database_error()
+                    .and_then(|db| db.code())
+                    .as_deref()
+                    == Some("55P03") =>
+            {
+                drop(tx);
+                let staging_id: Option<i64> =
+                    sqlx::query_scalar("SELECT staging_id FROM jobs WHERE job_id = $1")
+                        .bind(job_id)
+                        .fetch_optional(pool)
+                        .await?;
+                if let Some(staging_id) = staging_id {
+                    let ended: Vec<i32> = sqlx::query_scalar(
+                        "SELECT pid FROM pg_stat_activity
+                         WHERE datname = current_database() AND application_name = $1
+                           AND pid <> pg_backend_pid() AND pg_terminate_backend(pid)",
+                    )
+                    .bind(writer_name(staging_id))
+                    .fetch_all(pool)
+                    .await?;
+                    if !ended.is_empty() {
+                        tracing::warn!(job = job_id, sessions = ?ended, "ended stalled writes of a fenced epoch");
+                    }
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(Error::Unavailable)
+}
+
+/// The `application_name` a write's session carries while it stages rows
+/// for the job whose staging id this is (see [`begin_fence`]).
+pub fn writer_name(staging_id: i64) -> String {
+    format!("sinkgate write job_{staging_id}")
+}
+
+/// `POST /v1/jobs/{job}/attempts`: one transaction.
+pub async fn attempt(pool: &PgPool, job_id: &str) -> Result<Attempt> {
+    let mut tx = begin_fence(pool, job_id).await?;
+    let attempt = start(&mut tx, job_id).await?;
+    tx.commit().await?;
+    Ok(attempt)
+}
+
+/// Starts a new epoch; the caller holds the job row `FOR UPDATE`.
 ///
 /// Holding the job row `FOR UPDATE` waits for every in-flight write, ack and
 /// trigger of the old epoch and fences every later one. Then, in order:
-/// promote a decided-but-unpromoted checkpoint (roll forward), abort the old
-/// epoch's pending checkpoints, throw away the staged rows above the last
-/// decided checkpoint, forget the old epoch's batches and acks-in-progress,
-/// and bump the epoch.
+/// promote a decided-but-unpromoted checkpoint (roll forward; if that fails,
+/// the attempt is refused with `promotion-blocked` and changes nothing),
+/// abort the old epoch's pending checkpoints, throw away the staged rows
+/// above the last decided checkpoint, forget the old epoch's batches, acks
+/// in progress and offset floors, and bump the epoch.
 pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     load_job(&mut *conn, job_id, JobLock::Update).await?;
     // Every task acked it: the decision only had not been written yet.
@@ -36,7 +125,18 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     .await?;
     let rolled_forward = match commit_decided(&mut *conn, &mut job).await? {
         CommitOutcome::Committed { .. } => decided_unpromoted,
-        _ => Vec::new(),
+        CommitOutcome::Failed {
+            checkpoint_id,
+            error,
+        } => {
+            // Its rows are not in the sink: there is no recovery point to
+            // hand out (resuming after it would lose them).
+            return Err(Error::PromotionBlocked {
+                checkpoint_id,
+                error,
+            });
+        }
+        CommitOutcome::Nothing => Vec::new(),
     };
 
     let aborted: Vec<i64> = sqlx::query_scalar(
@@ -49,22 +149,19 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     .await?;
     crate::metrics::checkpoints_aborted(job_id, "fenced", aborted.len() as u64);
 
-    // After a successful roll forward nothing decided is left staged, so the
-    // orphans are the whole staging table.
+    // After the roll forward nothing decided is left staged, so the orphans
+    // are the whole staging table.
     let decided = job.last_decided_id.unwrap_or(0);
-    let nothing_decided_staged = job.last_committed_id == job.last_decided_id;
     let orphan_tags = staged_tags(&mut *conn, job_id, decided, None).await?;
-    abort_orphans(
-        &mut *conn,
-        job_id,
-        &orphan_tags,
-        decided,
-        nothing_decided_staged,
-    )
-    .await?;
-    sqlx::query("DELETE FROM batches WHERE job_id = $1 AND checkpoint_tag > $2")
+    abort_orphans(&mut *conn, job.staging_id, &orphan_tags, decided, true).await?;
+    // Every batch record is of the old epoch, whose writes are fenced from
+    // now on: retries of them can no longer arrive.
+    sqlx::query("DELETE FROM batches WHERE job_id = $1")
         .bind(job_id)
-        .bind(decided)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM ack_floors WHERE job_id = $1")
+        .bind(job_id)
         .execute(&mut *conn)
         .await?;
 
@@ -95,6 +192,26 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     })
 }
 
+/// Refuses to hand out a recovery point whose rows are not in the sink.
+async fn ensure_promoted(conn: &mut PgConnection, job: &JobRow) -> Result<()> {
+    if job.last_decided_id <= job.last_committed_id {
+        return Ok(());
+    }
+    let checkpoint_id = job.last_decided_id.unwrap_or_default();
+    let error: Option<String> = sqlx::query_scalar(
+        "SELECT promotion_error FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2",
+    )
+    .bind(&job.job_id)
+    .bind(checkpoint_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .flatten();
+    Err(Error::PromotionBlocked {
+        checkpoint_id,
+        error: error.unwrap_or_else(|| "the promotion has not run yet".into()),
+    })
+}
+
 #[derive(sqlx::FromRow)]
 struct RecoveryAck {
     task_id: String,
@@ -103,9 +220,11 @@ struct RecoveryAck {
 }
 
 /// `GET /v1/jobs/{job}/recovery`: the latest decided checkpoint, per task and
-/// merged. Read-only.
+/// merged, once its rows are in the sink (`promotion-blocked` before).
+/// Read-only.
 pub async fn recovery(conn: &mut PgConnection, job_id: &str) -> Result<Recovery> {
     let job = load_job(&mut *conn, job_id, JobLock::None).await?;
+    ensure_promoted(&mut *conn, &job).await?;
     let Some(checkpoint_id) = job.last_decided_id else {
         return Ok(Recovery {
             checkpoint_id: None,

@@ -192,16 +192,36 @@ pub async fn details(
     Ok(CheckpointDetails { checkpoint, acks })
 }
 
-/// Aborts pending checkpoints older than the job's timeout. Returns their ids.
+/// Aborts pending checkpoints older than the job's timeout whose acks are
+/// not all in. Returns their ids.
+///
+/// A checkpoint every task acked before its deadline is never aborted, even
+/// if its decision comes late (a crash between an ack and its decision):
+/// its acks were answered, and a retry of any of them must not learn
+/// otherwise. The rows are locked first and the acks counted in a second
+/// statement, whose snapshot sees every ack that held a row's share lock.
 pub async fn abort_timed_out(conn: &mut PgConnection, job: &JobRow) -> Result<Vec<i64>> {
-    let ids = sqlx::query_scalar(
-        "UPDATE checkpoints SET status = 'aborted', aborted_at = now(), failure_reason = 'timeout'
+    let expired: Vec<i64> = sqlx::query_scalar(
+        "SELECT checkpoint_id FROM checkpoints
          WHERE job_id = $1 AND status = 'pending'
            AND triggered_at + make_interval(secs => $2::double precision / 1000) < now()
-         RETURNING checkpoint_id",
+         ORDER BY checkpoint_id FOR UPDATE",
     )
     .bind(&job.job_id)
     .bind(job.timeout_ms as f64)
+    .fetch_all(&mut *conn)
+    .await?;
+    if expired.is_empty() {
+        return Ok(expired);
+    }
+    let ids = sqlx::query_scalar(
+        "UPDATE checkpoints c SET status = 'aborted', aborted_at = now(), failure_reason = 'timeout'
+         WHERE c.job_id = $1 AND c.checkpoint_id = ANY ($2) AND c.status = 'pending'
+           AND (SELECT count(*) FROM acks a WHERE a.job_id = c.job_id AND a.checkpoint_id = c.checkpoint_id) < c.task_count
+         RETURNING checkpoint_id",
+    )
+    .bind(&job.job_id)
+    .bind(&expired)
     .fetch_all(&mut *conn)
     .await?;
     crate::metrics::checkpoints_aborted(&job.job_id, "timeout", ids.len() as u64);

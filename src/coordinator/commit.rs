@@ -7,19 +7,30 @@
 //! replicas never promote the same checkpoint: the second one sees
 //! `last_committed_id` already moved.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::types::Json;
+use sqlx::{Connection, PgConnection, PgPool};
 
-use super::JobRow;
-use crate::error::Result;
-use crate::sink::promote::{clear_promoted, promote, Promoted};
+use super::{load_job, JobLock, JobRow};
+use crate::error::{Error, Result};
+use crate::model::{
+    DeadLetter, DeadLetterList, DeadLetterQuery, OnPromotionError, PromotionResult,
+};
+use crate::sink::promote::{
+    clear_promoted, is_row_error, promote, promote_with_dead_letters, Promoted,
+};
 
 /// What a commit attempt did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommitOutcome {
     /// Nothing was decided and unpromoted.
     Nothing,
-    /// The checkpoint is committed; its rows are in the sink.
-    Committed { checkpoint_id: i64, rows: u64 },
+    /// The checkpoint is committed; its rows are in the sink (but for
+    /// `dead_lettered` ones, under the `dead_letter` policy).
+    Committed {
+        checkpoint_id: i64,
+        rows: u64,
+        dead_lettered: u64,
+    },
     /// Promotion failed; the checkpoint stays `completed` with the error
     /// recorded, and is retried later. Nothing of it reached the sink.
     Failed { checkpoint_id: i64, error: String },
@@ -48,6 +59,7 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
             decided,
             Promoted {
                 rows: 0,
+                dead_lettered: 0,
                 millis: 0.0,
             },
         )
@@ -56,17 +68,34 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
         return Ok(CommitOutcome::Committed {
             checkpoint_id: decided,
             rows: 0,
+            dead_lettered: 0,
         });
     }
 
     // A savepoint, so that a failed promotion rolls back only itself and the
     // decision (made earlier in this transaction) still commits.
     let mut savepoint = conn.begin().await?;
-    let promoted = match promote(&mut savepoint, &job.sink_target(), committed, decided).await {
+    let mut outcome = promote(&mut savepoint, &job.sink_target(), committed, decided).await;
+    if let Err(error) = &outcome {
+        if job.on_promotion_error() == OnPromotionError::DeadLetter && is_row_error(error) {
+            // The failed statement spoiled the savepoint; start over in a new one.
+            savepoint.rollback().await?;
+            savepoint = conn.begin().await?;
+            outcome = promote_with_dead_letters(
+                &mut savepoint,
+                &job.sink_target(),
+                decided,
+                committed,
+                decided,
+            )
+            .await;
+        }
+    }
+    let promoted = match outcome {
         Ok(promoted) => {
             clear_promoted(
                 &mut savepoint,
-                &job.job_id,
+                job.staging_id,
                 &tags,
                 committed,
                 decided,
@@ -109,6 +138,94 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
     Ok(CommitOutcome::Committed {
         checkpoint_id: decided,
         rows: promoted.rows,
+        dead_lettered: promoted.dead_lettered,
+    })
+}
+
+/// `POST /v1/jobs/{job}/promotions`: an operator who fixed the sink
+/// promotes the decided checkpoint now rather than at the scheduler's next
+/// retry. `promotion-blocked` if it still fails (the failure is recorded).
+pub async fn retry_promotion(pool: &PgPool, job_id: &str) -> Result<PromotionResult> {
+    let mut tx = pool.begin().await?;
+    let mut job = load_job(&mut tx, job_id, JobLock::NoKeyUpdate).await?;
+    let outcome = commit_decided(&mut tx, &mut job).await?;
+    tx.commit().await?;
+    match outcome {
+        CommitOutcome::Nothing => Ok(PromotionResult {
+            checkpoint_id: job.last_committed_id,
+            promoted_rows: 0,
+            dead_lettered_rows: 0,
+        }),
+        CommitOutcome::Committed {
+            checkpoint_id,
+            rows,
+            dead_lettered,
+        } => Ok(PromotionResult {
+            checkpoint_id: Some(checkpoint_id),
+            promoted_rows: rows as i64,
+            dead_lettered_rows: dead_lettered as i64,
+        }),
+        CommitOutcome::Failed {
+            checkpoint_id,
+            error,
+        } => Err(Error::PromotionBlocked {
+            checkpoint_id,
+            error,
+        }),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct DeadLetterRow {
+    dead_letter_id: i64,
+    checkpoint_id: i64,
+    task_id: String,
+    row: Json<serde_json::Value>,
+    error: String,
+    sqlstate: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `GET /v1/jobs/{job}/dead-letters`: rows a promotion kept out of the
+/// sink, oldest first, paged by id.
+pub async fn dead_letters(
+    conn: &mut PgConnection,
+    job_id: &str,
+    query: &DeadLetterQuery,
+) -> Result<DeadLetterList> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::validation(
+            "limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    load_job(&mut *conn, job_id, JobLock::None).await?;
+    let rows: Vec<DeadLetterRow> = sqlx::query_as(
+        "SELECT dead_letter_id, checkpoint_id, task_id, row, error, sqlstate, created_at
+         FROM dead_letters WHERE job_id = $1 AND dead_letter_id > $2
+           AND ($3::bigint IS NULL OR checkpoint_id = $3)
+         ORDER BY dead_letter_id LIMIT $4",
+    )
+    .bind(job_id)
+    .bind(query.after.unwrap_or(0))
+    .bind(query.checkpoint_id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(DeadLetterList {
+        dead_letters: rows
+            .into_iter()
+            .map(|row| DeadLetter {
+                dead_letter_id: row.dead_letter_id,
+                checkpoint_id: row.checkpoint_id,
+                task_id: row.task_id,
+                row: row.row.0,
+                error: row.error,
+                sqlstate: row.sqlstate,
+                created_at: row.created_at,
+            })
+            .collect(),
     })
 }
 
@@ -133,8 +250,9 @@ pub async fn staged_tags(
 }
 
 /// Marks the decided checkpoints in (committed, decided] committed, and
-/// keeps ack details (and batch records) of only the `retained` most recent
-/// decided checkpoints. One statement: it runs on every checkpoint's
+/// keeps ack details of only the `retained` most recent decided
+/// checkpoints. Batch records are kept for their whole epoch (they make
+/// retries idempotent); a new attempt removes the old epoch's. One statement: it runs on every checkpoint's
 /// critical path.
 async fn mark_committed(
     conn: &mut PgConnection,
@@ -162,8 +280,6 @@ async fn mark_committed(
              DELETE FROM ack_partitions WHERE job_id = $1 AND checkpoint_id < (SELECT checkpoint_id FROM horizon)
          ), pruned_acks AS (
              DELETE FROM acks WHERE job_id = $1 AND checkpoint_id < (SELECT checkpoint_id FROM horizon)
-         ), pruned_batches AS (
-             DELETE FROM batches WHERE job_id = $1 AND checkpoint_tag < (SELECT checkpoint_id FROM horizon)
          )
          SELECT 1",
     )

@@ -4,9 +4,9 @@
 use std::collections::HashSet;
 
 use sqlx::types::Json;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
-use super::{load_job, require_name, JobLock, JobRow};
+use super::{attempts, load_job, require_name, JobLock, JobRow};
 use crate::error::{Error, Result};
 use crate::model::{CheckpointingSettings, CheckpointingSpec, Job, JobSpec};
 use crate::sink::schema;
@@ -95,12 +95,32 @@ fn validate_tasks(tasks: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `PUT /v1/jobs/{job}`: creates or updates a job. Returns the job and
-/// whether it was created.
+/// `PUT /v1/jobs/{job}`: one fencing transaction (see
+/// [`attempts::begin_fence`]).
+pub async fn put_job(pool: &PgPool, job_id: &str, spec: &JobSpec) -> Result<(Job, bool)> {
+    validate_job_id(job_id)?;
+    let mut tx = attempts::begin_fence(pool, job_id).await?;
+    let answer = put(&mut tx, job_id, spec).await?;
+    tx.commit().await?;
+    Ok(answer)
+}
+
+/// Creates or updates a job; the caller holds its row `FOR UPDATE` if it
+/// exists. Returns the job and whether it was created.
 ///
-/// An update is refused (409) while any checkpoint is pending, and a change
-/// of the sink is refused while rows are staged or a decided checkpoint is not
-/// yet promoted: the staging table is rebuilt from the new sink.
+/// - A change of the sink's table, mode or key is refused (409) while rows
+///   are staged or a decided checkpoint is not promoted: the staging table
+///   is rebuilt for the new sink.
+/// - The same sink whose columns changed (an `ALTER TABLE`) refreshes the
+///   job's view of them and alters the staging table to match, keeping every
+///   staged row: the remedy for a promotion blocked by a schema change.
+/// - A change of the task set (rescaling) fences the current epoch exactly
+///   as `POST /attempts` does: pending checkpoints are aborted, staged rows
+///   of no decided checkpoint are thrown away, decided ones rolled forward,
+///   and every processor must start a new attempt and resume from the
+///   recovery point. Nothing of the old task set can then be promoted
+///   without its offsets, nor staged twice by the task that takes its
+///   partitions over.
 pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Result<(Job, bool)> {
     validate_job_id(job_id)?;
     validate_tasks(&spec.tasks)?;
@@ -114,13 +134,15 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
         Err(error) => return Err(error),
     };
     let created = existing.is_none();
+    let mut fence = false;
     match existing {
         None => {
-            let inserted = sqlx::query(
+            let staging_id: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO jobs (job_id, sink_schema, sink_table, sink_mode, sink_key, sink_columns,
-                                   interval_ms, timeout_ms, min_pause_ms, max_concurrent, retained)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (job_id) DO NOTHING",
+                                   interval_ms, timeout_ms, min_pause_ms, max_concurrent, retained,
+                                   on_promotion_error)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 ON CONFLICT (job_id) DO NOTHING RETURNING staging_id",
             )
             .bind(job_id)
             .bind(&sink.schema)
@@ -133,50 +155,55 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
             .bind(settings.min_pause_ms as i64)
             .bind(settings.max_concurrent as i32)
             .bind(settings.retained as i32)
-            .execute(&mut *conn)
+            .bind(spec.sink.on_promotion_error.as_str())
+            .fetch_optional(&mut *conn)
             .await?;
-            if inserted.rows_affected() == 0 {
+            let Some(staging_id) = staging_id else {
                 return Err(Error::conflict(format!(
                     "job {job_id:?} was created concurrently; retry the request"
                 )));
-            }
-            schema::create_staging(&mut *conn, job_id, &sink.columns).await?;
+            };
+            schema::create_staging(&mut *conn, staging_id, &sink.columns).await?;
         }
         Some(job) => {
-            let pending: Vec<i64> = sqlx::query_scalar(
-                "SELECT checkpoint_id FROM checkpoints WHERE job_id = $1 AND status = 'pending' ORDER BY checkpoint_id",
-            )
-            .bind(job_id)
-            .fetch_all(&mut *conn)
-            .await?;
-            if !pending.is_empty() {
-                return Err(Error::conflict(format!(
-                    "checkpoints {pending:?} are pending; a job cannot be changed until they are decided or aborted"
-                )));
-            }
-            let sink_changed = job.sink_schema != sink.schema
+            let sink_moved = job.sink_schema != sink.schema
                 || job.sink_table != sink.table
                 || job.mode() != spec.sink.mode
-                || job.sink_key != spec.sink.key
-                || job.sink_columns.0 != sink.columns;
-            if sink_changed {
+                || job.sink_key != spec.sink.key;
+            if sink_moved {
                 let staged: bool = sqlx::query_scalar(&format!(
                     "SELECT EXISTS (SELECT 1 FROM {})",
-                    crate::sink::staging_table(job_id)
+                    crate::sink::staging_table(job.staging_id)
                 ))
                 .fetch_one(&mut *conn)
                 .await?;
                 if staged || job.last_decided_id > job.last_committed_id {
                     return Err(Error::conflict(
-                        "rows are staged for this job; the sink can change only when nothing is staged (after a commit, or after a new attempt)",
+                        "rows are staged for this job; its sink table, mode or key can change only when nothing is staged (after a commit, or after a new attempt)",
                     ));
                 }
-                schema::create_staging(&mut *conn, job_id, &sink.columns).await?;
+                schema::drop_staging(&mut *conn, job.staging_id).await?;
+                schema::create_staging(&mut *conn, job.staging_id, &sink.columns).await?;
+            } else if job.sink_columns.0 != sink.columns {
+                schema::refresh_staging(
+                    &mut *conn,
+                    job.staging_id,
+                    &job.sink_columns.0,
+                    &sink.columns,
+                )
+                .await?;
             }
+            let current: Vec<String> =
+                sqlx::query_scalar("SELECT task_id FROM tasks WHERE job_id = $1")
+                    .bind(job_id)
+                    .fetch_all(&mut *conn)
+                    .await?;
+            let current: HashSet<&String> = current.iter().collect();
+            fence = job.epoch > 0 && current != spec.tasks.iter().collect::<HashSet<_>>();
             sqlx::query(
                 "UPDATE jobs SET sink_schema = $2, sink_table = $3, sink_mode = $4, sink_key = $5,
                         sink_columns = $6, interval_ms = $7, timeout_ms = $8, min_pause_ms = $9,
-                        max_concurrent = $10, retained = $11, updated_at = now()
+                        max_concurrent = $10, retained = $11, on_promotion_error = $12, updated_at = now()
                  WHERE job_id = $1",
             )
             .bind(job_id)
@@ -190,11 +217,17 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
             .bind(settings.min_pause_ms as i64)
             .bind(settings.max_concurrent as i32)
             .bind(settings.retained as i32)
+            .bind(spec.sink.on_promotion_error.as_str())
             .execute(&mut *conn)
             .await?;
         }
     }
 
+    if fence {
+        // With the old task set: its decided checkpoint is rolled forward,
+        // its pending ones and their staged rows are aborted.
+        attempts::start(&mut *conn, job_id).await?;
+    }
     // Tasks: keep the acks of tasks that stay, add new ones, drop removed ones.
     sqlx::query("DELETE FROM tasks WHERE job_id = $1 AND NOT (task_id = ANY ($2))")
         .bind(job_id)
@@ -265,10 +298,18 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<Job>> {
 }
 
 /// `DELETE /v1/jobs/{job}`: removes the job, its metadata and its staged rows.
-/// The sink table is not touched.
+/// The sink table is not touched. One fencing transaction.
+pub async fn delete_job(pool: &PgPool, job_id: &str) -> Result<()> {
+    let mut tx = attempts::begin_fence(pool, job_id).await?;
+    delete(&mut tx, job_id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Removes a job whose row the caller holds `FOR UPDATE`.
 pub async fn delete(conn: &mut PgConnection, job_id: &str) -> Result<()> {
-    load_job(&mut *conn, job_id, JobLock::Update).await?;
-    schema::drop_staging(&mut *conn, job_id).await?;
+    let job = load_job(&mut *conn, job_id, JobLock::Update).await?;
+    schema::drop_staging(&mut *conn, job.staging_id).await?;
     sqlx::query("DELETE FROM jobs WHERE job_id = $1")
         .bind(job_id)
         .execute(&mut *conn)

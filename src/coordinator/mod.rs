@@ -10,8 +10,14 @@
 //! | operation | job row | task row |
 //! |---|---|---|
 //! | write (stage a batch) | `FOR KEY SHARE` | `FOR SHARE` |
-//! | ack, decline, trigger, scheduler | `FOR NO KEY UPDATE` | `FOR UPDATE` (ack) |
+//! | ack (record) | `FOR KEY SHARE` | `FOR UPDATE` |
+//! | decision, decline, abort, trigger, scheduler | `FOR NO KEY UPDATE` | – |
 //! | attempt, job update, delete | `FOR UPDATE` | – |
+//!
+//! An ack also share-locks its checkpoint's row and upserts the floors of
+//! its partitions (`ack_floors`, row locks in partition order); a decision or
+//! a timeout locks the checkpoint row `FOR UPDATE` and only then counts the
+//! acks, in a statement of its own, so it sees every ack that held the row.
 //!
 //! `FOR KEY SHARE` does not conflict with `FOR NO KEY UPDATE`, so writes run
 //! concurrently with acks of other tasks; it does conflict with `FOR UPDATE`,
@@ -34,15 +40,22 @@ use sqlx::types::Json;
 use sqlx::PgConnection;
 
 use crate::error::{Error, Result};
-use crate::model::{SinkMode, SinkSpec};
+use crate::model::{OnPromotionError, SinkMode, SinkSpec};
 use crate::sink::promote::SinkTarget;
 use crate::sink::schema::ColumnDef;
+use crate::sink::staging::StagingTarget;
 
 /// Limits that the coordinator enforces on request contents.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_inline_state_bytes: usize,
     pub max_ndjson_body_bytes: u64,
+    /// An NDJSON upload whose body sends nothing for this long is abandoned
+    /// (408 `body-timeout`) and rolled back.
+    pub body_idle_timeout: std::time::Duration,
+    /// Writes of one job staged at once on this replica (each holds a
+    /// database connection); more wait, then get 503 `overloaded`.
+    pub max_writes_per_job: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +63,8 @@ impl Default for Limits {
         Limits {
             max_inline_state_bytes: 64 * 1024,
             max_ndjson_body_bytes: 16 << 30,
+            body_idle_timeout: std::time::Duration::from_secs(30),
+            max_writes_per_job: 8,
         }
     }
 }
@@ -63,6 +78,10 @@ pub struct JobRow {
     pub sink_mode: String,
     pub sink_key: Vec<String>,
     pub sink_columns: Json<Vec<ColumnDef>>,
+    /// Names the job's staging objects (never the job id: see `sink`).
+    pub staging_id: i64,
+    /// `block` or `dead_letter`.
+    pub on_promotion_error: String,
     pub interval_ms: Option<i64>,
     pub timeout_ms: i64,
     pub min_pause_ms: i64,
@@ -86,17 +105,38 @@ impl JobRow {
         }
     }
 
+    pub fn on_promotion_error(&self) -> OnPromotionError {
+        if self.on_promotion_error == "dead_letter" {
+            OnPromotionError::DeadLetter
+        } else {
+            OnPromotionError::Block
+        }
+    }
+
     pub fn sink_spec(&self) -> SinkSpec {
         SinkSpec {
             table: format!("{}.{}", self.sink_schema, self.sink_table),
             mode: self.mode(),
             key: self.sink_key.clone(),
+            on_promotion_error: self.on_promotion_error(),
+        }
+    }
+
+    pub fn staging_target(&self) -> StagingTarget<'_> {
+        StagingTarget {
+            staging_id: self.staging_id,
+            columns: &self.sink_columns.0,
+            key: match self.mode() {
+                SinkMode::Upsert => &self.sink_key,
+                SinkMode::Append => &[],
+            },
         }
     }
 
     pub fn sink_target(&self) -> SinkTarget<'_> {
         SinkTarget {
             job_id: &self.job_id,
+            staging_id: self.staging_id,
             schema: &self.sink_schema,
             table: &self.sink_table,
             mode: self.mode(),

@@ -92,49 +92,64 @@ pub async fn tick_once(pool: &PgPool, last_retry: &mut HashMap<String, Instant>)
     .fetch_all(pool)
     .await?;
     for job_id in jobs {
-        let mut tx = pool.begin().await?;
-        match load_job(&mut tx, &job_id, JobLock::NoKeyUpdate).await {
-            Ok(_) => {}
-            Err(Error::NotFound(_)) => continue,
-            Err(error) => return Err(error),
-        };
-        // An ack whose decision was lost to a crash: decide it before any timeout.
-        decide_complete_pending(&mut tx, &job_id).await?;
-        let mut job = load_job(&mut tx, &job_id, JobLock::NoKeyUpdate).await?;
-        let aborted = abort_timed_out(&mut tx, &job).await?;
-        if !aborted.is_empty() {
-            tracing::info!(job = %job_id, ?aborted, "checkpoints timed out");
+        // One job's failure (a broken sink, a lock timeout) must not stop
+        // triggers, timeouts and retries of every other job.
+        if let Err(error) = tick_job(pool, &job_id, last_retry).await {
+            tracing::warn!(job = %job_id, %error, "scheduler skipped a job");
+            crate::metrics::scheduler_job_failed(&job_id);
         }
-        if job.last_decided_id > job.last_committed_id {
-            let due = last_retry
-                .get(&job_id)
-                .is_none_or(|last| last.elapsed() >= PROMOTION_RETRY);
-            if due {
-                last_retry.insert(job_id.clone(), Instant::now());
-                commit_decided(&mut tx, &mut job).await?;
-            }
-        }
-        if let Some(interval_ms) = job.interval_ms {
-            let last_trigger: Option<f64> = sqlx::query_scalar(
-                "SELECT (extract(epoch FROM now() - max(triggered_at)) * 1000)::float8 FROM checkpoints WHERE job_id = $1 AND epoch = $2",
-            )
-            .bind(&job_id)
-            .bind(job.epoch)
-            .fetch_one(&mut *tx)
-            .await?;
-            if last_trigger.is_none_or(|elapsed| elapsed >= interval_ms as f64) {
-                match trigger(&mut tx, &mut job, TriggerKind::Interval).await {
-                    Ok(checkpoint) => {
-                        tracing::debug!(job = %job_id, checkpoint = checkpoint.checkpoint_id, "interval trigger")
-                    }
-                    // Too many pending, or within min_pause: try again next tick.
-                    Err(Error::Conflict(_) | Error::TooEarly { .. }) => {}
-                    Err(error) => return Err(error),
-                }
-            }
-        }
-        tx.commit().await?;
     }
+    Ok(())
+}
+
+/// The scheduler's work on one job, in one transaction.
+async fn tick_job(
+    pool: &PgPool,
+    job_id: &str,
+    last_retry: &mut HashMap<String, Instant>,
+) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    match load_job(&mut tx, job_id, JobLock::NoKeyUpdate).await {
+        Ok(_) => {}
+        Err(Error::NotFound(_)) => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    // An ack whose decision was lost to a crash: decide it before any timeout.
+    decide_complete_pending(&mut tx, job_id).await?;
+    let mut job = load_job(&mut tx, job_id, JobLock::NoKeyUpdate).await?;
+    let aborted = abort_timed_out(&mut tx, &job).await?;
+    if !aborted.is_empty() {
+        tracing::info!(job = %job_id, ?aborted, "checkpoints timed out");
+    }
+    if job.last_decided_id > job.last_committed_id {
+        let due = last_retry
+            .get(job_id)
+            .is_none_or(|last| last.elapsed() >= PROMOTION_RETRY);
+        if due {
+            last_retry.insert(job_id.to_owned(), Instant::now());
+            commit_decided(&mut tx, &mut job).await?;
+        }
+    }
+    if let Some(interval_ms) = job.interval_ms {
+        let last_trigger: Option<f64> = sqlx::query_scalar(
+            "SELECT (extract(epoch FROM now() - max(triggered_at)) * 1000)::float8 FROM checkpoints WHERE job_id = $1 AND epoch = $2",
+        )
+        .bind(job_id)
+        .bind(job.epoch)
+        .fetch_one(&mut *tx)
+        .await?;
+        if last_trigger.is_none_or(|elapsed| elapsed >= interval_ms as f64) {
+            match trigger(&mut tx, &mut job, TriggerKind::Interval).await {
+                Ok(checkpoint) => {
+                    tracing::debug!(job = %job_id, checkpoint = checkpoint.checkpoint_id, "interval trigger")
+                }
+                // Too many pending, or within min_pause: try again next tick.
+                Err(Error::Conflict(_) | Error::TooEarly { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -146,11 +161,21 @@ pub async fn roll_forward_all(pool: &PgPool) -> Result<()> {
     .fetch_all(pool)
     .await?;
     for job_id in jobs {
-        let mut tx = pool.begin().await?;
-        let mut job = load_job(&mut tx, &job_id, JobLock::NoKeyUpdate).await?;
-        let outcome = commit_decided(&mut tx, &mut job).await?;
-        tx.commit().await?;
-        tracing::info!(job = %job_id, ?outcome, "start-up roll forward");
+        let rolled = async {
+            let mut tx = pool.begin().await?;
+            let mut job = load_job(&mut tx, &job_id, JobLock::NoKeyUpdate).await?;
+            let outcome = commit_decided(&mut tx, &mut job).await?;
+            tx.commit().await?;
+            Ok::<_, Error>(outcome)
+        }
+        .await;
+        match rolled {
+            Ok(outcome) => tracing::info!(job = %job_id, ?outcome, "start-up roll forward"),
+            Err(Error::Unavailable) => return Err(Error::Unavailable),
+            Err(error) => {
+                tracing::warn!(job = %job_id, %error, "start-up roll forward failed; the scheduler retries")
+            }
+        }
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use super::{load_job, lock_task, require_name, JobLock};
 use crate::error::{Error, Result};
 use crate::model::WriteResult;
-use crate::sink::staging::{copy_rows, Rows};
+use crate::sink::staging::{copy_rows, digest_rows, Rows};
 
 /// Who is writing which batch.
 #[derive(Debug, Clone)]
@@ -36,6 +36,12 @@ where
     require_name("batch_id", key.batch_id, 200)?;
     let job = load_job(&mut *conn, job_id, JobLock::KeyShare).await?;
     job.check_epoch(key.epoch)?;
+    // Marks this session as the job's writer until the transaction ends, so
+    // that a fencing attempt can end it if its upload stalls.
+    sqlx::query("SELECT set_config('application_name', $1, true)")
+        .bind(super::attempts::writer_name(job.staging_id))
+        .execute(&mut *conn)
+        .await?;
     let last_acked = lock_task(&mut *conn, job_id, key.task_id, false).await?;
 
     let tag = [
@@ -48,7 +54,8 @@ where
     .unwrap_or(1);
 
     // Claim the batch id first: a concurrent retry of the same batch waits on
-    // this row and then finds it taken.
+    // this row and then finds it taken. Batch records live as long as their
+    // epoch (see `attempts`), so a retry, however late, is recognised.
     let batch_seq: Option<i64> = sqlx::query_scalar(
         "INSERT INTO batches (job_id, epoch, task_id, batch_id, checkpoint_tag, batch_seq, staged_rows, staged_bytes)
          VALUES ($1, $2, $3, $4, $5, nextval('batch_seq'), 0, 0)
@@ -62,16 +69,30 @@ where
     .fetch_optional(&mut *conn)
     .await?;
     let Some(batch_seq) = batch_seq else {
-        let (checkpoint_id, staged_rows, staged_bytes): (i64, i64, i64) = sqlx::query_as(
-            "SELECT checkpoint_tag, staged_rows, staged_bytes FROM batches
-             WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
-        )
-        .bind(job_id)
-        .bind(key.epoch)
-        .bind(key.task_id)
-        .bind(key.batch_id)
-        .fetch_one(&mut *conn)
-        .await?;
+        let (checkpoint_id, staged_rows, staged_bytes, digest): (i64, i64, i64, Option<Vec<u8>>) =
+            sqlx::query_as(
+                "SELECT checkpoint_tag, staged_rows, staged_bytes, digest FROM batches
+                 WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
+            )
+            .bind(job_id)
+            .bind(key.epoch)
+            .bind(key.task_id)
+            .bind(key.batch_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        // The same id with other rows is a bug in the writer, never a retry:
+        // staging nothing and answering "duplicate" would drop its rows.
+        let same_rows = match digest {
+            Some(digest) => digest == digest_rows(rows).await?,
+            // Still being staged when this retry read it? No: the claim
+            // row is locked until the first write commits or rolls back.
+            None => true,
+        };
+        if !same_rows {
+            return Err(Error::BatchConflict {
+                batch_id: key.batch_id.to_owned(),
+            });
+        }
         return Ok(WriteResult {
             task_id: key.task_id.to_owned(),
             batch_id: key.batch_id.to_owned(),
@@ -86,16 +107,15 @@ where
     // Rows of a batch are ordered after every row of earlier batches.
     let staged = copy_rows(
         &mut *conn,
-        job_id,
-        &job.sink_columns.0,
+        &job.staging_target(),
         tag,
         key.task_id,
-        batch_seq << 32,
+        batch_seq,
         rows,
     )
     .await?;
     sqlx::query(
-        "UPDATE batches SET staged_rows = $5, staged_bytes = $6
+        "UPDATE batches SET staged_rows = $5, staged_bytes = $6, digest = $7
          WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
     )
     .bind(job_id)
@@ -104,6 +124,7 @@ where
     .bind(key.batch_id)
     .bind(staged.rows as i64)
     .bind(staged.bytes as i64)
+    .bind(&staged.digest[..])
     .execute(&mut *conn)
     .await?;
     crate::metrics::staged(job_id, staged.rows, staged.bytes);

@@ -22,7 +22,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 ///
 /// Rolls forward a checkpoint decided before a crash, aborts the old epoch's
 /// pending checkpoints and its staged rows, and returns the offsets and
-/// state handles to resume from. The body may be empty or `{}`.
+/// state handles to resume from. The body may be empty or `{}`. An upload
+/// of the old epoch that stalls is ended after about a second, so a new
+/// attempt never waits for a zombie's network.
 #[utoipa::path(
     post, path = "/v1/jobs/{job}/attempts", tag = "recovery",
     params(("job" = String, Path, description = "Job id")),
@@ -32,6 +34,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The last decided checkpoint's rows cannot be promoted into the sink (`promotion-blocked`, with `checkpoint_id` and `sink_error`); nothing was changed. Retry after the operator fixed the sink", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown field in the body (`validation`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -44,10 +47,7 @@ async fn start_attempt(
     if !body.iter().all(u8::is_ascii_whitespace) {
         parse_json::<AttemptRequest>(&body)?;
     }
-    let mut tx = state.db.begin().await?;
-    let attempt = attempts::start(&mut tx, &job_id).await?;
-    tx.commit().await?;
-    Ok(Json(attempt))
+    Ok(Json(attempts::attempt(&state.db, &job_id).await?))
 }
 
 /// Where to resume: the latest decided checkpoint's offsets and state (read-only).
@@ -57,6 +57,7 @@ async fn start_attempt(
     responses(
         (status = 200, description = "The recovery point; `checkpoint_id` null and offsets empty before the first decided checkpoint", body = Recovery),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The last decided checkpoint's rows are not in the sink yet: its promotion failed (`promotion-blocked`, with `checkpoint_id` and `sink_error`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn get_recovery(

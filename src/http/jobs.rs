@@ -21,9 +21,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Create or update a job.
 ///
-/// Checks that the sink table exists and, in upsert mode, that the key has a
-/// unique constraint; creates the job's staging table. An update is refused
-/// while checkpoints are pending, and a sink change while rows are staged.
+/// Checks that the sink table exists and, in upsert mode, that the key is
+/// exactly the key of a usable unique index and NOT NULL; creates the job's
+/// staging table. Sending the same spec again after an `ALTER TABLE` of the
+/// sink refreshes the job's columns, keeping staged rows. A change of the
+/// sink's table, mode or key is refused while rows are staged. A change of
+/// the task set (rescaling) fences the current epoch like `POST /attempts`:
+/// processors then start a new attempt and resume from the recovery point.
 #[utoipa::path(
     put, path = "/v1/jobs/{job}", tag = "jobs",
     params(("job" = String, Path, description = "Job id: a slug of a-z, 0-9, '-', '_'")),
@@ -32,7 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 201, description = "Job created", body = Job),
         (status = 200, description = "Job updated", body = Job),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Checkpoints pending, or rows staged for a sink change (`conflict`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Rows staged for a change of the sink's table, mode or key, or staged values that a column's new type cannot hold (`conflict`); or a rescale whose roll forward is blocked (`promotion-blocked`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid job id, tasks, sink or settings (`validation`, names the field)", body = Problem, content_type = "application/problem+json",
@@ -45,9 +49,7 @@ async fn put_job(
     ApiPath(job_id): ApiPath<String>,
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> Result<(StatusCode, Json<Job>)> {
-    let mut tx = state.db.begin().await?;
-    let (job, created) = jobs::put(&mut tx, &job_id, &spec).await?;
-    tx.commit().await?;
+    let (job, created) = jobs::put_job(&state.db, &job_id, &spec).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -86,9 +88,7 @@ async fn delete_job(
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<StatusCode> {
-    let mut tx = state.db.begin().await?;
-    jobs::delete(&mut tx, &job_id).await?;
-    tx.commit().await?;
+    jobs::delete_job(&state.db, &job_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

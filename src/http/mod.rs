@@ -9,6 +9,7 @@ pub mod extract;
 pub mod health;
 pub mod jobs;
 pub mod problem;
+pub mod promotions;
 pub mod tokens;
 pub mod writes;
 
@@ -44,6 +45,48 @@ pub struct AppState {
     /// Every request's task, so shutdown can wait for those whose client
     /// has gone (see [`run_to_completion`]).
     pub requests: TaskTracker,
+    /// Bounds the writes of one job staged at once.
+    pub write_slots: JobSlots,
+}
+
+/// Per-job concurrency limit: one job's writers (each holding a pooled
+/// connection while its body arrives) cannot take every connection.
+#[derive(Clone)]
+pub struct JobSlots {
+    per_job: usize,
+    jobs: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
+    >,
+}
+
+impl JobSlots {
+    pub fn new(per_job: usize) -> Self {
+        JobSlots {
+            per_job: per_job.max(1),
+            jobs: Default::default(),
+        }
+    }
+
+    /// Waits up to 5 s for a slot of `job_id`, else 503 `overloaded`.
+    pub async fn acquire(&self, job_id: &str) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        let semaphore = {
+            let mut jobs = self.jobs.lock().expect("slots lock");
+            if !jobs.contains_key(job_id) {
+                // Forget idle jobs, so ids from URLs cannot grow the map.
+                let full = self.per_job;
+                jobs.retain(|_, slots| slots.available_permits() < full);
+            }
+            jobs.entry(job_id.to_owned())
+                .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(self.per_job)))
+                .clone()
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(5), semaphore.acquire_owned())
+            .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(Error::Overloaded),
+        }
+    }
 }
 
 #[derive(OpenApi)]
@@ -132,6 +175,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(attempts::router())
         .merge(writes::router())
         .merge(checkpoints::router())
+        .merge(promotions::router())
         .merge(tokens::router())
         .merge(health::router())
 }
@@ -387,6 +431,7 @@ async fn record_request(
 /// A state for `db` with these limits, a fresh notifier, and `auth`.
 pub fn state(db: PgPool, limits: Limits, auth: AuthMode) -> AppState {
     AppState {
+        write_slots: JobSlots::new(limits.max_writes_per_job),
         db,
         limits,
         notifier: Notifier::new(),

@@ -23,6 +23,7 @@ fn base(error: &Error, status: StatusCode, title: &str) -> Problem {
         column: None,
         current_epoch: None,
         checkpoint_id: None,
+        sink_error: None,
         partition: None,
         committed_offset: None,
         retry_after_ms: None,
@@ -62,6 +63,20 @@ pub fn problem_for(error: &Error) -> Problem {
             committed_offset: Some(*committed),
             ..base(error, S::UNPROCESSABLE_ENTITY, "Offset regression")
         },
+        Error::BatchConflict { .. } => Problem {
+            field: Some("batch_id".into()),
+            ..base(error, S::CONFLICT, "Batch id reused")
+        },
+        Error::PromotionBlocked {
+            checkpoint_id,
+            error: sink_error,
+        } => Problem {
+            checkpoint_id: Some(*checkpoint_id),
+            sink_error: Some(sink_error.clone()),
+            retry_after_ms: Some(5000),
+            ..base(error, S::CONFLICT, "Promotion blocked")
+        },
+        Error::BodyTimeout(_) => base(error, S::REQUEST_TIMEOUT, "Body timeout"),
         Error::Unauthenticated(_) => base(error, S::UNAUTHORIZED, "Unauthenticated"),
         Error::Forbidden(_) => base(error, S::FORBIDDEN, "Forbidden"),
         Error::Conflict(_) => base(error, S::CONFLICT, "Conflict"),
@@ -145,6 +160,14 @@ fn sample(kind: &str) -> Option<Error> {
             offset: 4900,
             committed: 5000,
         },
+        "batch-conflict" => Error::BatchConflict {
+            batch_id: "task-0:p0:4900".into(),
+        },
+        "promotion-blocked" => Error::PromotionBlocked {
+            checkpoint_id: 41,
+            error: "duplicate key value violates unique constraint \"events_pkey\"".into(),
+        },
+        "body-timeout" => Error::BodyTimeout(30_000),
         "conflict" => {
             Error::conflict("checkpoint 41 is committed; a decided checkpoint cannot be aborted")
         }
@@ -179,6 +202,7 @@ fn documented_error(status: &str, description: &str) -> Option<Error> {
             "401" => "unauthenticated",
             "403" => "forbidden",
             "404" => "not-found",
+            "408" => "body-timeout",
             "409" => "conflict",
             "413" => "payload-too-large",
             "415" => "unsupported-media-type",

@@ -30,8 +30,13 @@ type BodyStream = BoxStream<'static, Result<Bytes, Error>>;
 /// after this write is committed. Each row is checked against the sink's
 /// columns; a row that does not fit rejects the whole batch (422 naming the
 /// row and column) and nothing is staged. The same `batch_id` from the same
-/// task in one epoch is staged once: a retry gets the first answer with
-/// `duplicate: true`.
+/// task in one epoch is staged once: a retry, however late, gets the first
+/// answer with `duplicate: true`; the same id with different rows is 409
+/// `batch-conflict`.
+///
+/// In upsert mode every row must carry every key column, not null. A column
+/// a row omits gets the column's default at promotion; a column sent as
+/// `null` is stored as NULL.
 ///
 /// Send `application/json` (`{task_id, epoch, batch_id, rows}`) or
 /// `application/x-ndjson` (one row object per line, with `task_id`, `epoch`,
@@ -54,7 +59,8 @@ type BodyStream = BoxStream<'static, Result<Bytes, Error>>;
         (status = 200, description = "This batch was staged before; nothing staged again", body = WriteResult),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The epoch is fenced (`fenced`): this instance is a zombie", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "An NDJSON body stopped arriving for longer than the idle limit (`body-timeout`); nothing was staged", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The epoch is fenced (`fenced`): this instance is a zombie; or this batch id was staged before with different rows (`batch-conflict`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor NDJSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A row does not fit the sink (`row-rejected`), an unknown task (`unknown-task`), or a bad field (`validation`)", body = Problem, content_type = "application/problem+json",
@@ -80,11 +86,11 @@ async fn write_batch(
     let result = if mime.as_deref() == Some("application/x-ndjson") {
         let Query(params) = Query::<WriteParams>::try_from_uri(request.uri())
             .map_err(|rejection| Error::validation("query", rejection.body_text()))?;
-        let body: BodyStream = request
+        let body = request
             .into_body()
             .into_data_stream()
-            .map_err(|error| Error::Malformed(format!("reading the body failed: {error}")))
-            .boxed();
+            .map_err(|error| Error::Malformed(format!("reading the body failed: {error}")));
+        let body: BodyStream = idle_limited(body, state.limits.body_idle_timeout).boxed();
         let rows = Rows::Ndjson {
             body,
             max_bytes: state.limits.max_ndjson_body_bytes,
@@ -129,12 +135,30 @@ struct RawWriteRequest<'a> {
     rows: Vec<&'a RawValue>,
 }
 
+/// Ends a body stream with 408 `body-timeout` when no bytes arrive for
+/// `idle`: a stalled upload must not hold its transaction, its locks and a
+/// pooled connection for ever.
+fn idle_limited(
+    body: impl futures::Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
+    idle: std::time::Duration,
+) -> impl futures::Stream<Item = Result<Bytes>> + Send {
+    futures::stream::unfold(Some(body), move |body| async move {
+        let mut body = body?;
+        match tokio::time::timeout(idle, body.next()).await {
+            Ok(Some(chunk)) => Some((chunk, Some(body))),
+            Ok(None) => None,
+            Err(_) => Some((Err(Error::BodyTimeout(idle.as_millis() as u64)), None)),
+        }
+    })
+}
+
 async fn stage(
     state: &AppState,
     job_id: &str,
     key: BatchKey<'_>,
     rows: Rows<'_, BodyStream>,
 ) -> Result<WriteResult> {
+    let _slot = state.write_slots.acquire(job_id).await?;
     let mut tx = state.db.begin().await?;
     let result = writes::write(&mut tx, job_id, key, rows).await?;
     tx.commit().await?;

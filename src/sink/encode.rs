@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::schema::{ColumnDef, ColumnKind};
 use crate::error::Error;
@@ -23,30 +23,43 @@ use crate::error::Error;
 /// `serde_json::Value` tree (that allocation was the largest cost of staging).
 pub struct CopyEncoder<'a> {
     columns: &'a [ColumnDef],
-    /// Pre-escaped `\t<tag>\t<task>\t` suffix shared by every row.
+    /// Per column: part of the upsert key, so a value is required.
+    required: Vec<bool>,
+    /// Pre-escaped `\t<tag>\t<task>\t<batch seq>\t` suffix shared by every row.
     suffix: Vec<u8>,
-    /// Sequence of the first row; row `i` (0-based) gets `seq_base + i`.
-    seq_base: i64,
     rows: u64,
     bytes: u64,
     scratch: String,
+    digest: RowDigest,
 }
 
 impl<'a> CopyEncoder<'a> {
-    pub fn new(columns: &'a [ColumnDef], tag: i64, task_id: &str, seq_base: i64) -> Self {
+    /// `key`: the upsert key (empty in append mode); rows must give every
+    /// key column a non-null value. `batch_seq` orders this batch after
+    /// every earlier one; rows within it are ordered by their index.
+    pub fn new(
+        columns: &'a [ColumnDef],
+        key: &[String],
+        tag: i64,
+        task_id: &str,
+        batch_seq: i64,
+    ) -> Self {
         let mut suffix = Vec::new();
         suffix.push(b'\t');
         suffix.extend_from_slice(tag.to_string().as_bytes());
         suffix.push(b'\t');
         escape_into(task_id, &mut suffix);
         suffix.push(b'\t');
+        suffix.extend_from_slice(batch_seq.to_string().as_bytes());
+        suffix.push(b'\t');
         CopyEncoder {
             columns,
+            required: columns.iter().map(|c| key.contains(&c.name)).collect(),
             suffix,
-            seq_base,
             rows: 0,
             bytes: 0,
             scratch: String::new(),
+            digest: RowDigest::default(),
         }
     }
 
@@ -60,8 +73,17 @@ impl<'a> CopyEncoder<'a> {
         self.bytes
     }
 
+    /// The digest of the rows encoded so far (see [`RowDigest`]).
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest.clone().finish()
+    }
+
     /// Appends one row, given as the text of a JSON object, to `out`, or
     /// explains why the row does not fit.
+    ///
+    /// A column the row omits gets its default at promotion (its name is
+    /// staged in the row's omitted list); a column sent as `null` stays
+    /// NULL, as an `INSERT` would store it.
     pub fn push(&mut self, row: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         let row_number = self.rows + 1;
         let mut values: Vec<Option<&RawValue>> = vec![None; self.columns.len()];
@@ -90,33 +112,63 @@ impl<'a> CopyEncoder<'a> {
         }
 
         let start = out.len();
+        let mut omitted: Vec<&str> = Vec::new();
         for (index, (column, value)) in self.columns.iter().zip(&values).enumerate() {
             if index > 0 {
                 out.push(b'\t');
             }
-            match value.map(|raw| raw.get()) {
-                None | Some("null") => {
-                    if !column.nullable && column.default_expr.is_none() {
-                        out.truncate(start);
-                        return Err(reject(
-                            row_number,
-                            &column.name,
-                            "null or missing value in a NOT NULL column without default",
-                        ));
-                    }
-                    out.extend_from_slice(b"\\N");
+            let problem = match value.map(|raw| raw.get()) {
+                None if self.required[index] => {
+                    Some("the row has no value for this upsert key column")
                 }
-                Some(raw) => {
-                    if let Err(detail) = self.encode_value(column, raw, out) {
+                None if column.default_expr.is_some() => {
+                    omitted.push(&column.name);
+                    out.extend_from_slice(b"\\N");
+                    None
+                }
+                None if !column.nullable => {
+                    Some("missing value in a NOT NULL column without default")
+                }
+                Some("null") if self.required[index] => Some("null in an upsert key column"),
+                Some("null") if !column.nullable => {
+                    Some("null in a NOT NULL column (omit the column to get its default)")
+                }
+                None | Some("null") => {
+                    out.extend_from_slice(b"\\N");
+                    None
+                }
+                Some(raw) => match self.encode_value(column, raw, out) {
+                    Ok(()) => None,
+                    Err(detail) => {
                         out.truncate(start);
                         return Err(reject(row_number, &column.name, &detail));
                     }
-                }
+                },
+            };
+            if let Some(detail) = problem {
+                out.truncate(start);
+                return Err(reject(row_number, &column.name, detail));
             }
         }
         out.extend_from_slice(&self.suffix);
-        out.extend_from_slice((self.seq_base + self.rows as i64).to_string().as_bytes());
+        out.extend_from_slice(self.rows.to_string().as_bytes());
+        out.push(b'\t');
+        if omitted.is_empty() {
+            out.extend_from_slice(b"\\N");
+        } else {
+            self.scratch.clear();
+            self.scratch.push('{');
+            for (index, name) in omitted.iter().enumerate() {
+                if index > 0 {
+                    self.scratch.push(',');
+                }
+                quote_array_element(name, &mut self.scratch);
+            }
+            self.scratch.push('}');
+            escape_into(&self.scratch, out);
+        }
         out.push(b'\n');
+        self.digest.add(row);
         self.rows += 1;
         self.bytes += (out.len() - start) as u64;
         Ok(())
@@ -153,15 +205,14 @@ impl<'a> CopyEncoder<'a> {
                 return Err(format!("expected a string for {}", column.data_type))
             }
             (ColumnKind::Json, _) => {
-                if raw.contains("\\u0000") {
+                if has_nul_escape(raw) {
                     return Err("JSON containing \\u0000 cannot be stored by PostgreSQL".into());
                 }
                 escape_into(raw, out);
             }
             (ColumnKind::Array, JsonKind::Array) => {
-                let value: Value = serde_json::from_str(raw).map_err(|error| error.to_string())?;
                 self.scratch.clear();
-                array_literal(&value, &mut self.scratch)?;
+                array_literal(raw, &mut self.scratch)?;
                 escape_into(&self.scratch, out);
             }
             (ColumnKind::Array, JsonKind::String) => escape_checked(&unquote(raw)?, out)?,
@@ -180,6 +231,24 @@ impl<'a> CopyEncoder<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// SHA-256 of a batch's rows as sent, each row's JSON text followed by a
+/// newline: what makes a batch id's content checkable on a retry (the same
+/// rows give the same digest whether sent as JSON or NDJSON, if their text
+/// is the same).
+#[derive(Clone, Default)]
+pub struct RowDigest(Sha256);
+
+impl RowDigest {
+    pub fn add(&mut self, row: &[u8]) {
+        self.0.update(row);
+        self.0.update(b"\n");
+    }
+
+    pub fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
     }
 }
 
@@ -202,6 +271,7 @@ impl JsonKind {
             Some(b'f') => JsonKind::False,
             Some(b'[') => JsonKind::Array,
             Some(b'{') => JsonKind::Object,
+            // Numbers, and `null` (callers look at it first).
             _ => JsonKind::Number,
         }
     }
@@ -357,39 +427,69 @@ pub fn escape_into(text: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(&bytes[last..]);
 }
 
-/// A JSON array as a PostgreSQL array literal: `{"a","b",NULL}`, nested for
-/// multi-dimensional arrays.
-fn array_literal(value: &Value, out: &mut String) -> Result<(), String> {
-    match value {
-        Value::Array(items) => {
+/// Whether JSON text holds the escape `\u0000` (a NUL, which PostgreSQL's
+/// `json`/`jsonb` refuse). An escaped backslash followed by `u0000` is
+/// not one: escapes are read pairwise.
+fn has_nul_escape(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'\\' {
+            if bytes[index + 1..].starts_with(b"u0000") {
+                return true;
+            }
+            index += 2;
+        } else {
+            index += 1;
+        }
+    }
+    false
+}
+
+/// A JSON array (its raw text) as a PostgreSQL array literal: `{"a","b",NULL}`,
+/// nested for multi-dimensional arrays. Numbers are copied as sent, digit
+/// for digit (never through a float), so `numeric[]` keeps every digit and
+/// trailing zero.
+fn array_literal(raw: &str, out: &mut String) -> Result<(), String> {
+    match JsonKind::of(raw) {
+        JsonKind::Array => {
+            let items: Vec<&RawValue> =
+                serde_json::from_str(raw).map_err(|error| error.to_string())?;
             out.push('{');
             for (index, item) in items.iter().enumerate() {
                 if index > 0 {
                     out.push(',');
                 }
-                array_literal(item, out)?;
+                array_literal(item.get(), out)?;
             }
             out.push('}');
         }
-        Value::Null => out.push_str("NULL"),
-        Value::Bool(flag) => out.push_str(if *flag { "true" } else { "false" }),
-        Value::Number(number) => out.push_str(&number.to_string()),
-        Value::String(text) => {
+        JsonKind::True => out.push_str("true"),
+        JsonKind::False => out.push_str("false"),
+        JsonKind::String => {
+            let text = unquote(raw)?;
             if text.contains('\0') {
                 return Err("text contains a NUL character, which PostgreSQL cannot store".into());
             }
-            out.push('"');
-            for ch in text.chars() {
-                if ch == '"' || ch == '\\' {
-                    out.push('\\');
-                }
-                out.push(ch);
-            }
-            out.push('"');
+            quote_array_element(&text, out);
         }
-        Value::Object(_) => return Err("objects cannot be array elements".into()),
+        JsonKind::Number if raw == "null" => out.push_str("NULL"),
+        JsonKind::Number => out.push_str(raw),
+        JsonKind::Object => return Err("objects cannot be array elements".into()),
     }
     Ok(())
+}
+
+/// One double-quoted element of an array literal.
+fn quote_array_element(text: &str, out: &mut String) {
+    out.push('"');
+    for ch in text.chars() {
+        if ch == '"' || ch == '\\' {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out.push('"');
 }
 
 /// Turns a data error that PostgreSQL raised during `COPY` into a rejection
@@ -445,20 +545,20 @@ mod tests {
             column("w", ColumnKind::Text, false),
             column("n", ColumnKind::Int8, true),
         ];
-        let mut encoder = CopyEncoder::new(&columns, 7, "task\t0", 100);
+        let mut encoder = CopyEncoder::new(&columns, &[], 7, "task\t0", 100);
         let mut out = Vec::new();
         let row = json!({"w": "a\tb\\c\nd"}).to_string();
         encoder.push(row.as_bytes(), &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "a\\tb\\\\c\\nd\t\\N\t7\ttask\\t0\t100\n"
+            "a\\tb\\\\c\\nd\t\\N\t7\ttask\\t0\t100\t0\t\\N\n"
         );
     }
 
     #[test]
     fn rejects_with_row_and_column() {
         let columns = [column("n", ColumnKind::Int4, false)];
-        let mut encoder = CopyEncoder::new(&columns, 1, "t", 0);
+        let mut encoder = CopyEncoder::new(&columns, &[], 1, "t", 0);
         let mut out = Vec::new();
         encoder.push(br#"{"n": 1}"#, &mut out).unwrap();
         let error = encoder.push(br#"{"n": 3000000000}"#, &mut out).unwrap_err();
@@ -475,7 +575,17 @@ mod tests {
     #[test]
     fn arrays_become_literals() {
         let mut text = String::new();
-        array_literal(&json!([["a\"b", null], ["c", "d"]]), &mut text).unwrap();
+        array_literal(&json!([["a\"b", null], ["c", "d"]]).to_string(), &mut text).unwrap();
         assert_eq!(text, r#"{{"a\"b",NULL},{"c","d"}}"#);
+        text.clear();
+        array_literal("[123456789012345678901234567890, 1.50, -0.0e1]", &mut text).unwrap();
+        assert_eq!(text, "{123456789012345678901234567890,1.50,-0.0e1}");
+    }
+
+    #[test]
+    fn only_a_real_nul_escape_is_refused_in_json() {
+        assert!(has_nul_escape(r#"{"a": "\u0000"}"#));
+        assert!(!has_nul_escape(r#"{"a": "\\u0000"}"#));
+        assert!(has_nul_escape(r#"{"a": "\\\u0000"}"#));
     }
 }

@@ -4,10 +4,17 @@
 //! # Staging layout
 //!
 //! Each job has one staging table in the `sinkgate_staging` schema, with the
-//! sink's writable columns plus three of sinkgate's own: the checkpoint tag
-//! (the checkpoint whose ack by the writing task seals the row), the task, and
-//! a sequence that orders rows for last-write-wins upserts. It has no indexes,
+//! sink's writable columns plus five of sinkgate's own: the checkpoint tag
+//! (the checkpoint whose ack by the writing task seals the row), the task,
+//! the batch's sequence number and the row's index in its batch (together
+//! they order rows for last-write-wins upserts, and never overflow), and the
+//! names of the defaulted columns the row omitted (an omitted column gets its
+//! default at promotion; an explicit `null` stays NULL). It has no indexes,
 //! so `COPY` into it is as cheap as PostgreSQL allows.
+//!
+//! Staging tables are named after the job's internal numeric id
+//! (`job_<n>`, partitions `job_<n>_<slot>`), never after user text, so no
+//! job id can name another job's objects.
 //!
 //! The table is list-partitioned into a fixed ring of [`SLOTS`] partitions by
 //! `tag % SLOTS`. The tags alive at any moment span (last committed, highest
@@ -31,16 +38,28 @@ pub const SLOTS: i64 = 16;
 pub const TAG_COLUMN: &str = "_sinkgate_checkpoint";
 pub const TASK_COLUMN: &str = "_sinkgate_task";
 pub const SEQ_COLUMN: &str = "_sinkgate_seq";
+pub const ROW_COLUMN: &str = "_sinkgate_row";
+pub const OMITTED_COLUMN: &str = "_sinkgate_omitted";
+
+/// Every column sinkgate adds to staging, in COPY order after the sink's.
+pub const OWN_COLUMNS: [&str; 5] = [
+    TAG_COLUMN,
+    TASK_COLUMN,
+    SEQ_COLUMN,
+    ROW_COLUMN,
+    OMITTED_COLUMN,
+];
 
 /// Schema that holds every job's staging table.
 pub const STAGING_SCHEMA: &str = "sinkgate_staging";
 
-/// The quoted, qualified name of a job's staging table.
-pub fn staging_table(job_id: &str) -> String {
-    crate::db::qualified(STAGING_SCHEMA, job_id)
+/// The quoted, qualified name of a job's staging table, from the job's
+/// internal numeric id.
+pub fn staging_table(staging_id: i64) -> String {
+    crate::db::qualified(STAGING_SCHEMA, &format!("job_{staging_id}"))
 }
 
 /// The quoted, qualified name of one ring partition of a job's staging table.
-pub fn staging_partition(job_id: &str, slot: i64) -> String {
-    crate::db::qualified(STAGING_SCHEMA, &format!("{job_id}__{slot}"))
+pub fn staging_partition(staging_id: i64, slot: i64) -> String {
+    crate::db::qualified(STAGING_SCHEMA, &format!("job_{staging_id}_{slot}"))
 }

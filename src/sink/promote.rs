@@ -3,19 +3,30 @@
 //! Promotion moves every staged row tagged in (last committed, N] into the
 //! sink in the caller's transaction, the one that marks N `committed`, so the
 //! rows and the status change become visible together or not at all.
+//!
+//! When the one `INSERT … SELECT` fails on a row (a constraint, a trigger, a
+//! bad value for a second unique index) and the job's policy is
+//! `dead_letter`, [`promote_with_dead_letters`] bisects: halves of the rows
+//! are promoted under savepoints, and each row that fails alone goes to the
+//! `dead_letters` table with the database's error, in the same transaction.
 
 use std::time::Instant;
 
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection};
 
 use super::schema::ColumnDef;
-use super::{staging_partition, staging_table, SEQ_COLUMN, SLOTS, TAG_COLUMN};
-use crate::db::{qualified, quote_ident};
+use super::{
+    staging_partition, staging_table, OMITTED_COLUMN, OWN_COLUMNS, ROW_COLUMN, SEQ_COLUMN, SLOTS,
+    TAG_COLUMN, TASK_COLUMN,
+};
+use crate::db::{qualified, quote_ident, quote_literal};
 use crate::model::SinkMode;
 
 /// The sink as promotion needs it.
 pub struct SinkTarget<'a> {
     pub job_id: &'a str,
+    /// Names the job's staging table (see [`staging_table`]).
+    pub staging_id: i64,
     pub schema: &'a str,
     pub table: &'a str,
     pub mode: SinkMode,
@@ -27,6 +38,8 @@ pub struct SinkTarget<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Promoted {
     pub rows: u64,
+    /// Rows that went to the dead-letter table instead of the sink.
+    pub dead_lettered: u64,
     pub millis: f64,
 }
 
@@ -51,17 +64,14 @@ fn tag_filter(after: i64, upto: i64) -> String {
     )
 }
 
-/// Inserts the staged rows tagged in (after, upto] into the sink.
-///
-/// Errors (a sink constraint the staging table does not have, a dropped
-/// column) are returned as is; the caller runs this under a savepoint.
-pub async fn promote(
-    conn: &mut PgConnection,
-    sink: &SinkTarget<'_>,
-    after: i64,
-    upto: i64,
-) -> Result<Promoted, sqlx::Error> {
-    let started = Instant::now();
+/// Restricts a promotion to the rows whose (seq, row) pairs are bound as
+/// `$1` and `$2` (two `bigint[]` of equal length).
+fn subset_filter() -> String {
+    format!("({SEQ_COLUMN}, {ROW_COLUMN}) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))")
+}
+
+/// The promotion statement for the staged rows matching `filter`.
+fn insert_statement(sink: &SinkTarget<'_>, filter: &str) -> String {
     let names: Vec<String> = sink.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let values: Vec<String> = sink
         .columns
@@ -69,15 +79,18 @@ pub async fn promote(
         .map(|column| {
             let name = quote_ident(&column.name);
             match &column.default_expr {
-                Some(default) => format!("COALESCE(s.{name}, {default})"),
+                // Omitted: the default. Sent, even as null: the value sent.
+                Some(default) => format!(
+                    "CASE WHEN {} = ANY (s.{OMITTED_COLUMN}) THEN {default} ELSE s.{name} END",
+                    quote_literal(&column.name)
+                ),
                 None => format!("s.{name}"),
             }
         })
         .collect();
     let target = qualified(sink.schema, sink.table);
-    let staging = staging_table(sink.job_id);
-    let filter = tag_filter(after, upto);
-    let statement = match sink.mode {
+    let staging = staging_table(sink.staging_id);
+    match sink.mode {
         SinkMode::Append => format!(
             "INSERT INTO {target} ({}) SELECT {} FROM {staging} s WHERE {filter}",
             names.join(", "),
@@ -100,23 +113,188 @@ pub async fn promote(
                 format!("DO UPDATE SET {}", updates.join(", "))
             };
             // Postgres refuses to update one row twice in one statement:
-            // keep the last staged row per key (latest tag, then latest seq).
+            // keep the last staged row per key (latest tag, then latest
+            // batch, then latest row). Key columns are NOT NULL in the sink
+            // and in every staged row (checked at registration and staging),
+            // so DISTINCT ON groups exactly as the unique index does.
             format!(
                 "INSERT INTO {target} ({names}) SELECT {values} FROM (
                     SELECT DISTINCT ON ({key}) * FROM {staging} WHERE {filter}
-                    ORDER BY {key}, {TAG_COLUMN} DESC, {SEQ_COLUMN} DESC
+                    ORDER BY {key}, {TAG_COLUMN} DESC, {SEQ_COLUMN} DESC, {ROW_COLUMN} DESC
                  ) s ON CONFLICT ({key}) {on_conflict}",
                 names = names.join(", "),
                 values = values.join(", "),
                 key = key.join(", "),
             )
         }
-    };
+    }
+}
+
+/// Inserts the staged rows tagged in (after, upto] into the sink.
+///
+/// Errors (a sink constraint the staging table does not have, a dropped
+/// column) are returned as is; the caller runs this under a savepoint.
+pub async fn promote(
+    conn: &mut PgConnection,
+    sink: &SinkTarget<'_>,
+    after: i64,
+    upto: i64,
+) -> Result<Promoted, sqlx::Error> {
+    let started = Instant::now();
+    let statement = insert_statement(sink, &tag_filter(after, upto));
     let result = sqlx::query(&statement).execute(&mut *conn).await?;
     Ok(Promoted {
         rows: result.rows_affected(),
+        dead_lettered: 0,
         millis: started.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// Whether a promotion error is the fault of some row (a value or a
+/// constraint), so that promoting without that row could succeed. Anything
+/// else (a dropped column, a missing privilege, a lost connection) is the
+/// sink's or the database's, and dead-lettering every row would be wrong.
+pub fn is_row_error(error: &sqlx::Error) -> bool {
+    let Some(code) = error.as_database_error().and_then(|db| db.code()) else {
+        return false;
+    };
+    // 22: data exception; 23: integrity constraint violation; 44: WITH
+    // CHECK OPTION violation; P0: raised by a PL/pgSQL trigger.
+    ["22", "23", "44", "P0"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
+/// Promotes the rows of (after, upto] that can be promoted and sends each
+/// row that cannot to the dead-letter table, with the error it raised.
+///
+/// Runs under a savepoint of its own: if an error that is not a row's fault
+/// turns up on the way, everything it did is rolled back and the error
+/// returned (the promotion is then blocked, as without the policy).
+pub async fn promote_with_dead_letters(
+    conn: &mut PgConnection,
+    sink: &SinkTarget<'_>,
+    checkpoint_id: i64,
+    after: i64,
+    upto: i64,
+) -> Result<Promoted, sqlx::Error> {
+    let started = Instant::now();
+    let mut all = conn.begin().await?;
+    let candidates = candidate_rows(&mut all, sink, after, upto).await?;
+    let statement = insert_statement(
+        sink,
+        &format!("{} AND {}", tag_filter(after, upto), subset_filter()),
+    );
+    let mut promoted = 0;
+    let mut dead_lettered = 0;
+    // Lower halves first, so rows are tried in staging order.
+    let mut ranges = vec![(0, candidates.len())];
+    while let Some((low, high)) = ranges.pop() {
+        if low == high {
+            continue;
+        }
+        let (seqs, rows): (Vec<i64>, Vec<i64>) = candidates[low..high].iter().copied().unzip();
+        let mut attempt = all.begin().await?;
+        let result = sqlx::query(&statement)
+            .bind(&seqs)
+            .bind(&rows)
+            .execute(&mut *attempt)
+            .await;
+        match result {
+            Ok(done) => {
+                attempt.commit().await?;
+                promoted += done.rows_affected();
+            }
+            Err(error) if is_row_error(&error) => {
+                attempt.rollback().await?;
+                if high - low == 1 {
+                    let row = candidates[low];
+                    dead_letter(&mut all, sink, checkpoint_id, (after, upto), row, &error).await?;
+                    dead_lettered += 1;
+                } else {
+                    let middle = low + (high - low) / 2;
+                    ranges.push((middle, high));
+                    ranges.push((low, middle));
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    all.commit().await?;
+    Ok(Promoted {
+        rows: promoted,
+        dead_lettered,
+        millis: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+/// The (seq, row) of every row a promotion of (after, upto] would insert:
+/// all staged rows in append mode, the last one per key in upsert mode; in
+/// staging order.
+async fn candidate_rows(
+    conn: &mut PgConnection,
+    sink: &SinkTarget<'_>,
+    after: i64,
+    upto: i64,
+) -> Result<Vec<(i64, i64)>, sqlx::Error> {
+    let staging = staging_table(sink.staging_id);
+    let filter = tag_filter(after, upto);
+    let statement = match sink.mode {
+        SinkMode::Append => {
+            format!("SELECT {SEQ_COLUMN}, {ROW_COLUMN} FROM {staging} WHERE {filter} ORDER BY 1, 2")
+        }
+        SinkMode::Upsert => {
+            let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
+            format!(
+                "SELECT {SEQ_COLUMN}, {ROW_COLUMN} FROM (
+                    SELECT DISTINCT ON ({key}) {SEQ_COLUMN}, {ROW_COLUMN} FROM {staging} WHERE {filter}
+                    ORDER BY {key}, {TAG_COLUMN} DESC, {SEQ_COLUMN} DESC, {ROW_COLUMN} DESC
+                 ) winners ORDER BY 1, 2",
+                key = key.join(", ")
+            )
+        }
+    };
+    sqlx::query_as(&statement).fetch_all(&mut *conn).await
+}
+
+/// Records one staged row, as the writer sent it (omitted columns left
+/// out), with the error that kept it out of the sink.
+async fn dead_letter(
+    conn: &mut PgConnection,
+    sink: &SinkTarget<'_>,
+    checkpoint_id: i64,
+    (after, upto): (i64, i64),
+    (seq, row): (i64, i64),
+    error: &sqlx::Error,
+) -> Result<(), sqlx::Error> {
+    let (message, code) = match error.as_database_error() {
+        Some(db) => (
+            db.message().to_owned(),
+            db.code().map(|code| code.into_owned()),
+        ),
+        None => (error.to_string(), None),
+    };
+    let own: Vec<String> = OWN_COLUMNS.iter().map(|c| quote_literal(c)).collect();
+    sqlx::query(&format!(
+        "INSERT INTO dead_letters (job_id, checkpoint_id, task_id, row, error, sqlstate)
+         SELECT $1, $2, s.{TASK_COLUMN},
+                to_jsonb(s) - ARRAY[{own}]::text[] - coalesce(s.{OMITTED_COLUMN}, '{{}}'),
+                $3, $4
+         FROM {staging} s WHERE {filter} AND {SEQ_COLUMN} = $5 AND {ROW_COLUMN} = $6",
+        own = own.join(", "),
+        staging = staging_table(sink.staging_id),
+        filter = tag_filter(after, upto),
+    ))
+    .bind(sink.job_id)
+    .bind(checkpoint_id)
+    .bind(&message)
+    .bind(code)
+    .bind(seq)
+    .bind(row)
+    .execute(&mut *conn)
+    .await?;
+    crate::metrics::dead_lettered(sink.job_id, 1);
+    Ok(())
 }
 
 /// Removes the promoted rows (tags in (after, upto]) from staging; `tags`
@@ -129,7 +307,7 @@ pub async fn promote(
 /// aborted checkpoints) the promoted rows are deleted.
 pub async fn clear_promoted(
     conn: &mut PgConnection,
-    job_id: &str,
+    staging_id: i64,
     tags: &[i64],
     after: i64,
     upto: i64,
@@ -139,11 +317,11 @@ pub async fn clear_promoted(
         return Ok(());
     }
     if highest_live_tag - after <= SLOTS {
-        truncate_slots(conn, job_id, tags).await
+        truncate_slots(conn, staging_id, tags).await
     } else {
         sqlx::query(&format!(
             "DELETE FROM {} WHERE {}",
-            staging_table(job_id),
+            staging_table(staging_id),
             tag_filter(after, upto)
         ))
         .execute(&mut *conn)
@@ -155,7 +333,7 @@ pub async fn clear_promoted(
 /// `TRUNCATE` of the ring partitions that hold `tags`.
 async fn truncate_slots(
     conn: &mut PgConnection,
-    job_id: &str,
+    staging_id: i64,
     tags: &[i64],
 ) -> Result<(), sqlx::Error> {
     let mut slots: Vec<i64> = tags.iter().map(|tag| tag.rem_euclid(SLOTS)).collect();
@@ -163,7 +341,7 @@ async fn truncate_slots(
     slots.dedup();
     let partitions: Vec<String> = slots
         .into_iter()
-        .map(|slot| staging_partition(job_id, slot))
+        .map(|slot| staging_partition(staging_id, slot))
         .collect();
     sqlx::query(&format!("TRUNCATE {}", partitions.join(", ")))
         .execute(&mut *conn)
@@ -177,7 +355,7 @@ async fn truncate_slots(
 /// partitions, whatever the volume.
 pub async fn abort_orphans(
     conn: &mut PgConnection,
-    job_id: &str,
+    staging_id: i64,
     tags: &[i64],
     decided: i64,
     nothing_else_staged: bool,
@@ -186,11 +364,11 @@ pub async fn abort_orphans(
         return Ok(());
     }
     if nothing_else_staged {
-        truncate_slots(conn, job_id, tags).await
+        truncate_slots(conn, staging_id, tags).await
     } else {
         sqlx::query(&format!(
             "DELETE FROM {} WHERE {TAG_COLUMN} > {decided}",
-            staging_table(job_id)
+            staging_table(staging_id)
         ))
         .execute(&mut *conn)
         .await?;

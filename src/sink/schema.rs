@@ -147,9 +147,7 @@ pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTab
         if column.generated {
             continue; // computed by PostgreSQL; rows may not set it
         }
-        if [super::TAG_COLUMN, super::TASK_COLUMN, super::SEQ_COLUMN]
-            .contains(&column.name.as_str())
-        {
+        if super::OWN_COLUMNS.contains(&column.name.as_str()) {
             return Err(Error::validation(
                 "sink.table",
                 format!(
@@ -203,6 +201,11 @@ pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTab
     })
 }
 
+/// An upsert key must be exactly the key columns of a unique index or
+/// constraint that `ON CONFLICT` can use (valid, not partial, not on
+/// expressions, not deferrable), and every key column NOT NULL: the staged
+/// rows are reduced to one per key with `DISTINCT ON`, which would treat
+/// NULLs as equal where the index does not.
 async fn check_upsert_key(
     conn: &mut PgConnection,
     oid: sqlx::postgres::types::Oid,
@@ -216,24 +219,32 @@ async fn check_upsert_key(
         ));
     }
     for (index, name) in key.iter().enumerate() {
-        if !columns.iter().any(|column| &column.name == name) {
+        let Some(column) = columns.iter().find(|column| &column.name == name) else {
             return Err(Error::validation(
                 format!("sink.key[{index}]"),
                 format!("{name:?} is not a writable column of the sink table"),
             ));
-        }
+        };
         if key[..index].contains(name) {
             return Err(Error::validation(
                 format!("sink.key[{index}]"),
                 format!("{name:?} is listed twice"),
             ));
         }
+        if column.nullable {
+            return Err(Error::validation(
+                format!("sink.key[{index}]"),
+                format!("key column {name:?} is nullable: rows with a NULL key would never match each other in the unique index; make it NOT NULL (ALTER TABLE … ALTER COLUMN {name} SET NOT NULL)"),
+            ));
+        }
     }
+    // Key columns only (the first indnkeyatts), not INCLUDE columns.
     let unique_indexes: Vec<Vec<String>> = sqlx::query_scalar(
         "SELECT array_agg(a.attname::text ORDER BY a.attname)
          FROM pg_index i
-         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-         WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid
+         JOIN pg_attribute a ON a.attrelid = i.indrelid
+              AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
+         WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indimmediate
            AND i.indpred IS NULL AND i.indexprs IS NULL
          GROUP BY i.indexrelid",
     )
@@ -246,7 +257,7 @@ async fn check_upsert_key(
         return Err(Error::validation(
             "sink.key",
             format!(
-                "no unique constraint or index covers exactly ({}); upsert needs one for ON CONFLICT",
+                "no unique constraint or index has exactly ({}) as its key columns (partial, expression, deferrable and INCLUDE-only indexes do not count); upsert needs one for ON CONFLICT",
                 key.join(", ")
             ),
         ));
@@ -254,25 +265,39 @@ async fn check_upsert_key(
     Ok(())
 }
 
-/// Creates the job's staging table and its ring of partitions (replacing any
-/// previous one). Runs at registration, never on the write path.
-pub async fn create_staging(
-    conn: &mut PgConnection,
-    job_id: &str,
-    columns: &[ColumnDef],
-) -> Result<()> {
-    drop_staging(&mut *conn, job_id).await?;
+/// The staging table's columns: the sink's, then sinkgate's own.
+fn staging_definition(columns: &[ColumnDef]) -> Vec<String> {
     let mut definition: Vec<String> = columns
         .iter()
-        .map(|column| format!("{} {}", quote_ident(&column.name), column.data_type))
+        .map(|column| format!("{} {}", quote_ident(&column.name), staging_type(column)))
         .collect();
     definition.push(format!("{} bigint NOT NULL", super::TAG_COLUMN));
     definition.push(format!("{} text NOT NULL", super::TASK_COLUMN));
     definition.push(format!("{} bigint NOT NULL", super::SEQ_COLUMN));
-    let parent = super::staging_table(job_id);
+    definition.push(format!("{} bigint NOT NULL", super::ROW_COLUMN));
+    definition.push(format!("{} text[]", super::OMITTED_COLUMN));
+    definition
+}
+
+/// A staging column has the sink column's type, so that COPY parses values
+/// exactly as an INSERT would (domains included: their checks run at
+/// staging, where a failure names the row).
+fn staging_type(column: &ColumnDef) -> &str {
+    &column.data_type
+}
+
+/// Creates a new job's staging table and its ring of partitions. Runs at
+/// registration, never on the write path. Fails rather than replace an
+/// existing table: a job never drops an object it did not create.
+pub async fn create_staging(
+    conn: &mut PgConnection,
+    staging_id: i64,
+    columns: &[ColumnDef],
+) -> Result<()> {
+    let parent = super::staging_table(staging_id);
     sqlx::query(&format!(
         "CREATE TABLE {parent} ({}) PARTITION BY LIST (({} % {}))",
-        definition.join(", "),
+        staging_definition(columns).join(", "),
         super::TAG_COLUMN,
         super::SLOTS
     ))
@@ -282,7 +307,7 @@ pub async fn create_staging(
         sqlx::query(&format!(
             "CREATE TABLE {} PARTITION OF {parent} FOR VALUES IN ({slot})
              WITH (autovacuum_enabled = false)",
-            super::staging_partition(job_id, slot)
+            super::staging_partition(staging_id, slot)
         ))
         .execute(&mut *conn)
         .await?;
@@ -290,11 +315,78 @@ pub async fn create_staging(
     Ok(())
 }
 
+/// Brings a job's staging table in line with the sink's columns after an
+/// `ALTER TABLE` of the sink, keeping every staged row: new columns are
+/// added (staged rows get NULL, or the default if the column has one and
+/// they could not have sent it), dropped ones dropped, changed types
+/// converted. Refused (409, naming the column) when a staged value cannot
+/// be converted.
+pub async fn refresh_staging(
+    conn: &mut PgConnection,
+    staging_id: i64,
+    old: &[ColumnDef],
+    new: &[ColumnDef],
+) -> Result<()> {
+    let table = super::staging_table(staging_id);
+    for column in old {
+        if !new.iter().any(|n| n.name == column.name) {
+            sqlx::query(&format!(
+                "ALTER TABLE {table} DROP COLUMN {}",
+                quote_ident(&column.name)
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    for column in new {
+        let name = quote_ident(&column.name);
+        match old.iter().find(|o| o.name == column.name) {
+            None => {
+                sqlx::query(&format!(
+                    "ALTER TABLE {table} ADD COLUMN {name} {}",
+                    staging_type(column)
+                ))
+                .execute(&mut *conn)
+                .await?;
+                // Rows staged before the column existed did not send it.
+                sqlx::query(&format!(
+                    "UPDATE {table} SET {omitted} = array_append(coalesce({omitted}, '{{}}'), {literal})",
+                    omitted = super::OMITTED_COLUMN,
+                    literal = crate::db::quote_literal(&column.name),
+                ))
+                .execute(&mut *conn)
+                .await?;
+            }
+            Some(previous) if previous.data_type != column.data_type => {
+                let altered = sqlx::query(&format!(
+                    "ALTER TABLE {table} ALTER COLUMN {name} TYPE {ty} USING {name}::{ty}",
+                    ty = staging_type(column)
+                ))
+                .execute(&mut *conn)
+                .await;
+                if let Err(error) = altered {
+                    if crate::sink::promote::is_row_error(&error) {
+                        return Err(Error::conflict(format!(
+                            "staged values of column {:?} cannot be converted to {}: {}; commit or abort what is staged first",
+                            column.name,
+                            column.data_type,
+                            error.as_database_error().map(|db| db.message().to_owned()).unwrap_or_default()
+                        )));
+                    }
+                    return Err(error.into());
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// Drops a job's staging table (and partitions) if it exists.
-pub async fn drop_staging(conn: &mut PgConnection, job_id: &str) -> Result<()> {
+pub async fn drop_staging(conn: &mut PgConnection, staging_id: i64) -> Result<()> {
     sqlx::query(&format!(
         "DROP TABLE IF EXISTS {}",
-        super::staging_table(job_id)
+        super::staging_table(staging_id)
     ))
     .execute(&mut *conn)
     .await?;

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use sqlx::postgres::PgCopyIn;
 use sqlx::PgConnection;
 
-use super::encode::{copy_error_to_rejection, CopyEncoder};
+use super::encode::{copy_error_to_rejection, CopyEncoder, RowDigest};
 use super::schema::ColumnDef;
 use crate::db::quote_ident;
 use crate::error::{Error, Result};
@@ -36,32 +36,44 @@ pub enum Rows<'a, S> {
 pub struct Staged {
     pub rows: u64,
     pub bytes: u64,
+    /// SHA-256 of the rows as sent (see [`CopyEncoder::digest`]).
+    pub digest: [u8; 32],
+}
+
+/// Where a batch goes: the job's staging table and the rules for its rows.
+pub struct StagingTarget<'a> {
+    pub staging_id: i64,
+    pub columns: &'a [ColumnDef],
+    /// The upsert key (empty in append mode): rows must carry it.
+    pub key: &'a [String],
 }
 
 /// Stages one batch with tag `tag`. Returns what was staged, or the first
 /// rejection (after aborting the COPY).
 pub async fn copy_rows<S>(
     conn: &mut PgConnection,
-    job_id: &str,
-    columns: &[ColumnDef],
+    target: &StagingTarget<'_>,
     tag: i64,
     task_id: &str,
-    seq_base: i64,
+    batch_seq: i64,
     rows: Rows<'_, S>,
 ) -> Result<Staged>
 where
     S: Stream<Item = Result<Bytes, Error>> + Unpin,
 {
-    let mut column_list: Vec<String> = columns.iter().map(|c| quote_ident(&c.name)).collect();
-    column_list
-        .extend([super::TAG_COLUMN, super::TASK_COLUMN, super::SEQ_COLUMN].map(String::from));
+    let mut column_list: Vec<String> = target
+        .columns
+        .iter()
+        .map(|c| quote_ident(&c.name))
+        .collect();
+    column_list.extend(super::OWN_COLUMNS.map(String::from));
     let statement = format!(
         "COPY {} ({}) FROM STDIN",
-        super::staging_table(job_id),
+        super::staging_table(target.staging_id),
         column_list.join(", ")
     );
     let mut copy = conn.copy_in_raw(&statement).await?;
-    let mut encoder = CopyEncoder::new(columns, tag, task_id, seq_base);
+    let mut encoder = CopyEncoder::new(target.columns, target.key, tag, task_id, batch_seq);
     let mut buffer = Vec::with_capacity(SEND_CHUNK + 64 * 1024);
 
     let fed = feed(&mut copy, &mut encoder, &mut buffer, rows).await;
@@ -77,7 +89,38 @@ where
     Ok(Staged {
         rows: encoder.rows(),
         bytes: encoder.bytes(),
+        digest: encoder.digest(),
     })
+}
+
+/// The digest that staging `rows` would record (see [`Staged::digest`]),
+/// without checking or staging them: how a retry of a batch that is
+/// already staged is compared with the original.
+pub async fn digest_rows<S>(rows: Rows<'_, S>) -> Result<[u8; 32]>
+where
+    S: Stream<Item = Result<Bytes, Error>> + Unpin,
+{
+    let mut digest = RowDigest::default();
+    match rows {
+        Rows::Json(rows) => rows.iter().for_each(|row| digest.add(row.get().as_bytes())),
+        Rows::Ndjson {
+            mut body,
+            max_bytes,
+        } => {
+            let mut lines = LineSplitter::new(max_bytes);
+            let mut add = |line: &[u8]| {
+                if let Some(row) = row_text(line) {
+                    digest.add(row);
+                }
+                Ok(())
+            };
+            while let Some(chunk) = body.next().await {
+                lines.feed(&chunk?, &mut add)?;
+            }
+            lines.finish(&mut add)?;
+        }
+    }
+    Ok(digest.finish())
 }
 
 async fn feed<S>(
@@ -100,33 +143,12 @@ where
             mut body,
             max_bytes,
         } => {
-            let mut received: u64 = 0;
-            let mut line: Vec<u8> = Vec::new();
+            let mut lines = LineSplitter::new(max_bytes);
             while let Some(chunk) = body.next().await {
-                let chunk = chunk?;
-                received += chunk.len() as u64;
-                if received > max_bytes {
-                    return Err(Error::PayloadTooLarge(format!(
-                        "the NDJSON body exceeds {max_bytes} bytes"
-                    )));
-                }
-                let mut rest: &[u8] = &chunk;
-                while let Some(newline) = rest.iter().position(|b| *b == b'\n') {
-                    line.extend_from_slice(&rest[..newline]);
-                    push_line(encoder, &line, buffer)?;
-                    line.clear();
-                    rest = &rest[newline + 1..];
-                    flush_if_full(copy, buffer).await?;
-                }
-                line.extend_from_slice(rest);
-                if line.len() > MAX_LINE_BYTES {
-                    return Err(Error::PayloadTooLarge(format!(
-                        "row {} is longer than {MAX_LINE_BYTES} bytes",
-                        encoder.rows() + 1
-                    )));
-                }
+                lines.feed(&chunk?, |line| push_line(encoder, line, buffer))?;
+                flush_if_full(copy, buffer).await?;
             }
-            push_line(encoder, &line, buffer)?;
+            lines.finish(|line| push_line(encoder, line, buffer))?;
         }
     }
     if !buffer.is_empty() {
@@ -137,13 +159,75 @@ where
     Ok(())
 }
 
-/// Parses one NDJSON line (blank lines are skipped) and encodes it.
-fn push_line(encoder: &mut CopyEncoder<'_>, line: &[u8], buffer: &mut Vec<u8>) -> Result<()> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    if line.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
+/// Cuts an NDJSON body into lines as its chunks arrive, within the body
+/// and line limits.
+struct LineSplitter {
+    line: Vec<u8>,
+    received: u64,
+    max_bytes: u64,
+    lines: u64,
+}
+
+impl LineSplitter {
+    fn new(max_bytes: u64) -> Self {
+        LineSplitter {
+            line: Vec::new(),
+            received: 0,
+            max_bytes,
+            lines: 0,
+        }
     }
-    encoder.push(line, buffer)
+
+    /// Hands every line that `chunk` completes to `on_line`.
+    fn feed(&mut self, chunk: &[u8], mut on_line: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.received += chunk.len() as u64;
+        if self.received > self.max_bytes {
+            return Err(Error::PayloadTooLarge(format!(
+                "the NDJSON body exceeds {} bytes",
+                self.max_bytes
+            )));
+        }
+        let mut rest = chunk;
+        while let Some(newline) = rest.iter().position(|b| *b == b'\n') {
+            if self.line.is_empty() {
+                on_line(&rest[..newline])?;
+            } else {
+                self.line.extend_from_slice(&rest[..newline]);
+                on_line(&self.line)?;
+                self.line.clear();
+            }
+            self.lines += 1;
+            rest = &rest[newline + 1..];
+        }
+        self.line.extend_from_slice(rest);
+        if self.line.len() > MAX_LINE_BYTES {
+            return Err(Error::PayloadTooLarge(format!(
+                "line {} is longer than {MAX_LINE_BYTES} bytes",
+                self.lines + 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Hands the last line (without a newline) to `on_line`.
+    fn finish(&mut self, mut on_line: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        on_line(&self.line)
+    }
+}
+
+/// The row an NDJSON line holds: `None` for a blank line; a trailing `\r`
+/// is not part of it.
+fn row_text(line: &[u8]) -> Option<&[u8]> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    (!line.iter().all(u8::is_ascii_whitespace)).then_some(line)
+}
+
+/// Encodes the row of one NDJSON line, if it has one.
+fn push_line(encoder: &mut CopyEncoder<'_>, line: &[u8], buffer: &mut Vec<u8>) -> Result<()> {
+    match row_text(line) {
+        Some(row) => encoder.push(row, buffer),
+        None => Ok(()),
+    }
 }
 
 async fn flush_if_full(copy: &mut PgCopyIn<&mut PgConnection>, buffer: &mut Vec<u8>) -> Result<()> {

@@ -180,9 +180,11 @@ async fn an_offset_below_the_committed_one_is_a_regression(
     );
 
     // Below the task's own previous ack, even before that ack is decided.
+    // (Adding t1 fences the epoch: a new attempt resumes from offset 100.)
     let spec = json!({"tasks": ["t0", "t1"], "sink": {"table": "wc_sink", "mode": "upsert", "key": ["word"]},
                       "checkpointing": {"max_concurrent": 2}});
     assert_eq!(app.put_job("wc", spec).await.status(), StatusCode::OK);
+    let epoch = app.epoch("wc").await;
     let third = app.checkpoint("wc", epoch).await;
     let fourth = app.checkpoint("wc", epoch).await;
     app.ack_ok("wc", third, "t0", epoch, json!({"0": 150}))

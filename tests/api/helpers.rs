@@ -27,6 +27,7 @@ pub fn options() -> ServiceOptions {
         limits: Limits {
             max_inline_state_bytes: 4096,
             max_ndjson_body_bytes: 1 << 30,
+            ..Limits::default()
         },
         max_json_body_bytes: 1 << 20,
         max_in_flight: 1024,
@@ -274,7 +275,17 @@ impl TestApp {
 
     /// Rows currently staged for a job.
     pub async fn staged(&self, job: &str) -> i64 {
-        self.count(&format!("sinkgate_staging.\"{job}\"")).await
+        self.count(&self.staging_table(job).await).await
+    }
+
+    /// The qualified name of a job's staging table.
+    pub async fn staging_table(&self, job: &str) -> String {
+        let id: i64 = sqlx::query_scalar("SELECT staging_id FROM jobs WHERE job_id = $1")
+            .bind(job)
+            .fetch_one(&self.db)
+            .await
+            .unwrap();
+        format!("sinkgate_staging.job_{id}")
     }
 }
 

@@ -402,11 +402,19 @@ async fn a_failed_promotion_keeps_the_decision_and_rolls_forward_after_a_crash(
         0,
         "a failed promotion applies nothing"
     );
-    assert_eq!(
-        app.recovery("ev").await["checkpoint_id"],
-        checkpoint,
-        "the decision stands"
-    );
+    // The decision stands, but no recovery point is served whose rows are
+    // not in the sink.
+    let blocked = problem(
+        app.get("/v1/jobs/ev/recovery").await,
+        StatusCode::CONFLICT,
+        "promotion-blocked",
+    )
+    .await;
+    assert_eq!(blocked["checkpoint_id"], checkpoint);
+    assert!(blocked["sink_error"]
+        .as_str()
+        .unwrap()
+        .contains("small_ids"));
 
     // The service dies; the operator fixes the sink; a new instance rolls forward at start-up.
     app.kill().await;
@@ -431,10 +439,15 @@ async fn a_failed_promotion_keeps_the_decision_and_rolls_forward_after_a_crash(
         app.ack_ok("ev", second, "t0", epoch, json!({"0": 6})).await,
         "completed"
     );
-    let still_failing = app.attempt("ev").await;
-    assert_eq!(still_failing["rolled_forward_checkpoints"], json!([]));
-    assert_eq!(still_failing["recovery"]["checkpoint_id"], second);
-    assert_eq!(still_failing["recovery"]["status"], "completed");
+    let still_failing = problem(
+        app.post("/v1/jobs/ev/attempts", json!({})).await,
+        StatusCode::CONFLICT,
+        "promotion-blocked",
+    )
+    .await;
+    assert_eq!(still_failing["checkpoint_id"], second);
+    let job: Value = app.get("/v1/jobs/ev").await.json().await.unwrap();
+    assert_eq!(job["epoch"], epoch, "a refused attempt changes nothing");
     app.sql("ALTER TABLE ev_sink DROP CONSTRAINT small_ids")
         .await;
     let attempt = app.attempt("ev").await;

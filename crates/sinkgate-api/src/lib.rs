@@ -41,9 +41,39 @@ pub struct SinkSpec {
     /// `table` or `schema.table` (unquoted names, matched exactly).
     pub table: String,
     pub mode: SinkMode,
-    /// Key columns for upsert mode; they must carry a unique constraint.
+    /// Key columns for upsert mode: exactly the key columns of a unique
+    /// index or constraint that is not partial, deferrable or on
+    /// expressions, and every one NOT NULL.
     #[serde(default)]
     pub key: Vec<String>,
+    /// What a commit does with a row the sink refuses (a constraint, a
+    /// trigger): `block` (default) keeps the checkpoint decided but
+    /// unpromoted until an operator fixes the sink; `dead_letter` promotes
+    /// the other rows and records the refused ones, with the database's
+    /// error, at `GET /v1/jobs/{job}/dead-letters`.
+    #[serde(default)]
+    pub on_promotion_error: OnPromotionError,
+}
+
+/// What a commit does with a row the sink refuses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnPromotionError {
+    /// Keep the checkpoint decided and retry its promotion until the sink
+    /// is fixed; `/attempts` and `/recovery` answer `promotion-blocked`.
+    #[default]
+    Block,
+    /// Promote every other row; record the refused ones as dead letters.
+    DeadLetter,
+}
+
+impl OnPromotionError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnPromotionError::Block => "block",
+            OnPromotionError::DeadLetter => "dead_letter",
+        }
+    }
 }
 
 /// Checkpoint settings as sent; every field is optional.
@@ -446,6 +476,58 @@ pub struct WriteRequest {
 }
 
 /// `POST /writes` query parameters for an NDJSON body.
+/// `POST /v1/jobs/{job}/promotions` answer: what the promotion did.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"checkpoint_id": 42, "promoted_rows": 1000, "dead_lettered_rows": 1}))]
+pub struct PromotionResult {
+    /// The checkpoint now committed (the last committed one when nothing
+    /// was waiting; null before any).
+    pub checkpoint_id: Option<i64>,
+    pub promoted_rows: i64,
+    /// Rows sent to the dead-letter table (policy `dead_letter`).
+    pub dead_lettered_rows: i64,
+}
+
+/// A row that a promotion kept out of the sink, with the database's error.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"dead_letter_id": 7, "checkpoint_id": 42, "task_id": "task-0",
+    "row": {"id": 17, "word": "hello"}, "error": "duplicate key value violates unique constraint \"events_pkey\"",
+    "sqlstate": "23505", "created_at": "2026-11-25T10:00:00Z"}))]
+pub struct DeadLetter {
+    pub dead_letter_id: i64,
+    pub checkpoint_id: i64,
+    pub task_id: String,
+    /// The row as staged: the columns it sent (omitted ones left out).
+    #[schema(value_type = Object)]
+    pub row: serde_json::Value,
+    pub error: String,
+    /// PostgreSQL's SQLSTATE of the error.
+    pub sqlstate: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `GET /v1/jobs/{job}/dead-letters` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"dead_letters": [{"dead_letter_id": 7, "checkpoint_id": 42, "task_id": "task-0",
+    "row": {"id": 17, "word": "hello"}, "error": "duplicate key value violates unique constraint \"events_pkey\"",
+    "sqlstate": "23505", "created_at": "2026-11-25T10:00:00Z"}]}))]
+pub struct DeadLetterList {
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// `GET /v1/jobs/{job}/dead-letters` query.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeadLetterQuery {
+    /// Only dead letters with a larger id (paging).
+    pub after: Option<i64>,
+    /// Only those of this checkpoint.
+    pub checkpoint_id: Option<i64>,
+    /// At most this many (1–1000, default 100).
+    pub limit: Option<i64>,
+}
+
 #[derive(Debug, Clone, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -489,9 +571,10 @@ pub struct Readiness {
 pub struct Problem {
     /// Stable identifier: `urn:sinkgate:problem:` followed by one of `not-found`,
     /// `fenced`, `checkpoint-aborted`, `unknown-task`, `row-rejected`,
-    /// `offset-regression`, `conflict`, `validation`, `malformed`,
-    /// `unsupported-media-type`, `too-early`, `payload-too-large`,
-    /// `unauthenticated`, `forbidden`, `overloaded`, `timeout`, `unavailable`, `internal`.
+    /// `offset-regression`, `batch-conflict`, `promotion-blocked`, `conflict`,
+    /// `validation`, `malformed`, `unsupported-media-type`, `too-early`,
+    /// `payload-too-large`, `body-timeout`, `unauthenticated`, `forbidden`,
+    /// `overloaded`, `timeout`, `unavailable`, `internal`.
     #[serde(rename = "type")]
     pub problem_type: String,
     pub title: String,
@@ -509,9 +592,13 @@ pub struct Problem {
     /// The job's current epoch (`fenced`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_epoch: Option<i64>,
-    /// The aborted checkpoint (`checkpoint-aborted`).
+    /// The aborted checkpoint (`checkpoint-aborted`), or the decided one
+    /// whose promotion is blocked (`promotion-blocked`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint_id: Option<i64>,
+    /// The database's error that blocks the promotion (`promotion-blocked`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink_error: Option<String>,
     /// The source partition (`offset-regression`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,

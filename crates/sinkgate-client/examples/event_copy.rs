@@ -49,6 +49,7 @@ async fn run(args: &Args) -> Result<(), Error> {
                 table: "events".into(),
                 mode: SinkMode::Append,
                 key: vec![],
+                on_promotion_error: Default::default(),
             },
             checkpointing: None,
         })

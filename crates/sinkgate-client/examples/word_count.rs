@@ -55,6 +55,7 @@ pub async fn register(args: &Args) -> Result<(), Error> {
             table: "word_counts".into(),
             mode: SinkMode::Upsert,
             key: vec!["word".into()],
+            on_promotion_error: Default::default(),
         },
         checkpointing: None,
     };
