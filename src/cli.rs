@@ -1,4 +1,4 @@
-//! The command-line client: `sinkgate jobs|checkpoints|recovery|tokens …`.
+//! The command-line client: `sinkgate jobs|checkpoints|recovery|dead-letters|promote|tokens …`.
 //!
 //! An operator's view of a running service, built on `sinkgate-client` (so it
 //! speaks the same API as processors, with the same types). Every command
@@ -421,6 +421,43 @@ fn render_recovery(recovery: &Recovery) -> String {
         text(&tasks),
         text(&partitions),
     )
+}
+
+pub async fn dead_letters(
+    connection: &Connection,
+    job: &str,
+    after: i64,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let letters = client(connection, job).dead_letters(after, limit).await?;
+    output(connection, &letters, |letters| {
+        let mut rows = table(&["ID", "CHECKPOINT", "TASK", "SQLSTATE", "ERROR", "ROW"]);
+        for letter in &letters.dead_letters {
+            rows.add_row(vec![
+                letter.dead_letter_id.to_string(),
+                letter.checkpoint_id.to_string(),
+                letter.task_id.clone(),
+                or_dash(letter.sqlstate.clone()),
+                letter.error.clone(),
+                letter.row.to_string(),
+            ]);
+        }
+        text(&rows)
+    });
+    Ok(())
+}
+
+pub async fn promote(connection: &Connection, job: &str) -> anyhow::Result<()> {
+    let promoted = client(connection, job).retry_promotion().await?;
+    output(connection, &promoted, |promoted| {
+        format!(
+            "checkpoint {} committed: {} rows promoted, {} dead-lettered",
+            or_dash(promoted.checkpoint_id),
+            promoted.promoted_rows,
+            promoted.dead_lettered_rows
+        )
+    });
+    Ok(())
 }
 
 pub async fn tokens(connection: &Connection, command: TokensCommand) -> anyhow::Result<()> {

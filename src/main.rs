@@ -45,6 +45,23 @@ enum Command {
         connection: Connection,
         job: String,
     },
+    /// Rows a promotion kept out of the sink (policy `dead_letter`).
+    DeadLetters {
+        #[command(flatten)]
+        connection: Connection,
+        job: String,
+        /// Only dead letters with a larger id (paging).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Promote a job's decided checkpoint now, after fixing what blocked it.
+    Promote {
+        #[command(flatten)]
+        connection: Connection,
+        job: String,
+    },
     /// Issue, list and revoke processor tokens.
     Tokens {
         #[command(flatten)]
@@ -93,6 +110,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             command,
         } => sinkgate::cli::checkpoints(&connection, command).await,
         Command::Recovery { connection, job } => sinkgate::cli::recovery(&connection, &job).await,
+        Command::DeadLetters {
+            connection,
+            job,
+            after,
+            limit,
+        } => sinkgate::cli::dead_letters(&connection, &job, after, limit).await,
+        Command::Promote { connection, job } => sinkgate::cli::promote(&connection, &job).await,
         Command::Tokens {
             connection,
             command,

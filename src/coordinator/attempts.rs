@@ -68,10 +68,14 @@ pub async fn begin_fence(
                         .fetch_optional(pool)
                         .await?;
                 if let Some(staging_id) = staging_id {
+                    // Materialized first, so that only the job's writers
+                    // ever reach pg_terminate_backend.
                     let ended: Vec<i32> = sqlx::query_scalar(
-                        "SELECT pid FROM pg_stat_activity
-                         WHERE datname = current_database() AND application_name = $1
-                           AND pid <> pg_backend_pid() AND pg_terminate_backend(pid)",
+                        "WITH writers AS MATERIALIZED (
+                             SELECT pid FROM pg_stat_activity
+                             WHERE datname = current_database() AND application_name = $1
+                               AND pid <> pg_backend_pid())
+                         SELECT pid FROM writers WHERE pg_terminate_backend(pid)",
                     )
                     .bind(writer_name(staging_id))
                     .fetch_all(pool)

@@ -5,6 +5,7 @@ mod acks;
 mod auth;
 mod checkpoints;
 mod concurrency;
+mod edges;
 mod epochs;
 mod helpers;
 mod hostile;

@@ -23,8 +23,8 @@ pub use sinkgate_api as model;
 pub use sinkgate_api::Problem;
 use sinkgate_api::{
     AbortRequest, AckRequest, AckResult, Attempt, Checkpoint, CheckpointDetails, CheckpointList,
-    CheckpointStatus, IssuedToken, Job, JobList, JobSpec, PendingCheckpoint, Recovery, StateHandle,
-    TokenInfo, TokenRequest, TriggerRequest, WriteResult,
+    CheckpointStatus, DeadLetterList, IssuedToken, Job, JobList, JobSpec, PendingCheckpoint,
+    PromotionResult, Recovery, StateHandle, TokenInfo, TokenRequest, TriggerRequest, WriteResult,
 };
 
 /// What can go wrong when calling sinkgate.
@@ -276,6 +276,24 @@ impl Client {
             Some(&AbortRequest {
                 reason: reason.to_owned(),
             }),
+        )
+        .await
+    }
+
+    /// `POST /promotions` (admin): promote the decided checkpoint now, after
+    /// the sink was fixed.
+    pub async fn retry_promotion(&self) -> Result<PromotionResult> {
+        self.expect(Method::POST, &self.job_path("/promotions"), None::<&()>)
+            .await
+    }
+
+    /// `GET /dead-letters` (admin): rows a promotion kept out of the sink,
+    /// oldest first, with ids above `after`.
+    pub async fn dead_letters(&self, after: i64, limit: u32) -> Result<DeadLetterList> {
+        self.expect(
+            Method::GET,
+            &self.job_path(&format!("/dead-letters?after={after}&limit={limit}")),
+            None::<&()>,
         )
         .await
     }
