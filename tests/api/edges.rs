@@ -26,7 +26,12 @@ async fn append_job(app: &TestApp, job: &str, table: &str, tasks: &[&str], extra
         }
     }
     let response = app.put_job(job, spec).await;
-    assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{}",
+        response.text().await.unwrap()
+    );
     app.epoch(job).await
 }
 
@@ -36,12 +41,21 @@ async fn commit(app: &TestApp, job: &str, epoch: i64, acks: &[(&str, Value)]) ->
     let checkpoint = app.checkpoint(job, epoch).await;
     let mut status = String::new();
     for (task, offsets) in acks {
-        status = app.ack_ok(job, checkpoint, task, epoch, offsets.clone()).await;
+        status = app
+            .ack_ok(job, checkpoint, task, epoch, offsets.clone())
+            .await;
     }
     status
 }
 
-async fn write_ok(app: &TestApp, job: &str, task: &str, epoch: i64, batch: &str, rows: Value) -> Value {
+async fn write_ok(
+    app: &TestApp,
+    job: &str,
+    task: &str,
+    epoch: i64,
+    batch: &str,
+    rows: Value,
+) -> Value {
     let response = app.write(job, task, epoch, batch, rows).await;
     let status = response.status();
     let body: Value = response.json().await.unwrap();
@@ -56,18 +70,30 @@ async fn job_ids_that_look_like_staging_names_do_not_collide(
     connect: PgConnectOptions,
 ) {
     let app = TestApp::spawn(&connect).await;
-    app.sql("CREATE TABLE x_sink (id bigint PRIMARY KEY, payload text NOT NULL)").await;
-    app.sql("CREATE TABLE y_sink (id bigint PRIMARY KEY, payload text NOT NULL)").await;
+    app.sql("CREATE TABLE x_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await;
+    app.sql("CREATE TABLE y_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await;
     let x = append_job(&app, "x", "x_sink", &["t0"], json!({})).await;
     // Tagged 1: job x's ring partition 1, once named "x__1".
     write_ok(&app, "x", "t0", x, "a", events(1, 5)).await;
     let x1 = append_job(&app, "x__1", "y_sink", &["t0"], json!({})).await;
     write_ok(&app, "x__1", "t0", x1, "a", events(100, 3)).await;
 
-    assert_eq!(commit(&app, "x", x, &[("t0", json!({"0": 5}))]).await, "committed");
-    assert_eq!(commit(&app, "x__1", x1, &[("t0", json!({"0": 3}))]).await, "committed");
+    assert_eq!(
+        commit(&app, "x", x, &[("t0", json!({"0": 5}))]).await,
+        "committed"
+    );
+    assert_eq!(
+        commit(&app, "x__1", x1, &[("t0", json!({"0": 3}))]).await,
+        "committed"
+    );
     assert_eq!(app.count("x_sink").await, 5, "job x kept its staged rows");
-    assert_eq!(app.count("y_sink").await, 3, "job x__1 kept its staged rows");
+    assert_eq!(
+        app.count("y_sink").await,
+        3,
+        "job x__1 kept its staged rows"
+    );
     app.stop().await;
 }
 
@@ -92,8 +118,11 @@ async fn upsert_keys_must_be_not_null_immediate_and_sent(
     ];
     for (table, key, field) in cases {
         let body = problem(
-            app.put_job("j", json!({"tasks": ["t0"], "sink": {"table": table, "mode": "upsert", "key": key}}))
-                .await,
+            app.put_job(
+                "j",
+                json!({"tasks": ["t0"], "sink": {"table": table, "mode": "upsert", "key": key}}),
+            )
+            .await,
             StatusCode::UNPROCESSABLE_ENTITY,
             "validation",
         )
@@ -109,7 +138,14 @@ async fn upsert_keys_must_be_not_null_immediate_and_sent(
     assert_eq!(response.status(), StatusCode::CREATED);
     let epoch = app.epoch("j").await;
     let rejected = problem(
-        app.write("j", "t0", epoch, "a", json!([{"id": 1, "w": "x"}, {"w": "y"}, {"w": "z"}])).await,
+        app.write(
+            "j",
+            "t0",
+            epoch,
+            "a",
+            json!([{"id": 1, "w": "x"}, {"w": "y"}, {"w": "z"}]),
+        )
+        .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "row-rejected",
     )
@@ -117,7 +153,8 @@ async fn upsert_keys_must_be_not_null_immediate_and_sent(
     assert_eq!(rejected["row"], 2);
     assert_eq!(rejected["column"], "id");
     let rejected = problem(
-        app.write("j", "t0", epoch, "b", json!([{"id": null, "w": "y"}])).await,
+        app.write("j", "t0", epoch, "b", json!([{"id": null, "w": "y"}]))
+            .await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "row-rejected",
     )
@@ -134,11 +171,23 @@ async fn a_retried_ack_of_a_complete_checkpoint_is_never_told_aborted(
     connect: PgConnectOptions,
 ) {
     let app = TestApp::spawn(&connect).await;
-    app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)").await;
-    let epoch = append_job(&app, "ev", "ev_sink", &["t0", "t1"], json!({"checkpointing": {"timeout_ms": 1000}})).await;
+    app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await;
+    let epoch = append_job(
+        &app,
+        "ev",
+        "ev_sink",
+        &["t0", "t1"],
+        json!({"checkpointing": {"timeout_ms": 1000}}),
+    )
+    .await;
     write_ok(&app, "ev", "t0", epoch, "a", events(1, 3)).await;
     let checkpoint = app.checkpoint("ev", epoch).await;
-    assert_eq!(app.ack_ok("ev", checkpoint, "t0", epoch, json!({"0": 3})).await, "pending");
+    assert_eq!(
+        app.ack_ok("ev", checkpoint, "t0", epoch, json!({"0": 3}))
+            .await,
+        "pending"
+    );
 
     // Hold the decision back (as a crash between an ack and its decision
     // would): FOR SHARE lets acks record but stops decisions and the scheduler.
@@ -176,11 +225,18 @@ async fn a_retried_ack_of_a_complete_checkpoint_is_never_told_aborted(
     let retry = retry.await.unwrap();
     let status = retry.status();
     let body: Value = retry.json().await.unwrap();
-    assert_eq!(status, StatusCode::OK, "the retry must not be told aborted: {body}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the retry must not be told aborted: {body}"
+    );
     assert_eq!(body["status"], "committed", "{body}");
     let first = first.await.unwrap().unwrap();
     assert_eq!(first.status(), StatusCode::OK);
-    assert_eq!(app.checkpoint_details("ev", checkpoint).await["status"], "committed");
+    assert_eq!(
+        app.checkpoint_details("ev", checkpoint).await["status"],
+        "committed"
+    );
     assert_eq!(app.count("ev_sink").await, 3);
     app.stop().await;
 }
@@ -193,13 +249,17 @@ async fn rescaling_fences_the_epoch_and_nothing_is_promoted_twice(
     connect: PgConnectOptions,
 ) {
     let app = TestApp::spawn(&connect).await;
-    app.sql("CREATE TABLE log_sink (id bigint, payload text NOT NULL)").await;
+    app.sql("CREATE TABLE log_sink (id bigint, payload text NOT NULL)")
+        .await;
     let epoch = append_job(&app, "log", "log_sink", &["t0", "t1"], json!({})).await;
     // t1 consumed partition 1 up to 5 and staged it, but never acked.
     write_ok(&app, "log", "t1", epoch, "p1-0", events(1, 5)).await;
     // Scale in to one task.
     let response = app
-        .put_job("log", json!({"tasks": ["t0"], "sink": {"table": "log_sink", "mode": "append"}}))
+        .put_job(
+            "log",
+            json!({"tasks": ["t0"], "sink": {"table": "log_sink", "mode": "append"}}),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     // The old epoch is fenced: the processors must restart from recovery.
@@ -214,7 +274,10 @@ async fn rescaling_fences_the_epoch_and_nothing_is_promoted_twice(
     let epoch = attempt["epoch"].as_i64().unwrap();
     // t0 takes partition 1 over from its committed offset (none) and stages it again.
     write_ok(&app, "log", "t0", epoch, "p1-0", events(1, 5)).await;
-    assert_eq!(commit(&app, "log", epoch, &[("t0", json!({"1": 5}))]).await, "committed");
+    assert_eq!(
+        commit(&app, "log", epoch, &[("t0", json!({"1": 5}))]).await,
+        "committed"
+    );
     assert_eq!(app.count("log_sink").await, 5, "each event exactly once");
     app.stop().await;
 }
@@ -227,11 +290,19 @@ async fn an_ack_below_another_tasks_ack_of_the_partition_is_a_regression(
     connect: PgConnectOptions,
 ) {
     let app = TestApp::spawn(&connect).await;
-    app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)").await;
+    app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await;
     let epoch = append_job(&app, "ev", "ev_sink", &["t0", "t1"], json!({})).await;
     let first = app.checkpoint("ev", epoch).await;
-    assert_eq!(app.ack_ok("ev", first, "t0", epoch, json!({"p": 100})).await, "pending");
-    assert_eq!(app.decline("ev", first, "t1", epoch).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.ack_ok("ev", first, "t0", epoch, json!({"p": 100}))
+            .await,
+        "pending"
+    );
+    assert_eq!(
+        app.decline("ev", first, "t1", epoch).await.status(),
+        StatusCode::OK
+    );
     let second = app.checkpoint("ev", epoch).await;
     let regression = problem(
         app.ack("ev", second, "t1", epoch, json!({"p": 50})).await,
@@ -255,13 +326,20 @@ async fn a_blocked_promotion_is_reported_until_an_operator_retries_it(
         ..options()
     };
     let app = TestApp::spawn_with(&connect, quiet).await;
-    app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)").await;
+    app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await;
     let epoch = append_job(&app, "ev", "ev_sink", &["t0"], json!({})).await;
     write_ok(&app, "ev", "t0", epoch, "a", events(1, 2)).await;
-    assert_eq!(commit(&app, "ev", epoch, &[("t0", json!({"0": 2}))]).await, "committed");
+    assert_eq!(
+        commit(&app, "ev", epoch, &[("t0", json!({"0": 2}))]).await,
+        "committed"
+    );
     // Id 2 again: the append sink's primary key refuses it at promotion.
     write_ok(&app, "ev", "t0", epoch, "b", events(2, 2)).await;
-    assert_eq!(commit(&app, "ev", epoch, &[("t0", json!({"0": 4}))]).await, "completed");
+    assert_eq!(
+        commit(&app, "ev", epoch, &[("t0", json!({"0": 4}))]).await,
+        "completed"
+    );
 
     for response in [
         app.get("/v1/jobs/ev/recovery").await,
@@ -270,13 +348,28 @@ async fn a_blocked_promotion_is_reported_until_an_operator_retries_it(
     ] {
         let blocked = problem(response, StatusCode::CONFLICT, "promotion-blocked").await;
         assert_eq!(blocked["checkpoint_id"], 2);
-        assert!(blocked["sink_error"].as_str().unwrap().contains("duplicate key"), "{blocked}");
+        assert!(
+            blocked["sink_error"]
+                .as_str()
+                .unwrap()
+                .contains("duplicate key"),
+            "{blocked}"
+        );
     }
-    assert_eq!(app.count("ev_sink").await, 2, "nothing of checkpoint 2 reached the sink");
+    assert_eq!(
+        app.count("ev_sink").await,
+        2,
+        "nothing of checkpoint 2 reached the sink"
+    );
 
     // The operator removes the conflicting row and retries.
     app.sql("DELETE FROM ev_sink WHERE id = 2").await;
-    let retried: Value = app.post("/v1/jobs/ev/promotions", json!({})).await.json().await.unwrap();
+    let retried: Value = app
+        .post("/v1/jobs/ev/promotions", json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(retried["checkpoint_id"], 2, "{retried}");
     assert_eq!(retried["promoted_rows"], 2);
     assert_eq!(app.recovery("ev").await["offsets"], json!({"0": 4}));
@@ -294,27 +387,57 @@ async fn dead_letter_policy_promotes_the_rest_and_records_refused_rows(
         "CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL CHECK (payload <> 'poison'))",
     )
     .await;
-    let epoch = append_job(&app, "ev", "ev_sink", &["t0"], json!({"on_promotion_error": "dead_letter"})).await;
+    let epoch = append_job(
+        &app,
+        "ev",
+        "ev_sink",
+        &["t0"],
+        json!({"on_promotion_error": "dead_letter"}),
+    )
+    .await;
     write_ok(&app, "ev", "t0", epoch, "a", events(1, 2)).await;
-    assert_eq!(commit(&app, "ev", epoch, &[("t0", json!({"0": 2}))]).await, "committed");
+    assert_eq!(
+        commit(&app, "ev", epoch, &[("t0", json!({"0": 2}))]).await,
+        "committed"
+    );
     let mut rows: Vec<Value> = events(2, 20).as_array().unwrap().clone();
     rows[10]["payload"] = json!("poison");
     write_ok(&app, "ev", "t0", epoch, "b", Value::Array(rows)).await;
-    assert_eq!(commit(&app, "ev", epoch, &[("t0", json!({"0": 22}))]).await, "committed");
+    assert_eq!(
+        commit(&app, "ev", epoch, &[("t0", json!({"0": 22}))]).await,
+        "committed"
+    );
 
-    assert_eq!(app.count("ev_sink").await, 2 + 18, "all but the two refused rows");
-    let letters: Value = app.get("/v1/jobs/ev/dead-letters").await.json().await.unwrap();
+    assert_eq!(
+        app.count("ev_sink").await,
+        2 + 18,
+        "all but the two refused rows"
+    );
+    let letters: Value = app
+        .get("/v1/jobs/ev/dead-letters")
+        .await
+        .json()
+        .await
+        .unwrap();
     let letters = letters["dead_letters"].as_array().unwrap().clone();
     assert_eq!(letters.len(), 2, "{letters:?}");
     assert_eq!(letters[0]["row"], json!({"id": 2, "payload": "event 2"}));
     assert_eq!(letters[0]["sqlstate"], "23505");
     assert_eq!(letters[0]["checkpoint_id"], 2);
     assert_eq!(letters[1]["row"], json!({"id": 12, "payload": "poison"}));
-    assert!(letters[1]["error"].as_str().unwrap().contains("check constraint"));
+    assert!(letters[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("check constraint"));
     // Exactly once: a new attempt neither promotes nor dead-letters again.
     app.attempt("ev").await;
     assert_eq!(app.count("ev_sink").await, 20);
-    let again: Value = app.get("/v1/jobs/ev/dead-letters").await.json().await.unwrap();
+    let again: Value = app
+        .get("/v1/jobs/ev/dead-letters")
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(again["dead_letters"].as_array().unwrap().len(), 2);
     app.stop().await;
 }
@@ -332,19 +455,43 @@ async fn putting_the_job_again_after_an_alter_keeps_staged_rows(
     app.sql("ALTER TABLE ev_sink DROP COLUMN at, ADD COLUMN source text NOT NULL DEFAULT 'feed'")
         .await;
     let response = app
-        .put_job("ev", json!({"tasks": ["t0"], "sink": {"table": "ev_sink", "mode": "append"}}))
+        .put_job(
+            "ev",
+            json!({"tasks": ["t0"], "sink": {"table": "ev_sink", "mode": "append"}}),
+        )
         .await;
-    assert_eq!(response.status(), StatusCode::OK, "{}", response.text().await.unwrap());
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{}",
+        response.text().await.unwrap()
+    );
     assert_eq!(app.staged("ev").await, 3, "nothing staged was lost");
-    write_ok(&app, "ev", "t0", epoch, "b", json!([{"id": 4, "payload": "p", "source": "api"}])).await;
-    assert_eq!(commit(&app, "ev", epoch, &[("t0", json!({"0": 4}))]).await, "committed");
+    write_ok(
+        &app,
+        "ev",
+        "t0",
+        epoch,
+        "b",
+        json!([{"id": 4, "payload": "p", "source": "api"}]),
+    )
+    .await;
+    assert_eq!(
+        commit(&app, "ev", epoch, &[("t0", json!({"0": 4}))]).await,
+        "committed"
+    );
     let sources: Vec<(i64, String)> = sqlx::query_as("SELECT id, source FROM ev_sink ORDER BY id")
         .fetch_all(&app.db)
         .await
         .unwrap();
     assert_eq!(
         sources,
-        vec![(1, "feed".into()), (2, "feed".into()), (3, "feed".into()), (4, "api".into())]
+        vec![
+            (1, "feed".into()),
+            (2, "feed".into()),
+            (3, "feed".into()),
+            (4, "api".into())
+        ]
     );
     app.stop().await;
 }
@@ -353,7 +500,8 @@ async fn putting_the_job_again_after_an_alter_keeps_staged_rows(
 #[sqlx::test]
 async fn last_write_wins_past_two_to_the_31_batches(_: PgPoolOptions, connect: PgConnectOptions) {
     let app = TestApp::spawn(&connect).await;
-    app.sql("CREATE TABLE wc_sink (word text PRIMARY KEY, n bigint NOT NULL)").await;
+    app.sql("CREATE TABLE wc_sink (word text PRIMARY KEY, n bigint NOT NULL)")
+        .await;
     let response = app
         .put_job("wc", json!({"tasks": ["t0"], "sink": {"table": "wc_sink", "mode": "upsert", "key": ["word"]}}))
         .await;
@@ -363,7 +511,10 @@ async fn last_write_wins_past_two_to_the_31_batches(_: PgPoolOptions, connect: P
     app.sql("SELECT setval('batch_seq', 2147483646)").await;
     write_ok(&app, "wc", "t0", epoch, "a", json!([{"word": "w", "n": 1}])).await;
     write_ok(&app, "wc", "t0", epoch, "b", json!([{"word": "w", "n": 2}])).await;
-    assert_eq!(commit(&app, "wc", epoch, &[("t0", json!({}))]).await, "committed");
+    assert_eq!(
+        commit(&app, "wc", epoch, &[("t0", json!({}))]).await,
+        "committed"
+    );
     assert_eq!(app.word_counts("wc_sink").await, vec![("w".into(), 2)]);
     app.stop().await;
 }
@@ -375,11 +526,22 @@ async fn a_batch_id_is_deduplicated_for_its_epoch_and_checked_by_content(
     connect: PgConnectOptions,
 ) {
     let app = TestApp::spawn(&connect).await;
-    app.sql("CREATE TABLE log_sink (id bigint, payload text NOT NULL)").await;
-    let epoch = append_job(&app, "log", "log_sink", &["t0"], json!({"checkpointing": {"retained": 1}})).await;
+    app.sql("CREATE TABLE log_sink (id bigint, payload text NOT NULL)")
+        .await;
+    let epoch = append_job(
+        &app,
+        "log",
+        "log_sink",
+        &["t0"],
+        json!({"checkpointing": {"retained": 1}}),
+    )
+    .await;
     write_ok(&app, "log", "t0", epoch, "b1", events(1, 3)).await;
     for offset in [3, 3, 3] {
-        assert_eq!(commit(&app, "log", epoch, &[("t0", json!({"0": offset}))]).await, "committed");
+        assert_eq!(
+            commit(&app, "log", epoch, &[("t0", json!({"0": offset}))]).await,
+            "committed"
+        );
     }
     // An hour late, after retention pruned the history: still a duplicate.
     let retry = write_ok(&app, "log", "t0", epoch, "b1", events(1, 3)).await;
@@ -392,7 +554,10 @@ async fn a_batch_id_is_deduplicated_for_its_epoch_and_checked_by_content(
     )
     .await;
     assert_eq!(conflict["field"], "batch_id");
-    assert_eq!(commit(&app, "log", epoch, &[("t0", json!({"0": 3}))]).await, "committed");
+    assert_eq!(
+        commit(&app, "log", epoch, &[("t0", json!({"0": 3}))]).await,
+        "committed"
+    );
     assert_eq!(app.count("log_sink").await, 3);
     app.stop().await;
 }
@@ -400,9 +565,13 @@ async fn a_batch_id_is_deduplicated_for_its_epoch_and_checked_by_content(
 // 8. Liveness: a stalled upload cannot hold off a fence; a failing job
 // cannot stop the scheduler for the others.
 #[sqlx::test]
-async fn a_stalled_upload_does_not_delay_a_new_attempt(_: PgPoolOptions, connect: PgConnectOptions) {
+async fn a_stalled_upload_does_not_delay_a_new_attempt(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
     let app = TestApp::spawn(&connect).await;
-    app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)").await;
+    app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await;
     let epoch = append_job(&app, "ev", "ev_sink", &["t0"], json!({})).await;
     // A zombie on a bad network: one row, then silence.
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
@@ -418,7 +587,11 @@ async fn a_stalled_upload_does_not_delay_a_new_attempt(_: PgPoolOptions, connect
         let url = app.url("/v1/jobs/ev/writes");
         tokio::spawn(async move {
             http.post(url)
-                .query(&[("task_id", "t0"), ("epoch", &epoch.to_string()), ("batch_id", "z")])
+                .query(&[
+                    ("task_id", "t0"),
+                    ("epoch", &epoch.to_string()),
+                    ("batch_id", "z"),
+                ])
                 .header("content-type", "application/x-ndjson")
                 .body(reqwest::Body::wrap_stream(stream))
                 .send()
@@ -434,7 +607,11 @@ async fn a_stalled_upload_does_not_delay_a_new_attempt(_: PgPoolOptions, connect
     .await
     .expect("the attempt must not wait for the stalled upload");
     assert_eq!(attempt.status(), StatusCode::OK);
-    assert!(started.elapsed() < Duration::from_secs(5), "fenced in {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "fenced in {:?}",
+        started.elapsed()
+    );
     // The zombie's upload was ended and rolled back, never half-staged.
     assert_eq!(app.staged("ev").await, 0);
     drop(sender);
@@ -448,8 +625,10 @@ async fn one_failing_job_does_not_stop_the_scheduler_for_the_others(
     connect: PgConnectOptions,
 ) {
     let app = TestApp::spawn(&connect).await;
-    app.sql("CREATE TABLE a_sink (id bigint PRIMARY KEY, payload text NOT NULL)").await;
-    app.sql("CREATE TABLE b_sink (id bigint PRIMARY KEY, payload text NOT NULL)").await;
+    app.sql("CREATE TABLE a_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await;
+    app.sql("CREATE TABLE b_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await;
     // Job "a" is first in every pass; its interval triggers always fail.
     app.sql("ALTER TABLE checkpoints ADD CONSTRAINT a_is_broken CHECK (job_id <> 'a' OR trigger_kind <> 'interval')")
         .await;
@@ -487,14 +666,29 @@ async fn values_are_stored_exactly_as_sent(_: PgPoolOptions, connect: PgConnectO
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
-    assert_eq!(commit(&app, "v", epoch, &[("t0", json!({}))]).await, "committed");
-    let rows: Vec<(i32, Option<String>, Option<String>, Option<String>, Option<i32>)> = sqlx::query_as(
-        "SELECT id, nums::text, doc ->> 's', note, n FROM vals ORDER BY id",
-    )
-    .fetch_all(&app.db)
-    .await
-    .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{}",
+        response.text().await.unwrap()
+    );
+    assert_eq!(
+        commit(&app, "v", epoch, &[("t0", json!({}))]).await,
+        "committed"
+    );
+    /// id, nums, doc's `s`, note, n.
+    type Stored = (
+        i32,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<i32>,
+    );
+    let rows: Vec<Stored> =
+        sqlx::query_as("SELECT id, nums::text, doc ->> 's', note, n FROM vals ORDER BY id")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
     assert_eq!(
         rows,
         vec![
