@@ -11,4 +11,5 @@ mod helpers;
 mod hostile;
 mod jobs;
 mod operations;
+mod roundtrip;
 mod sink;
