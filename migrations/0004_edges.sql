@@ -20,6 +20,7 @@ DECLARE
     job record;
     part record;
     slot integer;
+    omitted text;
 BEGIN
     FOR job IN SELECT j.job_id, j.staging_id FROM jobs j
                JOIN pg_class c ON c.relname = j.job_id
@@ -38,7 +39,7 @@ BEGIN
                        job.job_id, format('migrating:%s', job.staging_id));
     END LOOP;
 
-    FOR job IN SELECT j.staging_id FROM jobs j
+    FOR job IN SELECT j.staging_id, j.sink_columns FROM jobs j
                JOIN pg_class c ON c.relname = format('migrating:%s', j.staging_id)
                JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'sinkgate_staging'
     LOOP
@@ -59,8 +60,15 @@ BEGIN
                        format('job_%s', job.staging_id));
         EXECUTE format('ALTER TABLE sinkgate_staging.%I ADD COLUMN _sinkgate_omitted text[]',
                        format('job_%s', job.staging_id));
-        EXECUTE format('UPDATE sinkgate_staging.%I SET _sinkgate_row = _sinkgate_seq & 4294967295, _sinkgate_seq = _sinkgate_seq >> 32',
-                       format('job_%s', job.staging_id));
+        -- 9. Rows staged before got a column's default for a NULL (omitted
+        --    or null: the old encoding could not tell); keep that meaning.
+        SELECT coalesce(string_agg(format('CASE WHEN %I IS NULL THEN %L END', c ->> 'name', c ->> 'name'), ', '), '')
+          INTO omitted
+          FROM jsonb_array_elements(job.sink_columns) c
+         WHERE c ->> 'default_expr' IS NOT NULL;
+        EXECUTE format('UPDATE sinkgate_staging.%I SET _sinkgate_row = _sinkgate_seq & 4294967295, _sinkgate_seq = _sinkgate_seq >> 32,
+                               _sinkgate_omitted = nullif(array_remove(ARRAY[%s]::text[], NULL), ''{}'')',
+                       format('job_%s', job.staging_id), omitted);
     END LOOP;
 END $$;
 

@@ -460,12 +460,17 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
              WHERE c.job_id = $1 AND c.checkpoint_id = older.id
              RETURNING c.status
          ), offsets AS (
+             -- Every ack since the last decision counts, not only this
+             -- checkpoint's: the rows a task staged before acking an older
+             -- (aborted or subsumed) checkpoint are promoted now too.
              INSERT INTO committed_offsets (job_id, source_partition, next_offset, checkpoint_id)
-             SELECT a.job_id, o.key, o.value::bigint, a.checkpoint_id
+             SELECT $1, o.key, max(o.value::bigint), $2
              FROM acks a, jsonb_each_text(a.offsets) AS o
-             WHERE a.job_id = $1 AND a.checkpoint_id = $2
+             WHERE a.job_id = $1 AND a.epoch = $3 AND a.checkpoint_id > $4 AND a.checkpoint_id <= $2
+             GROUP BY o.key
              ON CONFLICT (job_id, source_partition) DO UPDATE
-             SET next_offset = EXCLUDED.next_offset, checkpoint_id = EXCLUDED.checkpoint_id
+             SET next_offset = greatest(committed_offsets.next_offset, EXCLUDED.next_offset),
+                 checkpoint_id = EXCLUDED.checkpoint_id
          ), moved AS (
              UPDATE jobs SET last_decided_id = $2 WHERE job_id = $1
          )
@@ -474,6 +479,7 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
     .bind(&job.job_id)
     .bind(checkpoint_id)
     .bind(job.epoch)
+    .bind(job.last_decided_id.unwrap_or(0))
     .fetch_one(&mut *conn)
     .await?;
     crate::metrics::checkpoint_completed(

@@ -115,20 +115,26 @@ pub async fn attempt(pool: &PgPool, job_id: &str) -> Result<Attempt> {
 /// above the last decided checkpoint, forget the old epoch's batches, acks
 /// in progress and offset floors, and bump the epoch.
 pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
-    load_job(&mut *conn, job_id, JobLock::Update).await?;
+    let before = load_job(&mut *conn, job_id, JobLock::Update).await?;
     // Every task acked it: the decision only had not been written yet.
     decide_complete_pending(&mut *conn, job_id).await?;
     let mut job = load_job(&mut *conn, job_id, JobLock::None).await?;
     let new_epoch = job.epoch + 1;
 
-    let decided_unpromoted: Vec<i64> = sqlx::query_scalar(
-        "SELECT checkpoint_id FROM checkpoints WHERE job_id = $1 AND status = 'completed' ORDER BY checkpoint_id",
-    )
-    .bind(job_id)
-    .fetch_all(&mut *conn)
-    .await?;
     let rolled_forward = match commit_decided(&mut *conn, &mut job).await? {
-        CommitOutcome::Committed { .. } => decided_unpromoted,
+        CommitOutcome::Committed { .. } | CommitOutcome::Nothing => {
+            // Committed by this attempt: here, or by the decision of a
+            // complete checkpoint just above.
+            sqlx::query_scalar(
+                "SELECT checkpoint_id FROM checkpoints
+                 WHERE job_id = $1 AND status = 'committed' AND checkpoint_id > $2
+                 ORDER BY checkpoint_id",
+            )
+            .bind(job_id)
+            .bind(before.last_committed_id.unwrap_or(0))
+            .fetch_all(&mut *conn)
+            .await?
+        }
         CommitOutcome::Failed {
             checkpoint_id,
             error,
@@ -140,7 +146,6 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
                 error,
             });
         }
-        CommitOutcome::Nothing => Vec::new(),
     };
 
     let aborted: Vec<i64> = sqlx::query_scalar(
@@ -194,6 +199,18 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
         aborted_checkpoints: aborted,
         rolled_forward_checkpoints: rolled_forward,
     })
+}
+
+/// `GET /v1/jobs/{job}/recovery` in one read-only snapshot, so that the
+/// checkpoint, its acks and the merged offsets all belong to one decision.
+pub async fn recovery_point(pool: &PgPool, job_id: &str) -> Result<Recovery> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let recovery = recovery(&mut tx, job_id).await?;
+    tx.commit().await?;
+    Ok(recovery)
 }
 
 /// Refuses to hand out a recovery point whose rows are not in the sink.

@@ -82,11 +82,11 @@ where
             .await?;
         // The same id with other rows is a bug in the writer, never a retry:
         // staging nothing and answering "duplicate" would drop its rows.
+        // No digest: recorded before digests existed (an upgrade within
+        // this epoch); the content cannot be compared, so it is not assumed.
         let same_rows = match digest {
             Some(digest) => digest == digest_rows(rows).await?,
-            // Still being staged when this retry read it? No: the claim
-            // row is locked until the first write commits or rolls back.
-            None => true,
+            None => false,
         };
         if !same_rows {
             return Err(Error::BatchConflict {

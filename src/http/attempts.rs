@@ -64,6 +64,5 @@ async fn get_recovery(
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<Recovery>> {
-    let mut conn = state.db.acquire().await?;
-    Ok(Json(attempts::recovery(&mut conn, &job_id).await?))
+    Ok(Json(attempts::recovery_point(&state.db, &job_id).await?))
 }

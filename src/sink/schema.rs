@@ -238,6 +238,25 @@ async fn check_upsert_key(
             ));
         }
     }
+    // DISTINCT ON groups by the staging column's collation, which is the
+    // type's default: a key that compares case-insensitively in the sink
+    // would keep two rows for what the index calls one key.
+    let nondeterministic: Option<String> = sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+         WHERE a.attrelid = $1 AND a.attname = ANY ($2) AND NOT c.collisdeterministic
+         ORDER BY a.attnum LIMIT 1",
+    )
+    .bind(oid)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(name) = nondeterministic {
+        let index = key.iter().position(|k| *k == name).unwrap_or(0);
+        return Err(Error::validation(
+            format!("sink.key[{index}]"),
+            format!("key column {name:?} has a nondeterministic collation; upsert keys need a deterministic one"),
+        ));
+    }
     // Key columns only (the first indnkeyatts), not INCLUDE columns.
     let unique_indexes: Vec<Vec<String>> = sqlx::query_scalar(
         "SELECT array_agg(a.attname::text ORDER BY a.attname)
@@ -317,10 +336,10 @@ pub async fn create_staging(
 
 /// Brings a job's staging table in line with the sink's columns after an
 /// `ALTER TABLE` of the sink, keeping every staged row: new columns are
-/// added (staged rows get NULL, or the default if the column has one and
-/// they could not have sent it), dropped ones dropped, changed types
-/// converted. Refused (409, naming the column) when a staged value cannot
-/// be converted.
+/// added (staged rows did not send them, so they get the column's default),
+/// dropped ones dropped, changed types converted. Refused (409, naming the
+/// column) when a staged value cannot be converted, or when a column that
+/// is gone (dropped, or renamed) still holds staged values.
 pub async fn refresh_staging(
     conn: &mut PgConnection,
     staging_id: i64,
@@ -330,6 +349,19 @@ pub async fn refresh_staging(
     let table = super::staging_table(staging_id);
     for column in old {
         if !new.iter().any(|n| n.name == column.name) {
+            // A renamed column looks dropped: its staged values would be lost.
+            let holds_values: bool = sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {table} WHERE {} IS NOT NULL)",
+                quote_ident(&column.name)
+            ))
+            .fetch_one(&mut *conn)
+            .await?;
+            if holds_values {
+                return Err(Error::conflict(format!(
+                    "column {:?} is gone from the sink (dropped or renamed) but staged rows hold values for it; put the column back, or let what is staged commit (or abort with a new attempt) first",
+                    column.name
+                )));
+            }
             sqlx::query(&format!(
                 "ALTER TABLE {table} DROP COLUMN {}",
                 quote_ident(&column.name)
