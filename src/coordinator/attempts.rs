@@ -119,7 +119,11 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     // Every task acked it: the decision only had not been written yet.
     decide_complete_pending(&mut *conn, job_id).await?;
     let mut job = load_job(&mut *conn, job_id, JobLock::None).await?;
-    let new_epoch = job.epoch + 1;
+    // Above every epoch any job ever had (one sequence for all): a job
+    // deleted and registered again cannot reissue a zombie's epoch.
+    let new_epoch: i64 = sqlx::query_scalar("SELECT nextval('epoch_seq')")
+        .fetch_one(&mut *conn)
+        .await?;
 
     let rolled_forward = match commit_decided(&mut *conn, &mut job).await? {
         CommitOutcome::Committed { .. } | CommitOutcome::Nothing => {

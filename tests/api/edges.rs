@@ -843,3 +843,32 @@ async fn the_upgrade_renames_staging_and_keeps_what_is_staged(pool: sqlx::PgPool
         "a NULL staged before still means the default"
     );
 }
+
+// Beyond the list: a job deleted and registered again must not reissue an
+// epoch that a zombie of its former self still holds.
+#[sqlx::test]
+async fn a_recreated_job_fences_zombies_of_its_former_self(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await;
+    let zombie = append_job(&app, "ev", "ev_sink", &["t0"], json!({})).await;
+    let deleted = app
+        .http
+        .delete(app.url("/v1/jobs/ev"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let epoch = append_job(&app, "ev", "ev_sink", &["t0"], json!({})).await;
+    assert!(epoch > zombie);
+    problem(
+        app.write("ev", "t0", zombie, "a", events(1, 3)).await,
+        StatusCode::CONFLICT,
+        "fenced",
+    )
+    .await;
+    app.stop().await;
+}

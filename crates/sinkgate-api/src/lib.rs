@@ -241,6 +241,8 @@ pub struct AttemptRequest {}
 }))]
 pub struct Attempt {
     /// The new epoch: send it with every write, trigger, ack, and decline.
+    /// Higher than every earlier epoch of this job (and of any job: epochs
+    /// come from one sequence, so they need not be consecutive).
     pub epoch: i64,
     pub recovery: Recovery,
     /// Checkpoints of older epochs aborted by this attempt.
