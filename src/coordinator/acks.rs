@@ -135,7 +135,7 @@ pub async fn record_ack(
         },
     };
 
-    if context.last_acked_id == Some(checkpoint_id)
+    if context.last_acked_id >= Some(checkpoint_id)
         || status != CheckpointStatus::Pending
         || context.expired
     {
@@ -169,6 +169,11 @@ pub async fn record_ack(
                 request.task_id
             ))),
             None if status == CheckpointStatus::Aborted || context.expired => Err(aborted()),
+            None if context.last_acked_id > Some(checkpoint_id) => Err(Error::conflict(format!(
+                "task {:?} already acked checkpoint {}; acks must go to increasing checkpoints",
+                request.task_id,
+                context.last_acked_id.unwrap_or_default()
+            ))),
             None => Err(Error::conflict(format!(
                 "checkpoint {checkpoint_id} is already {}",
                 context.status
@@ -322,10 +327,20 @@ pub async fn ack(
     let settled = settle(&mut tx, job_id, checkpoint_id).await?;
     tx.commit().await?;
     if settled.status == CheckpointStatus::Aborted {
-        // Only a checkpoint whose acks were not all in by its deadline.
+        // Acks were missing: timed out, declined, aborted or fenced between
+        // this ack's two transactions. Say which.
+        let mut conn = pool.acquire().await?;
+        let reason: Option<String> = sqlx::query_scalar(
+            "SELECT failure_reason FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2",
+        )
+        .bind(job_id)
+        .bind(checkpoint_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .flatten();
         return Err(Error::CheckpointAborted {
             checkpoint_id,
-            reason: "timeout".into(),
+            reason: reason.unwrap_or_else(|| "timeout".into()),
         });
     }
     Ok(settled)
@@ -553,7 +568,20 @@ async fn abort_pending(
     let job_id = job.job_id.as_str();
     abort_timed_out(&mut *conn, job).await?;
     let status = lock_checkpoint(&mut *conn, job_id, checkpoint_id).await?;
+    // Counted after the lock (see `settle`): a checkpoint every task acked
+    // is never aborted; it is decided instead, and answered as it is.
+    let (task_count,): (i32,) = sqlx::query_as(
+        "SELECT task_count FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2",
+    )
+    .bind(job_id)
+    .bind(checkpoint_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let complete = count_acks(&mut *conn, job_id, checkpoint_id).await? >= task_count;
     match status.as_str() {
+        "pending" if complete => {
+            settle(&mut *conn, job_id, checkpoint_id).await?;
+        }
         "pending" => {
             sqlx::query(
                 "UPDATE checkpoints SET status = 'aborted', aborted_at = now(), failure_reason = $3

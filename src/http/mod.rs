@@ -322,7 +322,12 @@ async fn answer_in_time(
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("application/x-ndjson"));
+        .is_some_and(|value| {
+            value
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-ndjson")
+        });
     if ndjson {
         return next.run(request).await;
     }

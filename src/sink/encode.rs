@@ -121,19 +121,21 @@ impl<'a> CopyEncoder<'a> {
                 None if self.required[index] => {
                     Some("the row has no value for this upsert key column")
                 }
-                None if column.default_expr.is_some() => {
+                None if !column.nullable && column.default_expr.is_none() => {
+                    Some("missing value in a NOT NULL column without default")
+                }
+                // Every omitted column is recorded (not only those with a
+                // default now): a default added later applies to it too.
+                None => {
                     omitted.push(&column.name);
                     out.extend_from_slice(b"\\N");
                     None
-                }
-                None if !column.nullable => {
-                    Some("missing value in a NOT NULL column without default")
                 }
                 Some("null") if self.required[index] => Some("null in an upsert key column"),
                 Some("null") if !column.nullable => {
                     Some("null in a NOT NULL column (omit the column to get its default)")
                 }
-                None | Some("null") => {
+                Some("null") => {
                     out.extend_from_slice(b"\\N");
                     None
                 }

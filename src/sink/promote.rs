@@ -207,13 +207,11 @@ pub async fn promote_with_dead_letters(
             }
             Err(error) if is_row_error(&error) => {
                 attempt.rollback().await?;
-                if high - low == 1
-                    && candidates.len() > 1
-                    && dead_lettered + 1 == candidates.len() as u64
-                {
-                    // Every row refused on its own: the sink, not the rows,
-                    // is at fault (an exhausted sequence, a parent table
-                    // that is not there yet). Block rather than dead-letter all.
+                if high - low == 1 && dead_lettered + 1 == candidates.len() as u64 {
+                    // Every row refused on its own: most likely the sink,
+                    // not the rows, is at fault (an exhausted sequence, a
+                    // parent table that is not there yet). Block rather
+                    // than dead-letter the whole checkpoint.
                     drop(all);
                     return Err(error);
                 }

@@ -265,6 +265,8 @@ async fn check_upsert_key(
               AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
          WHERE i.indrelid = $1 AND i.indisunique AND i.indisvalid AND i.indimmediate
            AND i.indpred IS NULL AND i.indexprs IS NULL
+           AND NOT EXISTS (SELECT 1 FROM pg_collation c
+                           WHERE c.oid = ANY (i.indcollation::oid[]) AND NOT c.collisdeterministic)
          GROUP BY i.indexrelid",
     )
     .bind(oid)
@@ -276,7 +278,7 @@ async fn check_upsert_key(
         return Err(Error::validation(
             "sink.key",
             format!(
-                "no unique constraint or index has exactly ({}) as its key columns (partial, expression, deferrable and INCLUDE-only indexes do not count); upsert needs one for ON CONFLICT",
+                "no unique constraint or index has exactly ({}) as its key columns (partial, expression, deferrable, nondeterministic-collation and INCLUDE-only indexes do not count); upsert needs one for ON CONFLICT",
                 key.join(", ")
             ),
         ));
@@ -349,16 +351,18 @@ pub async fn refresh_staging(
     let table = super::staging_table(staging_id);
     for column in old {
         if !new.iter().any(|n| n.name == column.name) {
-            // A renamed column looks dropped: its staged values would be lost.
+            // A renamed column looks dropped: what staged rows sent for it
+            // (a value, or an explicit null) would be lost.
             let holds_values: bool = sqlx::query_scalar(&format!(
-                "SELECT EXISTS (SELECT 1 FROM {table} WHERE {} IS NOT NULL)",
-                quote_ident(&column.name)
+                "SELECT EXISTS (SELECT 1 FROM {table} WHERE NOT ({} = ANY (coalesce({}, '{{}}'))))",
+                crate::db::quote_literal(&column.name),
+                super::OMITTED_COLUMN
             ))
             .fetch_one(&mut *conn)
             .await?;
             if holds_values {
                 return Err(Error::conflict(format!(
-                    "column {:?} is gone from the sink (dropped or renamed) but staged rows hold values for it; put the column back, or let what is staged commit (or abort with a new attempt) first",
+                    "column {:?} is gone from the sink (dropped or renamed) but staged rows sent values for it; put the column back, or let what is staged commit (or abort with a new attempt) first",
                     column.name
                 )));
             }
