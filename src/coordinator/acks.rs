@@ -361,21 +361,29 @@ pub async fn settle(
     checkpoint_id: i64,
 ) -> Result<AckResult> {
     let mut job = load_job(&mut *conn, job_id, JobLock::NoKeyUpdate).await?;
-    let (status, task_count, expired): (String, i32, bool) = sqlx::query_as(
-        "SELECT c.status, c.task_count,
+    // The checkpoint and every older pending one, locked in id order (as
+    // the timeout sweep locks them): a decision may complete the older
+    // ones too (see `decide`).
+    let locked: Vec<(i64, String, i32, bool)> = sqlx::query_as(
+        "SELECT c.checkpoint_id, c.status, c.task_count,
                 c.triggered_at + make_interval(secs => $3::double precision / 1000) < now()
-         FROM checkpoints c WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
+         FROM checkpoints c
+         WHERE c.job_id = $1 AND (c.checkpoint_id = $2 OR (c.status = 'pending' AND c.checkpoint_id < $2))
+         ORDER BY c.checkpoint_id FOR UPDATE",
     )
     .bind(job_id)
     .bind(checkpoint_id)
     .bind(job.timeout_ms as f64)
-    .fetch_optional(&mut *conn)
-    .await?
-    .ok_or_else(|| {
-        Error::not_found(format!(
-            "checkpoint {checkpoint_id} of job {job_id:?} does not exist"
-        ))
-    })?;
+    .fetch_all(&mut *conn)
+    .await?;
+    let (_, status, task_count, expired) = locked
+        .into_iter()
+        .find(|(id, ..)| *id == checkpoint_id)
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "checkpoint {checkpoint_id} of job {job_id:?} does not exist"
+            ))
+        })?;
     let acked = count_acks(&mut *conn, job_id, checkpoint_id).await?;
     let mut status = CheckpointStatus::parse(&status).unwrap_or(CheckpointStatus::Aborted);
     if status == CheckpointStatus::Pending && acked >= task_count {
@@ -444,17 +452,9 @@ async fn lock_checkpoint(
 /// pending checkpoints are subsumed; its offsets become the recovery point.
 /// One statement (it runs on every checkpoint's critical path).
 async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -> Result<()> {
-    // Older pending checkpoints are locked before their acks are counted
-    // (see `settle`): one whose acks are all in is decided with this one,
-    // never reported aborted.
-    sqlx::query(
-        "SELECT 1 FROM checkpoints WHERE job_id = $1 AND status = 'pending' AND checkpoint_id < $2
-         ORDER BY checkpoint_id FOR UPDATE",
-    )
-    .bind(&job.job_id)
-    .bind(checkpoint_id)
-    .execute(&mut *conn)
-    .await?;
+    // Older pending checkpoints were locked by the caller (`settle`) before
+    // their acks are counted here: one whose acks are all in is decided
+    // with this one, never reported aborted.
     let (decide_seconds, subsumed): (f64, i64) = sqlx::query_as(
         "WITH decided AS (
              UPDATE checkpoints c SET status = 'completed', decided_at = clock_timestamp(), acked_count = c.task_count,

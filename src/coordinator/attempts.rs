@@ -94,8 +94,11 @@ pub async fn begin_fence(
 /// The `application_name` a write's session carries while it stages rows
 /// for the job whose staging id this is (see [`begin_fence`]).
 pub fn writer_name(staging_id: i64) -> String {
-    format!("sinkgate write job_{staging_id}")
+    format!("{WRITER_NAME_PREFIX}{staging_id}")
 }
+
+/// [`writer_name`] without the staging id.
+pub const WRITER_NAME_PREFIX: &str = "sinkgate write job_";
 
 /// `POST /v1/jobs/{job}/attempts`: one transaction.
 pub async fn attempt(pool: &PgPool, job_id: &str) -> Result<Attempt> {

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use futures::Stream;
 use sqlx::PgConnection;
 
-use super::{load_job, lock_task, require_name, JobLock};
+use super::{lock_task, require_name, JobRow};
 use crate::error::{Error, Result};
 use crate::model::WriteResult;
 use crate::sink::staging::{copy_rows, digest_rows, Rows};
@@ -34,14 +34,19 @@ where
 {
     require_name("task_id", key.task_id, 200)?;
     require_name("batch_id", key.batch_id, 200)?;
-    let job = load_job(&mut *conn, job_id, JobLock::KeyShare).await?;
+    // The job row, and this session marked as the job's writer until the
+    // transaction ends (so that a fencing attempt can end it if its upload
+    // stalls), in one round trip.
+    let job: JobRow = sqlx::query_as(
+        "SELECT j.*, set_config('application_name', $2 || j.staging_id, true) AS marked
+         FROM jobs j WHERE j.job_id = $1 FOR KEY SHARE",
+    )
+    .bind(job_id)
+    .bind(super::attempts::WRITER_NAME_PREFIX)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| Error::not_found(format!("job {job_id:?} does not exist")))?;
     job.check_epoch(key.epoch)?;
-    // Marks this session as the job's writer until the transaction ends, so
-    // that a fencing attempt can end it if its upload stalls.
-    sqlx::query("SELECT set_config('application_name', $1, true)")
-        .bind(super::attempts::writer_name(job.staging_id))
-        .execute(&mut *conn)
-        .await?;
     let last_acked = lock_task(&mut *conn, job_id, key.task_id, false).await?;
 
     let tag = [

@@ -939,3 +939,90 @@ async fn a_default_added_later_applies_to_rows_that_omitted_the_column(
     assert_eq!(notes, vec![(1, Some("later".into())), (2, None)]);
     app.stop().await;
 }
+
+// Beyond the list: sink shapes PostgreSQL allows — another schema,
+// quoted mixed-case names, a partitioned table, an enum, a domain with a
+// check, a generated column, a trigger — stage and promote as an INSERT
+// would, and a domain's check names the row and column at staging.
+#[sqlx::test]
+async fn unusual_sink_shapes_promote_like_an_insert(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql(
+        r#"CREATE SCHEMA "Shop";
+        CREATE TYPE "Shop".mood AS ENUM ('calm', 'busy');
+        CREATE DOMAIN "Shop".positive AS integer CHECK (VALUE > 0);
+        CREATE TABLE "Shop"."Orders" (
+            "Id" bigint NOT NULL,
+            "Day" date NOT NULL,
+            "Mood" "Shop".mood NOT NULL,
+            "Qty" "Shop".positive NOT NULL,
+            "Double" integer GENERATED ALWAYS AS ("Qty" * 2) STORED,
+            "Seen" text,
+            PRIMARY KEY ("Id", "Day")
+        ) PARTITION BY RANGE ("Day");
+        CREATE TABLE "Shop"."Orders_2026" PARTITION OF "Shop"."Orders" FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+        CREATE TABLE "Shop"."Orders_2027" PARTITION OF "Shop"."Orders" FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+        CREATE FUNCTION "Shop".stamp() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN NEW."Seen" := coalesce(NEW."Seen", 'trigger'); RETURN NEW; END $$;
+        CREATE TRIGGER stamp BEFORE INSERT ON "Shop"."Orders" FOR EACH ROW EXECUTE FUNCTION "Shop".stamp();"#,
+    )
+    .await;
+    let response = app
+        .put_job(
+            "shop",
+            json!({"tasks": ["t0"], "sink": {"table": "Shop.Orders", "mode": "upsert", "key": ["Id", "Day"]}}),
+        )
+        .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{}",
+        response.text().await.unwrap()
+    );
+    let epoch = app.epoch("shop").await;
+    let refused = problem(
+        app.write(
+            "shop",
+            "t0",
+            epoch,
+            "bad",
+            json!([{"Id": 9, "Day": "2026-05-01", "Mood": "calm", "Qty": 0}]),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "row-rejected",
+    )
+    .await;
+    assert_eq!(refused["row"], 1);
+    write_ok(
+        &app,
+        "shop",
+        "t0",
+        epoch,
+        "a",
+        json!([
+            {"Id": 1, "Day": "2026-05-01", "Mood": "calm", "Qty": 1},
+            {"Id": 2, "Day": "2027-02-01", "Mood": "busy", "Qty": 5, "Seen": "sent"},
+            {"Id": 1, "Day": "2026-05-01", "Mood": "busy", "Qty": 3}
+        ]),
+    )
+    .await;
+    assert_eq!(
+        commit(&app, "shop", epoch, &[("t0", json!({}))]).await,
+        "committed"
+    );
+    let rows: Vec<(i64, String, i32, i32, String)> = sqlx::query_as(
+        r#"SELECT "Id", "Mood"::text, "Qty", "Double", "Seen" FROM "Shop"."Orders" ORDER BY "Id""#,
+    )
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (1, "busy".into(), 3, 6, "trigger".into()),
+            (2, "busy".into(), 5, 10, "sent".into())
+        ]
+    );
+    app.stop().await;
+}
