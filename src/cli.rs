@@ -118,8 +118,23 @@ fn output<T: Serialize>(connection: &Connection, value: &T, render: impl FnOnce(
             serde_json::to_string_pretty(value).expect("API types serialize")
         );
     } else {
-        println!("{}", render(value));
+        println!("{}", printable(&render(value)));
     }
+}
+
+/// Text from the service as a terminal may show it: every control
+/// character but the table's own newlines is escaped, so a stored value
+/// cannot move the cursor, set the title, or forge rows.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A borderless table, columns two spaces apart (`kubectl` style).

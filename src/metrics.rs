@@ -74,9 +74,25 @@ pub fn fenced(job: &str) {
     counter!("sinkgate_fenced_requests_total", "job" => job.to_owned()).increment(1);
 }
 
+/// The label of an HTTP method: one the service knows, else `other`, so a
+/// caller cannot grow the label set (and `/metrics`) with made-up methods.
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "PUT" => "PUT",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => "other",
+    }
+}
+
+/// `route` must be a route template (or `unmatched`), never a raw path.
 pub fn http_request(method: &str, route: &str, status: u16, duration: Duration) {
     let labels = [
-        ("method", method.to_owned()),
+        ("method", method_label(method).to_owned()),
         ("route", route.to_owned()),
         ("status", status.to_string()),
     ];

@@ -554,6 +554,14 @@ fn require_reason(reason: &str) -> Result<()> {
             "reason is longer than 2000 bytes",
         ));
     }
+    // Reasons are shown to operators, in terminals too: no escape
+    // sequences, no forged lines.
+    if reason.chars().any(char::is_control) {
+        return Err(Error::validation(
+            "reason",
+            "reason contains control characters (escape sequences, newlines, tabs)",
+        ));
+    }
     Ok(())
 }
 

@@ -262,6 +262,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         .layer(axum::middleware::from_fn(stamp_problem_with_request_id))
         .layer(
             ServiceBuilder::new()
+                .layer(axum::middleware::from_fn(drop_unfit_request_id))
                 .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
                 .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
                     let id = request
@@ -274,6 +275,33 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
                 .layer(PropagateRequestIdLayer::new(request_id)),
         )
         .with_state(state)
+}
+
+/// Keeps a client's `x-request-id` only if it is a plain, bounded id
+/// (`[A-Za-z0-9._-]{1,128}`); otherwise the service makes one. It is echoed
+/// in headers, problem documents and log lines, where a huge or structured
+/// value would cost memory or forge structure.
+async fn drop_unfit_request_id(
+    mut request: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let fit = |value: &axum::http::HeaderValue| {
+        let bytes = value.as_bytes();
+        (1..=128).contains(&bytes.len())
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    if request
+        .headers()
+        .get_all("x-request-id")
+        .iter()
+        .any(|value| !fit(value))
+        || request.headers().get_all("x-request-id").iter().count() > 1
+    {
+        request.headers_mut().remove("x-request-id");
+    }
+    next.run(request).await
 }
 
 /// Runs each request in a task of its own, so a client that disconnects (a
@@ -318,17 +346,19 @@ async fn answer_in_time(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let ndjson = request
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| {
-            value
-                .trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/x-ndjson")
-        });
-    if ndjson {
+    // Only uploads to `/writes` are exempt, whatever else claims NDJSON.
+    let ndjson_upload = request.uri().path().ends_with("/writes")
+        && request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| {
+                value
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("application/x-ndjson")
+            });
+    if ndjson_upload {
         return next.run(request).await;
     }
     let long_poll = request.uri().path().ends_with("/checkpoints/pending");

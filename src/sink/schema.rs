@@ -12,6 +12,21 @@ use crate::db::quote_ident;
 use crate::error::{Error, Result};
 use crate::model::{SinkColumn, SinkMode, SinkSpec};
 
+/// sinkgate's metadata tables (migrations), never a sink.
+const OWN_TABLES: [&str; 11] = [
+    "jobs",
+    "tasks",
+    "checkpoints",
+    "acks",
+    "committed_offsets",
+    "batches",
+    "ack_partitions",
+    "job_tokens",
+    "ack_floors",
+    "dead_letters",
+    "_sqlx_migrations",
+];
+
 /// How values of a column are turned into COPY text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -119,6 +134,21 @@ pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTab
         return Err(Error::validation(
             "sink.table",
             "the staging schema cannot be a sink",
+        ));
+    }
+    // sinkgate's own metadata, as its queries resolve it: a job that could
+    // insert into `job_tokens` could mint tokens for other jobs.
+    let own: bool = sqlx::query_scalar(
+        "SELECT $1 = ANY (ARRAY(SELECT to_regclass(name)::oid FROM unnest($2::text[]) AS name))",
+    )
+    .bind(oid)
+    .bind(&OWN_TABLES[..])
+    .fetch_one(&mut *conn)
+    .await?;
+    if own {
+        return Err(Error::validation(
+            "sink.table",
+            format!("{schema}.{table} is one of sinkgate's own tables and cannot be a sink"),
         ));
     }
 

@@ -124,3 +124,125 @@ async fn hostile_inputs_get_a_4xx_and_change_nothing(_: PgPoolOptions, connect: 
     );
     app.stop().await;
 }
+
+/// Sends raw bytes on a fresh connection and returns what came back.
+async fn raw_request(app: &TestApp, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    answer
+}
+
+// Issue "hardening", 1: made-up methods cannot grow `/metrics`.
+#[sqlx::test]
+async fn made_up_methods_do_not_grow_the_metrics(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    let before = app.get("/metrics").await.text().await.unwrap().len();
+    for n in 0..20 {
+        let method = format!("{}{n}", "X".repeat(10_000));
+        raw_request(
+            &app,
+            format!("{method} /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        !metrics.contains("XXXXXXXX"),
+        "a made-up method became a label"
+    );
+    assert!(
+        metrics.len() < before + 20_000,
+        "/metrics grew from {before} to {} bytes",
+        metrics.len()
+    );
+    app.stop().await;
+}
+
+// Issue "hardening", 9: a client's request id is kept only if plain and bounded.
+#[sqlx::test]
+async fn unfit_request_ids_are_replaced(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    for (sent, kept) in [
+        ("abc-123.X_y".to_owned(), true),
+        ("a".repeat(300_000), false),
+        (r#"{"forged": "field"}"#.to_owned(), false),
+    ] {
+        let response = app
+            .http
+            .get(app.url("/v1/jobs/none"))
+            .header("x-request-id", &sent)
+            .send()
+            .await
+            .unwrap();
+        let echoed = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["request_id"], echoed.as_str());
+        if kept {
+            assert_eq!(echoed, sent);
+        } else {
+            assert!(echoed.len() <= 128 && echoed != sent, "{echoed}");
+        }
+    }
+    app.stop().await;
+}
+
+// Issue "hardening", 7: free text shown to operators carries no control characters.
+#[sqlx::test]
+async fn reasons_with_control_characters_are_refused(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    let epoch = word_count_job(&app, "wc", &["t0"]).await;
+    let checkpoint = app.checkpoint("wc", epoch).await;
+    let body = crate::helpers::problem(
+        app.post(
+            &format!("/v1/jobs/wc/checkpoints/{checkpoint}/declines"),
+            json!({"task_id": "t0", "epoch": epoch, "reason": "ok\u{1b}]0;owned\u{7}\nforged row"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert_eq!(body["field"], "reason");
+    assert_eq!(
+        app.checkpoint_details("wc", checkpoint).await["status"],
+        "pending"
+    );
+    app.stop().await;
+}
+
+// Issue "hardening", 10: sinkgate's own tables are never a sink.
+#[sqlx::test]
+async fn sinkgates_own_tables_cannot_be_a_sink(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    for table in [
+        "job_tokens",
+        "public.jobs",
+        "_sqlx_migrations",
+        "dead_letters",
+    ] {
+        let body = crate::helpers::problem(
+            app.put_job(
+                "j",
+                json!({"tasks": ["t0"], "sink": {"table": table, "mode": "append"}}),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        )
+        .await;
+        assert_eq!(body["field"], "sink.table", "{table}: {body}");
+    }
+    app.stop().await;
+}
