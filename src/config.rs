@@ -38,13 +38,33 @@ pub struct Config {
     #[arg(long, env = "SINKGATE_MAX_WRITES_PER_JOB", default_value_t = 8)]
     pub max_writes_per_job: usize,
 
+    /// Wrong bearer tokens one client address may send a minute; beyond,
+    /// it gets 429 `too-early` for the rest of the minute.
+    #[arg(
+        long,
+        env = "SINKGATE_MAX_WRONG_TOKENS_PER_MINUTE",
+        default_value_t = 20
+    )]
+    pub max_wrong_tokens_per_minute: u32,
+
     /// Largest inline state handle in an ack, in bytes of JSON.
     #[arg(long, env = "SINKGATE_MAX_INLINE_STATE", default_value_t = 64 * 1024)]
     pub max_inline_state_bytes: usize,
 
-    /// The admin token: may do everything, including issuing processor tokens.
+    /// The admin token: may do everything, including issuing processor
+    /// tokens. At least 16 characters. Prefer `--admin-token-file`: a flag
+    /// is visible to every local user in the process list.
     #[arg(long, env = "SINKGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// A file holding the admin token (one line; surrounding whitespace is
+    /// ignored), instead of `--admin-token`.
+    #[arg(
+        long,
+        env = "SINKGATE_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<std::path::PathBuf>,
 
     /// Run without authentication (local development only; logs a warning).
     #[arg(long, env = "SINKGATE_INSECURE_NO_AUTH")]
@@ -85,7 +105,32 @@ pub struct DatabaseConfig {
     pub pool_size: u32,
 }
 
+/// Shortest admin token accepted: a short one falls to guessing.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 16;
+
 impl Config {
+    /// Reads `--admin-token-file` into `admin_token` and refuses a token
+    /// too short to resist guessing (or an empty one).
+    pub fn resolve_admin_token(&mut self) -> anyhow::Result<()> {
+        if let Some(path) = &self.admin_token_file {
+            let text = std::fs::read_to_string(path).map_err(|error| {
+                anyhow::anyhow!(
+                    "cannot read the admin token file {}: {error}",
+                    path.display()
+                )
+            })?;
+            self.admin_token = Some(text.trim().to_owned());
+        }
+        if let Some(token) = &self.admin_token {
+            anyhow::ensure!(
+                token.chars().count() >= MIN_ADMIN_TOKEN_CHARS,
+                "the admin token is {} characters long; use at least {MIN_ADMIN_TOKEN_CHARS} random characters (e.g. `openssl rand -hex 32`)",
+                token.chars().count()
+            );
+        }
+        Ok(())
+    }
+
     /// A configuration for tests and embedding: defaults everywhere.
     pub fn for_database(database_url: &str) -> Self {
         Config {
@@ -100,9 +145,11 @@ impl Config {
             max_inline_state_bytes: 64 * 1024,
             body_idle_timeout_ms: 30_000,
             max_writes_per_job: 8,
+            max_wrong_tokens_per_minute: 20,
             max_in_flight: 1024,
             request_timeout_ms: 30_000,
             admin_token: None,
+            admin_token_file: None,
             insecure_no_auth: true,
             protect_operations: false,
             tick_ms: 200,

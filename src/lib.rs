@@ -69,6 +69,7 @@ impl From<&Config> for ServiceOptions {
                 max_ndjson_body_bytes: config.max_ndjson_body_bytes,
                 body_idle_timeout: Duration::from_millis(config.body_idle_timeout_ms),
                 max_writes_per_job: config.max_writes_per_job,
+                wrong_tokens_per_minute: config.max_wrong_tokens_per_minute,
             },
             max_json_body_bytes: config.max_json_body_bytes,
             max_in_flight: config.max_in_flight,
@@ -88,13 +89,14 @@ impl From<&Config> for ServiceOptions {
 /// Connects, applies migrations, and runs the service on `listener` until
 /// `shutdown` resolves.
 pub async fn serve(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    config.resolve_admin_token()?;
     anyhow::ensure!(
         config.admin_token.is_some() || config.insecure_no_auth,
-        "set an admin token (--admin-token or SINKGATE_ADMIN_TOKEN), or pass --insecure-no-auth for local development"
+        "set an admin token (--admin-token-file, --admin-token or SINKGATE_ADMIN_TOKEN), or pass --insecure-no-auth for local development"
     );
     let pool = db::connect(&config.database).await?;
     db::migrate(&pool).await?;
@@ -143,9 +145,13 @@ pub async fn run(
         },
     );
     tracing::info!(address = %listener.local_addr()?, "sinkgate listening");
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // With the peer's address, for the per-client limit on wrong tokens.
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     // Requests whose client went away are not waited for by axum; their
     // transactions still finish before the pool closes.
     requests.close();

@@ -56,6 +56,9 @@ pub struct Limits {
     /// Writes of one job staged at once on this replica (each holds a
     /// database connection); more wait, then get 503 `overloaded`.
     pub max_writes_per_job: usize,
+    /// Wrong bearer tokens one client address may send a minute before it
+    /// is refused (429) for the rest of the minute.
+    pub wrong_tokens_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -65,6 +68,7 @@ impl Default for Limits {
             max_ndjson_body_bytes: 16 << 30,
             body_idle_timeout: std::time::Duration::from_secs(30),
             max_writes_per_job: 8,
+            wrong_tokens_per_minute: 20,
         }
     }
 }

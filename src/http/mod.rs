@@ -47,6 +47,65 @@ pub struct AppState {
     pub requests: TaskTracker,
     /// Bounds the writes of one job staged at once.
     pub write_slots: JobSlots,
+    /// Slows down guessing of tokens.
+    pub wrong_tokens: WrongTokens,
+}
+
+/// Wrong bearer tokens per client address: after `limit` in a minute, that
+/// address gets 429 `too-early` (with `Retry-After`) for the rest of the
+/// minute, without its tokens being looked at. Requests without a token are
+/// not counted (they guess nothing).
+#[derive(Clone)]
+pub struct WrongTokens {
+    limit: u32,
+    clients: std::sync::Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<Option<std::net::IpAddr>, (u32, std::time::Instant)>,
+        >,
+    >,
+}
+
+impl WrongTokens {
+    pub fn new(limit: u32) -> Self {
+        WrongTokens {
+            limit,
+            clients: Default::default(),
+        }
+    }
+
+    const WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Addresses remembered at most (beyond, expired windows are forgotten).
+    const CLIENTS: usize = 10_000;
+
+    fn refuse(&self, client: Option<std::net::IpAddr>) -> Option<Error> {
+        let clients = self.clients.lock().expect("wrong-token lock");
+        let (count, since) = clients.get(&client)?;
+        let left = Self::WINDOW.checked_sub(since.elapsed())?;
+        (*count >= self.limit).then(|| Error::TooEarly {
+            detail: format!(
+                "too many wrong tokens from this address; wait {} s",
+                left.as_secs() + 1
+            ),
+            retry_after_ms: left.as_millis() as u64 + 1,
+        })
+    }
+
+    fn count(&self, client: Option<std::net::IpAddr>) {
+        let mut clients = self.clients.lock().expect("wrong-token lock");
+        if clients.len() >= Self::CLIENTS {
+            clients.retain(|_, (_, since)| since.elapsed() < Self::WINDOW);
+            if clients.len() >= Self::CLIENTS {
+                clients.clear();
+            }
+        }
+        let entry = clients
+            .entry(client)
+            .or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() >= Self::WINDOW {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
+    }
 }
 
 /// Per-job concurrency limit: one job's writers (each holding a pooled
@@ -113,7 +172,7 @@ Errors are RFC 9457 problem documents (`application/problem+json`) whose `type` 
 struct ApiDoc;
 
 /// What every `/v1` operation shares, documented once here rather than on
-/// each handler: bearer authentication with its 401 and 403 answers, and the
+/// each handler: bearer authentication with its 401, 403 and 429 answers, and the
 /// 503 answers of the layers in front of every handler (load shedding, the
 /// request timeout, an unreachable database).
 struct Security;
@@ -148,6 +207,7 @@ impl utoipa::Modify for Security {
         let shared = [
             ("401", "No or unknown bearer token (`unauthenticated`); with `WWW-Authenticate: Bearer`"),
             ("403", "A valid token without the right: a processor token of another job, or on an admin endpoint (`forbidden`)"),
+            ("429", "Too many wrong tokens from this address in the last minute (`too-early`); retry after `Retry-After` seconds"),
             ("503", "Retry after `Retry-After` seconds: too many requests in flight (`overloaded`), no answer within the request timeout (`timeout`; the request may still take effect), or the database is unreachable (`unavailable`)"),
         ];
         for (path, operation) in operations_mut(openapi) {
@@ -430,7 +490,18 @@ async fn check_access(
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "));
-        let allowed = match crate::auth::authenticate(&state.db, admin_token, bearer).await {
+        let client = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
+        if let Some(error) = state.wrong_tokens.refuse(client) {
+            return error.into_response();
+        }
+        let authenticated = crate::auth::authenticate(&state.db, admin_token, bearer).await;
+        if bearer.is_some() && matches!(authenticated, Err(Error::Unauthenticated(_))) {
+            state.wrong_tokens.count(client);
+        }
+        let allowed = match authenticated {
             Ok(caller) => crate::auth::authorize(&caller, &need),
             Err(error) => Err(error),
         };
@@ -467,6 +538,7 @@ async fn record_request(
 pub fn state(db: PgPool, limits: Limits, auth: AuthMode) -> AppState {
     AppState {
         write_slots: JobSlots::new(limits.max_writes_per_job),
+        wrong_tokens: WrongTokens::new(limits.wrong_tokens_per_minute),
         db,
         limits,
         notifier: Notifier::new(),

@@ -553,7 +553,7 @@ mod tests {
         encoder.push(row.as_bytes(), &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "a\\tb\\\\c\\nd\t\\N\t7\ttask\\t0\t100\t0\t\\N\n"
+            "a\\tb\\\\c\\nd\t\\N\t7\ttask\\t0\t100\t0\t{\"n\"}\n"
         );
     }
 

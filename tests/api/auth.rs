@@ -22,6 +22,9 @@ async fn each_token_kind_can_do_exactly_what_it_should(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
+    let mut limits = options().limits;
+    // The matrix sends a wrong token on every row.
+    limits.wrong_tokens_per_minute = 10_000;
     let app = TestApp::spawn_with(
         &connect,
         sinkgate::ServiceOptions {
@@ -29,6 +32,7 @@ async fn each_token_kind_can_do_exactly_what_it_should(
                 admin_token: ADMIN.into(),
                 protect_operations: false,
             },
+            limits,
             ..options()
         },
     )
@@ -279,5 +283,43 @@ async fn each_token_kind_can_do_exactly_what_it_should(
         .await
         .unwrap();
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
+
+// Issue "hardening", 3: guessing tokens is slowed down per client address.
+#[sqlx::test]
+async fn wrong_tokens_from_one_address_are_refused_for_a_while(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn_with(
+        &connect,
+        sinkgate::ServiceOptions {
+            auth: AuthMode::Enabled {
+                admin_token: ADMIN.into(),
+                protect_operations: false,
+            },
+            ..options()
+        },
+    )
+    .await;
+    let guess = |token: String| app.http.get(app.url("/v1/jobs")).bearer_auth(token).send();
+    for n in 0..options().limits.wrong_tokens_per_minute {
+        assert_eq!(
+            guess(format!("guess-{n}")).await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let refused = guess("guess-more".into()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    // The whole address waits, a right guess included.
+    assert_eq!(
+        guess(ADMIN.into()).await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // Requests without a token guess nothing and are not counted.
+    let anonymous = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(anonymous.status(), StatusCode::OK);
     app.stop().await;
 }
