@@ -51,6 +51,10 @@ pub struct AppState {
     pub wrong_tokens: WrongTokens,
 }
 
+/// Per client address (unknown: `None`): wrong tokens, since when.
+type WrongTokenCounts =
+    std::collections::HashMap<Option<std::net::IpAddr>, (u32, std::time::Instant)>;
+
 /// Wrong bearer tokens per client address: after `limit` in a minute, that
 /// address gets 429 `too-early` (with `Retry-After`) for the rest of the
 /// minute, without its tokens being looked at. Requests without a token are
@@ -58,11 +62,7 @@ pub struct AppState {
 #[derive(Clone)]
 pub struct WrongTokens {
     limit: u32,
-    clients: std::sync::Arc<
-        std::sync::Mutex<
-            std::collections::HashMap<Option<std::net::IpAddr>, (u32, std::time::Instant)>,
-        >,
-    >,
+    clients: std::sync::Arc<std::sync::Mutex<WrongTokenCounts>>,
 }
 
 impl WrongTokens {
