@@ -164,6 +164,10 @@ impl Service {
             request_timeout: Duration::from_secs(30),
             auth: sinkgate::auth::AuthMode::Disabled,
             tick: Duration::from_millis(200),
+            connections: sinkgate::http::serve::ConnectionLimits {
+                max_connections: 4096,
+                header_read_timeout: Duration::from_secs(15),
+            },
         };
         tokio::spawn(sinkgate::run(
             pool,

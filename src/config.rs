@@ -84,6 +84,19 @@ pub struct Config {
     #[arg(long, env = "SINKGATE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
 
+    /// Connections open at once; more wait in the kernel's accept queue.
+    #[arg(long, env = "SINKGATE_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
+    /// A connection must send a request's headers within this many ms, and
+    /// an idle keep-alive connection is closed after as long.
+    #[arg(
+        long,
+        env = "SINKGATE_HEADER_READ_TIMEOUT_MS",
+        default_value_t = 15_000
+    )]
+    pub header_read_timeout_ms: u64,
+
     /// How often the scheduler (interval triggers, timeouts, promotion retries) runs.
     #[arg(long, env = "SINKGATE_TICK_MS", default_value_t = 200)]
     pub tick_ms: u64,
@@ -153,6 +166,8 @@ impl Config {
             insecure_no_auth: true,
             protect_operations: false,
             tick_ms: 200,
+            max_connections: 512,
+            header_read_timeout_ms: 15_000,
         }
     }
 }

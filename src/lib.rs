@@ -59,6 +59,9 @@ pub struct ServiceOptions {
     pub auth: auth::AuthMode,
     /// Scheduler period (interval triggers, timeouts, promotion retries).
     pub tick: Duration,
+    /// Open connections and how long one may take to send a request head
+    /// (or sit idle between requests).
+    pub connections: http::serve::ConnectionLimits,
 }
 
 impl From<&Config> for ServiceOptions {
@@ -82,6 +85,10 @@ impl From<&Config> for ServiceOptions {
                 _ => auth::AuthMode::Disabled,
             },
             tick: Duration::from_millis(config.tick_ms),
+            connections: http::serve::ConnectionLimits {
+                max_connections: config.max_connections,
+                header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            },
         }
     }
 }
@@ -145,15 +152,9 @@ pub async fn run(
         },
     );
     tracing::info!(address = %listener.local_addr()?, "sinkgate listening");
-    // With the peer's address, for the per-client limit on wrong tokens.
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
-    // Requests whose client went away are not waited for by axum; their
-    // transactions still finish before the pool closes.
+    let served = http::serve::serve(listener, app, options.connections.clone(), shutdown).await;
+    // Requests whose client went away are not waited for by the server
+    // loop; their transactions still finish before the pool closes.
     requests.close();
     requests.wait().await;
 

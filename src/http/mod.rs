@@ -10,6 +10,7 @@ pub mod health;
 pub mod jobs;
 pub mod problem;
 pub mod promotions;
+pub mod serve;
 pub mod tokens;
 pub mod writes;
 

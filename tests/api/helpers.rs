@@ -34,6 +34,10 @@ pub fn options() -> ServiceOptions {
         request_timeout: Duration::from_secs(30),
         auth: sinkgate::auth::AuthMode::Disabled,
         tick: Duration::from_millis(50),
+        connections: sinkgate::http::serve::ConnectionLimits {
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(15),
+        },
     }
 }
 

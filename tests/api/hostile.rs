@@ -246,3 +246,95 @@ async fn sinkgates_own_tables_cannot_be_a_sink(_: PgPoolOptions, connect: PgConn
     }
     app.stop().await;
 }
+
+/// Options with a short header-read timeout and few connections.
+fn tight_connections(max_connections: usize) -> sinkgate::ServiceOptions {
+    sinkgate::ServiceOptions {
+        connections: sinkgate::http::serve::ConnectionLimits {
+            max_connections,
+            header_read_timeout: std::time::Duration::from_secs(1),
+        },
+        ..crate::helpers::options()
+    }
+}
+
+/// Waits until the server closes `stream`; returns how long that took.
+async fn closed_within(stream: &mut tokio::net::TcpStream, limit: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    let outcome = tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    outcome.is_ok()
+}
+
+// Issue "hardening", 2: a slowloris client is dropped while others are served.
+#[sqlx::test]
+async fn a_slowloris_client_is_dropped_while_others_are_served(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn_with(&connect, tight_connections(64)).await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..20 {
+            if slow.write_all(b"x").await.is_err() {
+                return (slow, true);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        (slow, false)
+    });
+    let normal = app.http.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(normal.status(), StatusCode::OK);
+    let (mut slow, refused_early) = trickle.await.unwrap();
+    assert!(
+        refused_early || closed_within(&mut slow, std::time::Duration::from_secs(1)).await,
+        "the trickling connection is still open after 4 s"
+    );
+    app.stop().await;
+}
+
+// Issue "hardening", 2: silent connections cannot take every socket.
+#[sqlx::test]
+async fn silent_connections_are_closed_and_cannot_starve_others(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn_with(&connect, tight_connections(4)).await;
+    let address = app.base.trim_start_matches("http://").to_owned();
+    // TestApp::spawn's own readiness probe may hold a pooled connection:
+    // a fresh client for the check below.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let started = std::time::Instant::now();
+    let fresh = reqwest::Client::new();
+    let served = fresh
+        .get(app.url("/healthz"))
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .expect("a normal client is served once silent ones are dropped");
+    assert_eq!(served.status(), StatusCode::OK);
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+    for stream in &mut silent {
+        assert!(
+            closed_within(stream, std::time::Duration::from_secs(5)).await,
+            "a silent connection stayed open"
+        );
+    }
+    app.stop().await;
+}
