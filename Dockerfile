@@ -17,6 +17,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/sinkgate /usr/local/bin/sinkgate
 USER sinkgate
 ENV SINKGATE_LISTEN=0.0.0.0:8080
+# Listening on every interface: health, metrics (which name every job) and
+# the API docs need the admin token too.
+ENV SINKGATE_PROTECT_OPERATIONS=true
 EXPOSE 8080
 ENTRYPOINT ["sinkgate"]
 CMD ["serve"]

@@ -31,7 +31,7 @@ pub enum AuthMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     Admin,
-    Processor { job_id: String },
+    Processor { job_id: String, token_id: String },
 }
 
 /// What a request needs.
@@ -92,7 +92,10 @@ pub async fn authenticate(
     .await?;
     match row {
         Some((job_id, stored)) if bool::from(digest(secret).ct_eq(&stored)) => {
-            Ok(Caller::Processor { job_id })
+            Ok(Caller::Processor {
+                job_id,
+                token_id: token_id.to_owned(),
+            })
         }
         _ => Err(unknown()),
     }
@@ -102,8 +105,8 @@ pub async fn authenticate(
 pub fn authorize(caller: &Caller, need: &Need) -> Result<()> {
     match (caller, need) {
         (Caller::Admin, _) | (_, Need::Nothing) => Ok(()),
-        (Caller::Processor { job_id }, Need::Job(job)) if job_id == job => Ok(()),
-        (Caller::Processor { job_id }, Need::Job(_)) => Err(Error::Forbidden(format!(
+        (Caller::Processor { job_id, .. }, Need::Job(job)) if job_id == job => Ok(()),
+        (Caller::Processor { job_id, .. }, Need::Job(_)) => Err(Error::Forbidden(format!(
             "this token belongs to job {job_id:?}"
         ))),
         (Caller::Processor { .. }, Need::Admin) => Err(Error::Forbidden(
@@ -182,4 +185,26 @@ pub async fn revoke(conn: &mut PgConnection, job_id: &str, token_id: &str) -> Re
         )));
     }
     Ok(())
+}
+
+/// Refuses a processor token revoked since its request was authenticated:
+/// checked in the write's own transaction, just before it commits, so a
+/// revocation stops an upload in progress from staging anything.
+pub async fn ensure_not_revoked(conn: &mut PgConnection, caller: Option<&Caller>) -> Result<()> {
+    let Some(Caller::Processor { token_id, .. }) = caller else {
+        return Ok(());
+    };
+    let live: Option<bool> = sqlx::query_scalar(
+        "SELECT revoked_at IS NULL FROM job_tokens WHERE token_id = $1 FOR SHARE",
+    )
+    .bind(token_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if live == Some(true) {
+        Ok(())
+    } else {
+        Err(Error::Unauthenticated(
+            "the token was revoked during the request; nothing was staged".into(),
+        ))
+    }
 }

@@ -469,7 +469,7 @@ async fn stamp_problem_with_request_id(
 /// Authentication and authorization, before any handler runs.
 async fn check_access(
     State(state): State<AppState>,
-    request: Request<Body>,
+    mut request: Request<Body>,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -502,13 +502,14 @@ async fn check_access(
         if bearer.is_some() && matches!(authenticated, Err(Error::Unauthenticated(_))) {
             state.wrong_tokens.count(client);
         }
-        let allowed = match authenticated {
-            Ok(caller) => crate::auth::authorize(&caller, &need),
-            Err(error) => Err(error),
+        let caller = match authenticated
+            .and_then(|caller| crate::auth::authorize(&caller, &need).map(|()| caller))
+        {
+            Ok(caller) => caller,
+            Err(error) => return error.into_response(),
         };
-        if let Err(error) = allowed {
-            return error.into_response();
-        }
+        // For handlers that check it again later (a long upload).
+        request.extensions_mut().insert(caller);
     }
     next.run(request).await
 }

@@ -13,6 +13,7 @@ use utoipa_axum::routes;
 use super::extract::{is_json, parse_json, read_body, ApiPath};
 use super::problem::Problem;
 use super::AppState;
+use crate::auth::Caller;
 use crate::coordinator::writes::{self, BatchKey};
 use crate::error::{Error, Result};
 use crate::model::{WriteParams, WriteRequest, WriteResult};
@@ -73,6 +74,7 @@ async fn write_batch(
     ApiPath(job_id): ApiPath<String>,
     request: Request,
 ) -> Result<(StatusCode, Json<WriteResult>)> {
+    let caller = request.extensions().get::<Caller>().cloned();
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -100,7 +102,7 @@ async fn write_batch(
             epoch: params.epoch,
             batch_id: &params.batch_id,
         };
-        stage(&state, &job_id, key, rows).await?
+        stage(&state, &job_id, key, rows, caller.as_ref()).await?
     } else if is_json(content_type.as_deref()) {
         let body = read_body(request, &()).await?;
         let write: RawWriteRequest<'_> = parse_json(&body)?;
@@ -109,7 +111,14 @@ async fn write_batch(
             epoch: write.epoch,
             batch_id: &write.batch_id,
         };
-        stage(&state, &job_id, key, Rows::Json(write.rows)).await?
+        stage(
+            &state,
+            &job_id,
+            key,
+            Rows::Json(write.rows),
+            caller.as_ref(),
+        )
+        .await?
     } else {
         return Err(Error::UnsupportedMediaType(
             "expected Content-Type: application/json or application/x-ndjson".into(),
@@ -157,10 +166,13 @@ async fn stage(
     job_id: &str,
     key: BatchKey<'_>,
     rows: Rows<'_, BodyStream>,
+    caller: Option<&Caller>,
 ) -> Result<WriteResult> {
     let _slot = state.write_slots.acquire(job_id).await?;
     let mut tx = state.db.begin().await?;
     let result = writes::write(&mut tx, job_id, key, rows).await?;
+    // An upload may outlive its token: a revocation stops it here.
+    crate::auth::ensure_not_revoked(&mut tx, caller).await?;
     tx.commit().await?;
     Ok(result)
 }

@@ -323,3 +323,95 @@ async fn wrong_tokens_from_one_address_are_refused_for_a_while(
     assert_eq!(anonymous.status(), StatusCode::OK);
     app.stop().await;
 }
+
+// Issue "hardening", 8: revoking a token stops its upload in progress.
+#[sqlx::test]
+async fn a_token_revoked_mid_upload_stages_nothing(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn_with(
+        &connect,
+        sinkgate::ServiceOptions {
+            auth: AuthMode::Enabled {
+                admin_token: ADMIN.into(),
+                protect_operations: false,
+            },
+            ..options()
+        },
+    )
+    .await;
+    let http = &app.http;
+    app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await;
+    let created = http
+        .put(app.url("/v1/jobs/ev"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"tasks": ["t0"], "sink": {"table": "ev_sink", "mode": "append"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let issued: Value = http
+        .post(app.url("/v1/jobs/ev/tokens"))
+        .bearer_auth(ADMIN)
+        .json(&json!({"label": "processor"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = issued["token"].as_str().unwrap().to_owned();
+    let token_id = issued["token_id"].as_str().unwrap().to_owned();
+    let attempt: Value = http
+        .post(app.url("/v1/jobs/ev/attempts"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let epoch = attempt["epoch"].as_i64().unwrap();
+
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    let upload = {
+        let request = http
+            .post(app.url("/v1/jobs/ev/writes"))
+            .bearer_auth(&token)
+            .query(&[
+                ("task_id", "t0"),
+                ("epoch", &epoch.to_string()),
+                ("batch_id", "b"),
+            ])
+            .header("content-type", "application/x-ndjson")
+            .body(reqwest::Body::wrap_stream(stream));
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    sender
+        .send(Ok(b"{\"id\": 1, \"payload\": \"before\"}\n".to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let revoked = http
+        .delete(app.url(&format!("/v1/jobs/ev/tokens/{token_id}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert!(revoked.status().is_success());
+    sender
+        .send(Ok(b"{\"id\": 2, \"payload\": \"after\"}\n".to_vec()))
+        .await
+        .unwrap();
+    drop(sender);
+    let answer = upload.await.unwrap();
+    assert_eq!(answer.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.staged("ev").await,
+        0,
+        "nothing of the upload was staged"
+    );
+    app.stop().await;
+}

@@ -59,7 +59,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// A client for one job, over one or more replicas (requests are spread
 /// over them; a failing one is skipped by the retry).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base_urls: Vec<String>,
@@ -68,6 +68,19 @@ pub struct Client {
     token: Option<String>,
     /// Give up retrying transient failures after this long.
     pub retry_for: Duration,
+}
+
+/// Never prints the token (a client ends up in logs and panic messages).
+impl std::fmt::Debug for Client {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Client")
+            .field("base_urls", &self.base_urls)
+            .field("job", &self.job)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("retry_for", &self.retry_for)
+            .finish()
+    }
 }
 
 impl Client {
@@ -452,5 +465,18 @@ impl Processor {
                 return Ok(checkpoint_id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_the_token() {
+        let client = Client::new(&["http://127.0.0.1:1"], "job").with_token("sgt_id_secret-value");
+        let printed = format!("{client:?}");
+        assert!(!printed.contains("secret-value"), "{printed}");
+        assert!(printed.contains("<redacted>"));
     }
 }
