@@ -161,6 +161,8 @@ impl Service {
             limits: Limits::default(),
             max_json_body_bytes: 256 << 20,
             max_in_flight: 1024,
+            max_long_polls: 256,
+            max_long_polls_per_job: 64,
             request_timeout: Duration::from_secs(30),
             auth: sinkgate::auth::AuthMode::Disabled,
             tick: Duration::from_millis(200),

@@ -78,6 +78,15 @@ pub struct Config {
     #[arg(long, env = "SINKGATE_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
 
+    /// Long-polls (`GET …/checkpoints/pending`) waiting at once; they do
+    /// not take request slots. More get 503 `overloaded`.
+    #[arg(long, env = "SINKGATE_MAX_LONG_POLLS", default_value_t = 256)]
+    pub max_long_polls: usize,
+
+    /// Long-polls of one job waiting at once.
+    #[arg(long, env = "SINKGATE_MAX_LONG_POLLS_PER_JOB", default_value_t = 64)]
+    pub max_long_polls_per_job: usize,
+
     /// Longest wait for an answer, in ms; then 503 `timeout`. The work itself
     /// is not cut off: it finishes (or rolls back) on its own. NDJSON uploads
     /// are exempt, and long-polls get their `wait_ms` on top.
@@ -160,6 +169,8 @@ impl Config {
             max_writes_per_job: 8,
             max_wrong_tokens_per_minute: 20,
             max_in_flight: 1024,
+            max_long_polls: 256,
+            max_long_polls_per_job: 64,
             request_timeout_ms: 30_000,
             admin_token: None,
             admin_token_file: None,

@@ -53,6 +53,10 @@ pub struct ServiceOptions {
     pub max_json_body_bytes: usize,
     /// Requests handled at once before shedding with 503.
     pub max_in_flight: usize,
+    /// Long-polls waiting at once, in all and per job (apart from requests
+    /// in flight).
+    pub max_long_polls: usize,
+    pub max_long_polls_per_job: usize,
     /// Longest wait for an answer before 503 `timeout` (the work goes on).
     pub request_timeout: Duration,
     /// Who may call what.
@@ -76,6 +80,8 @@ impl From<&Config> for ServiceOptions {
             },
             max_json_body_bytes: config.max_json_body_bytes,
             max_in_flight: config.max_in_flight,
+            max_long_polls: config.max_long_polls,
+            max_long_polls_per_job: config.max_long_polls_per_job,
             request_timeout: Duration::from_millis(config.request_timeout_ms),
             auth: match &config.admin_token {
                 Some(token) if !config.insecure_no_auth => auth::AuthMode::Enabled {
@@ -149,6 +155,8 @@ pub async fn run(
             max_json_body_bytes: options.max_json_body_bytes,
             max_in_flight: options.max_in_flight,
             request_timeout: options.request_timeout,
+            max_long_polls: options.max_long_polls,
+            max_long_polls_per_job: options.max_long_polls_per_job,
         },
     );
     tracing::info!(address = %listener.local_addr()?, "sinkgate listening");

@@ -65,13 +65,16 @@ impl Notifier {
         })
     }
 
-    /// Waits up to `wait` for a pending checkpoint of `job_id` above `after`.
+    /// Waits up to `wait` for a pending checkpoint of `job_id` above `after`;
+    /// stops at once (with none) when `gone` is cancelled: the client left.
+    /// Cancellation is only looked at between database reads.
     pub async fn wait_for_pending(
         &self,
         pool: &PgPool,
         job_id: &str,
         after: i64,
         wait: Duration,
+        gone: &tokio_util::sync::CancellationToken,
     ) -> Result<Option<PendingCheckpoint>> {
         let deadline = Instant::now() + wait;
         let mut receiver = self.sender.subscribe();
@@ -88,7 +91,7 @@ impl Notifier {
                 return Ok(None);
             }
             let recheck = (deadline - now).min(Duration::from_secs(1));
-            let _ = tokio::time::timeout(recheck, async {
+            let notified = tokio::time::timeout(recheck, async {
                 loop {
                     match receiver.recv().await {
                         Ok(job) if job == job_id => return,
@@ -99,8 +102,11 @@ impl Notifier {
                         }
                     }
                 }
-            })
-            .await;
+            });
+            tokio::select! {
+                _ = notified => {}
+                () = gone.cancelled() => return Ok(None),
+            }
         }
     }
 }

@@ -106,7 +106,9 @@ async fn wait_for_pending(
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<PendingQuery>,
+    gone: Option<axum::Extension<super::ClientGone>>,
 ) -> Result<Response> {
+    let gone = gone.map(|gone| gone.0 .0).unwrap_or_default();
     let wait_ms = query.wait_ms.unwrap_or(0);
     if wait_ms > MAX_WAIT_MS {
         return Err(Error::validation(
@@ -125,6 +127,7 @@ async fn wait_for_pending(
             &job_id,
             query.after.unwrap_or(0),
             Duration::from_millis(wait_ms),
+            &gone,
         )
         .await?;
     Ok(match found {

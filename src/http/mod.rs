@@ -15,13 +15,11 @@ pub mod tokens;
 pub mod writes;
 
 use axum::body::Body;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, Request};
-use axum::{BoxError, Router};
+use axum::Router;
 use sqlx::PgPool;
 use tokio_util::task::TaskTracker;
-use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -127,19 +125,26 @@ impl JobSlots {
         }
     }
 
+    /// A slot of `job_id` if one is free now.
+    pub fn try_acquire(&self, job_id: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.semaphore(job_id).try_acquire_owned().ok()
+    }
+
+    fn semaphore(&self, job_id: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
+        let mut jobs = self.jobs.lock().expect("slots lock");
+        if !jobs.contains_key(job_id) {
+            // Forget idle jobs, so ids from URLs cannot grow the map.
+            let full = self.per_job;
+            jobs.retain(|_, slots| slots.available_permits() < full);
+        }
+        jobs.entry(job_id.to_owned())
+            .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(self.per_job)))
+            .clone()
+    }
+
     /// Waits up to 5 s for a slot of `job_id`, else 503 `overloaded`.
     pub async fn acquire(&self, job_id: &str) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
-        let semaphore = {
-            let mut jobs = self.jobs.lock().expect("slots lock");
-            if !jobs.contains_key(job_id) {
-                // Forget idle jobs, so ids from URLs cannot grow the map.
-                let full = self.per_job;
-                jobs.retain(|_, slots| slots.available_permits() < full);
-            }
-            jobs.entry(job_id.to_owned())
-                .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(self.per_job)))
-                .clone()
-        };
+        let semaphore = self.semaphore(job_id);
         match tokio::time::timeout(std::time::Duration::from_secs(5), semaphore.acquire_owned())
             .await
         {
@@ -283,6 +288,11 @@ pub struct HttpLimits {
     pub max_in_flight: usize,
     /// Longest wait for an answer (see [`answer_in_time`]).
     pub request_timeout: std::time::Duration,
+    /// Long-polls waiting at once (they do not count as requests in
+    /// flight); beyond, 503 `overloaded`.
+    pub max_long_polls: usize,
+    /// Long-polls of one job waiting at once.
+    pub max_long_polls_per_job: usize,
 }
 
 /// The whole application, ready to serve.
@@ -297,20 +307,17 @@ pub struct HttpLimits {
 pub fn app(state: AppState, limits: &HttpLimits) -> Router {
     let (router, api) = split();
     let request_id = HeaderName::from_static("x-request-id");
-    let shed = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|_: BoxError| async {
-            Error::Overloaded
-        }))
-        .load_shed()
-        // One semaphore for the whole router (a plain concurrency limit
-        // would be per route, as axum layers every route separately).
-        .layer(GlobalConcurrencyLimitLayer::new(limits.max_in_flight));
+    let admission = Admission {
+        in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
+        long_polls: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_long_polls.max(1))),
+        long_polls_per_job: JobSlots::new(limits.max_long_polls_per_job),
+    };
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         .fallback(|| async { Error::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(limits.max_json_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), check_access))
-        .layer(shed)
+        .layer(axum::middleware::from_fn_with_state(admission, admit))
         .layer(axum::middleware::from_fn(record_request))
         .layer(axum::middleware::from_fn_with_state(
             state.requests.clone(),
@@ -365,6 +372,59 @@ async fn drop_unfit_request_id(
     next.run(request).await
 }
 
+/// What may run at once: requests in flight, and long-polls apart.
+#[derive(Clone)]
+struct Admission {
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
+    long_polls: std::sync::Arc<tokio::sync::Semaphore>,
+    long_polls_per_job: JobSlots,
+}
+
+/// Load shedding: beyond the limit, 503 `overloaded` at once, never a queue.
+///
+/// A long-poll (`GET …/checkpoints/pending`) waits for up to a minute
+/// doing nothing, so long-polls have a budget of their own (in all, and per
+/// job) instead of holding request slots: however many a caller opens,
+/// health checks, administration and the protocol's own requests are still
+/// admitted.
+async fn admit(
+    State(admission): State<Admission>,
+    request: Request<Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = request.uri().path();
+    let long_poll_job = path
+        .strip_prefix("/v1/jobs/")
+        .and_then(|rest| rest.strip_suffix("/checkpoints/pending"))
+        .filter(|job| !job.contains('/'))
+        .map(str::to_owned);
+    let _permits = match long_poll_job {
+        Some(job) => {
+            let Ok(all) = admission.long_polls.clone().try_acquire_owned() else {
+                return Error::Overloaded.into_response();
+            };
+            let Some(one_job) = admission.long_polls_per_job.try_acquire(&job) else {
+                return Error::Overloaded.into_response();
+            };
+            (all, Some(one_job))
+        }
+        None => {
+            let Ok(slot) = admission.in_flight.clone().try_acquire_owned() else {
+                return Error::Overloaded.into_response();
+            };
+            (slot, None)
+        }
+    };
+    next.run(request).await
+}
+
+/// Cancelled when the client of a request has gone (its connection closed
+/// before the answer): a long-poll then stops waiting at once instead of
+/// holding its budget until `wait_ms`.
+#[derive(Clone)]
+pub struct ClientGone(pub tokio_util::sync::CancellationToken);
+
 /// Runs each request in a task of its own, so a client that disconnects (a
 /// crashed processor) cannot cancel its handler half-way through database
 /// work.
@@ -384,8 +444,16 @@ async fn run_to_completion(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     use tracing::Instrument;
+    let gone = tokio_util::sync::CancellationToken::new();
+    let mut request = request;
+    request.extensions_mut().insert(ClientGone(gone.clone()));
+    // Dropped with this future when the client goes away (hyper drops it);
+    // defused once the answer is here.
+    let guard = gone.drop_guard();
     let work = next.run(request).instrument(tracing::Span::current());
-    match requests.spawn(work).await {
+    let answered = requests.spawn(work).await;
+    guard.disarm();
+    match answered {
         Ok(response) => response,
         Err(failed) => {
             Error::Internal(anyhow::anyhow!("request handler failed: {failed}")).into_response()

@@ -31,6 +31,8 @@ pub fn options() -> ServiceOptions {
         },
         max_json_body_bytes: 1 << 20,
         max_in_flight: 1024,
+        max_long_polls: 256,
+        max_long_polls_per_job: 64,
         request_timeout: Duration::from_secs(30),
         auth: sinkgate::auth::AuthMode::Disabled,
         tick: Duration::from_millis(50),

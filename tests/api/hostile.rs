@@ -338,3 +338,75 @@ async fn silent_connections_are_closed_and_cannot_starve_others(
     }
     app.stop().await;
 }
+
+/// Options with few request slots and few long-polls.
+fn few_slots(in_flight: usize, long_polls: usize) -> sinkgate::ServiceOptions {
+    sinkgate::ServiceOptions {
+        max_in_flight: in_flight,
+        max_long_polls: long_polls,
+        max_long_polls_per_job: long_polls,
+        ..crate::helpers::options()
+    }
+}
+
+// Issue "hardening", 4: long-polls have a budget of their own and cannot
+// pin the slots health checks and administration need.
+#[sqlx::test]
+async fn long_polls_cannot_starve_health_checks_or_administration(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn_with(&connect, few_slots(4, 8)).await;
+    word_count_job(&app, "wc", &["t0"]).await;
+    let mut polls = Vec::new();
+    for _ in 0..8 {
+        let request = app
+            .http
+            .get(app.url("/v1/jobs/wc/checkpoints/pending?after=1000&wait_ms=20000"));
+        polls.push(tokio::spawn(request.send()));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    for path in ["/healthz", "/v1/jobs", "/v1/jobs/wc"] {
+        assert_eq!(app.get(path).await.status(), StatusCode::OK, "{path}");
+    }
+    let over = app
+        .get("/v1/jobs/wc/checkpoints/pending?after=1000&wait_ms=20000")
+        .await;
+    crate::helpers::problem(over, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+    for poll in polls {
+        poll.abort();
+    }
+    app.kill().await;
+}
+
+// Issue "hardening", 4: a long-poll whose client left stops waiting.
+#[sqlx::test]
+async fn a_long_poll_whose_client_left_frees_its_slot(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn_with(&connect, few_slots(2, 2)).await;
+    word_count_job(&app, "wc", &["t0"]).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let gave_up = impatient
+            .get(app.url("/v1/jobs/wc/checkpoints/pending?after=1000&wait_ms=30000"))
+            .send()
+            .await;
+        assert!(gave_up.is_err(), "the client gives up first");
+    }
+    // Let the service notice (it looks between its once-a-second rechecks).
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let fresh = reqwest::Client::new();
+    let answer = fresh
+        .get(app.url("/v1/jobs/wc/checkpoints/pending?after=1000&wait_ms=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status(),
+        StatusCode::NO_CONTENT,
+        "the slots were freed"
+    );
+    app.kill().await;
+}

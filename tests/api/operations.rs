@@ -240,14 +240,23 @@ async fn overload_is_shed_with_503_and_the_service_stays_up(
     };
     let app = TestApp::spawn_with(&connect, options).await;
     crate::helpers::word_count_job(&app, "wc", &["t0"]).await;
-    // Two long-polls hold both slots...
-    let polls: Vec<_> = (0..2)
+    // Two uploads whose bodies are slow to come hold both slots (long-polls
+    // no longer do: they have a budget of their own)...
+    let mut senders = Vec::new();
+    let uploads: Vec<_> = (0..2)
         .map(|_| {
-            let (http, url) = (
-                app.http.clone(),
-                app.url("/v1/jobs/wc/checkpoints/pending?wait_ms=1500"),
-            );
-            tokio::spawn(async move { http.get(url).send().await.unwrap().status() })
+            let (sender, receiver) =
+                tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+            senders.push(sender);
+            let body = futures::stream::unfold(receiver, |mut receiver| async move {
+                receiver.recv().await.map(|item| (item, receiver))
+            });
+            let request = app
+                .http
+                .post(app.url("/v1/jobs/wc/writes"))
+                .header("content-type", "application/json")
+                .body(reqwest::Body::wrap_stream(body));
+            tokio::spawn(async move { request.send().await.unwrap().status() })
         })
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -255,8 +264,9 @@ async fn overload_is_shed_with_503_and_the_service_stays_up(
     let shed = app.get("/v1/jobs").await;
     assert_eq!(shed.headers()["retry-after"], "1");
     crate::helpers::problem(shed, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
-    for poll in polls {
-        assert_eq!(poll.await.unwrap(), StatusCode::NO_CONTENT);
+    drop(senders);
+    for upload in uploads {
+        assert_eq!(upload.await.unwrap(), StatusCode::BAD_REQUEST);
     }
     assert_eq!(
         app.get("/v1/jobs").await.status(),
