@@ -9,6 +9,25 @@ use crate::helpers::{options, TestApp};
 
 const ADMIN: &str = "admin-secret-for-tests";
 
+/// A service with authentication on (admin token [`ADMIN`]) and `limits`.
+async fn spawn_with_auth(
+    connect: &PgConnectOptions,
+    limits: sinkgate::coordinator::Limits,
+) -> TestApp {
+    TestApp::spawn_with(
+        connect,
+        sinkgate::ServiceOptions {
+            auth: AuthMode::Enabled {
+                admin_token: ADMIN.into(),
+                protect_operations: false,
+            },
+            limits,
+            ..options()
+        },
+    )
+    .await
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Expect {
     /// Authorized (whatever the endpoint then answers).
@@ -25,18 +44,7 @@ async fn each_token_kind_can_do_exactly_what_it_should(
     let mut limits = options().limits;
     // The matrix sends a wrong token on every row.
     limits.wrong_tokens_per_minute = 10_000;
-    let app = TestApp::spawn_with(
-        &connect,
-        sinkgate::ServiceOptions {
-            auth: AuthMode::Enabled {
-                admin_token: ADMIN.into(),
-                protect_operations: false,
-            },
-            limits,
-            ..options()
-        },
-    )
-    .await;
+    let app = spawn_with_auth(&connect, limits).await;
     let http = &app.http;
     app.sql("CREATE TABLE own_sink (id bigint); CREATE TABLE other_sink (id bigint)")
         .await;
@@ -292,17 +300,7 @@ async fn wrong_tokens_from_one_address_are_refused_for_a_while(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let app = TestApp::spawn_with(
-        &connect,
-        sinkgate::ServiceOptions {
-            auth: AuthMode::Enabled {
-                admin_token: ADMIN.into(),
-                protect_operations: false,
-            },
-            ..options()
-        },
-    )
-    .await;
+    let app = spawn_with_auth(&connect, options().limits).await;
     let guess = |token: String| app.http.get(app.url("/v1/jobs")).bearer_auth(token).send();
     for n in 0..options().limits.wrong_tokens_per_minute {
         assert_eq!(
@@ -327,17 +325,7 @@ async fn wrong_tokens_from_one_address_are_refused_for_a_while(
 // Issue "hardening", 8: revoking a token stops its upload in progress.
 #[sqlx::test]
 async fn a_token_revoked_mid_upload_stages_nothing(_: PgPoolOptions, connect: PgConnectOptions) {
-    let app = TestApp::spawn_with(
-        &connect,
-        sinkgate::ServiceOptions {
-            auth: AuthMode::Enabled {
-                admin_token: ADMIN.into(),
-                protect_operations: false,
-            },
-            ..options()
-        },
-    )
-    .await;
+    let app = spawn_with_auth(&connect, options().limits).await;
     let http = &app.http;
     app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
         .await;
@@ -372,10 +360,7 @@ async fn a_token_revoked_mid_upload_stages_nothing(_: PgPoolOptions, connect: Pg
         .unwrap();
     let epoch = attempt["epoch"].as_i64().unwrap();
 
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    });
+    let (sender, body) = crate::helpers::held_body();
     let upload = {
         let request = http
             .post(app.url("/v1/jobs/ev/writes"))
@@ -386,7 +371,7 @@ async fn a_token_revoked_mid_upload_stages_nothing(_: PgPoolOptions, connect: Pg
                 ("batch_id", "b"),
             ])
             .header("content-type", "application/x-ndjson")
-            .body(reqwest::Body::wrap_stream(stream));
+            .body(body);
         tokio::spawn(async move { request.send().await.unwrap() })
     };
     sender

@@ -679,14 +679,11 @@ async fn a_stalled_upload_does_not_delay_a_new_attempt(
         .await;
     let epoch = append_job(&app, "ev", "ev_sink", &["t0"], json!({})).await;
     // A zombie on a bad network: one row, then silence.
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let (sender, body) = crate::helpers::held_body();
     sender
         .send(Ok(b"{\"id\": 1, \"payload\": \"x\"}\n".to_vec()))
         .await
         .unwrap();
-    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    });
     let upload = {
         let http = app.http.clone();
         let url = app.url("/v1/jobs/ev/writes");
@@ -698,7 +695,7 @@ async fn a_stalled_upload_does_not_delay_a_new_attempt(
                     ("batch_id", "z"),
                 ])
                 .header("content-type", "application/x-ndjson")
-                .body(reqwest::Body::wrap_stream(stream))
+                .body(body)
                 .send()
                 .await
         })

@@ -356,3 +356,17 @@ pub fn events(first: i64, n: i64) -> Value {
             .collect(),
     )
 }
+
+/// A request body that arrives only as the test sends it: each chunk sent
+/// on the returned sender goes out at once; dropping the sender ends the
+/// body. For uploads that stall, trickle, or outlive something.
+pub fn held_body() -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    reqwest::Body,
+) {
+    let (sender, receiver) = tokio::sync::mpsc::channel(4);
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    (sender, reqwest::Body::wrap_stream(stream))
+}

@@ -245,17 +245,13 @@ async fn overload_is_shed_with_503_and_the_service_stays_up(
     let mut senders = Vec::new();
     let uploads: Vec<_> = (0..2)
         .map(|_| {
-            let (sender, receiver) =
-                tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+            let (sender, body) = crate::helpers::held_body();
             senders.push(sender);
-            let body = futures::stream::unfold(receiver, |mut receiver| async move {
-                receiver.recv().await.map(|item| (item, receiver))
-            });
             let request = app
                 .http
                 .post(app.url("/v1/jobs/wc/writes"))
                 .header("content-type", "application/json")
-                .body(reqwest::Body::wrap_stream(body));
+                .body(body);
             tokio::spawn(async move { request.send().await.unwrap().status() })
         })
         .collect();
