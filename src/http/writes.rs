@@ -25,6 +25,11 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 type BodyStream = BoxStream<'static, Result<Bytes, Error>>;
 
+/// Most rows in one JSON batch. Each row costs a reference besides its text
+/// while the batch is parsed, so a body of tiny rows would multiply its size
+/// in memory; NDJSON batches are streamed and have no such limit.
+pub const MAX_JSON_ROWS: usize = 100_000;
+
 /// Stage a batch of rows (pre-commit).
 ///
 /// The rows become visible in the sink when a checkpoint that this task acks
@@ -64,7 +69,7 @@ type BodyStream = BoxStream<'static, Result<Bytes, Error>>;
         (status = 409, description = "The epoch is fenced (`fenced`): this instance is a zombie; or this batch id was staged before with different rows (`batch-conflict`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor NDJSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A row does not fit the sink (`row-rejected`), an unknown task (`unknown-task`), or a bad field (`validation`)", body = Problem, content_type = "application/problem+json",
+        (status = 422, description = "A row does not fit the sink (`row-rejected`), an unknown task (`unknown-task`), or a bad field (`validation`; also more than 100000 rows in one JSON batch)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:sinkgate:problem:row-rejected", "title": "Row rejected", "status": 422,
                              "detail": "row 3: column \"n\": expected an integer for bigint, got \"many\"", "row": 3, "column": "n"})),
     )
@@ -92,7 +97,11 @@ async fn write_batch(
             .into_body()
             .into_data_stream()
             .map_err(|error| Error::Malformed(format!("reading the body failed: {error}")));
-        let body: BodyStream = idle_limited(body, state.limits.body_idle_timeout).boxed();
+        let mut body: BodyStream = idle_limited(body, state.limits.body_idle_timeout).boxed();
+        // No transaction (and no connection) before the body starts to
+        // arrive: a client that connects and sends nothing holds nothing.
+        let first = body.next().await;
+        let body: BodyStream = futures::stream::iter(first).chain(body).boxed();
         let rows = Rows::Ndjson {
             body,
             max_bytes: state.limits.max_ndjson_body_bytes,
@@ -106,6 +115,15 @@ async fn write_batch(
     } else if is_json(content_type.as_deref()) {
         let body = read_body(request, &()).await?;
         let write: RawWriteRequest<'_> = parse_json(&body)?;
+        if write.rows.len() > MAX_JSON_ROWS {
+            return Err(Error::validation(
+                "rows",
+                format!(
+                    "{} rows in one JSON batch; the limit is {MAX_JSON_ROWS}: send larger batches as NDJSON (streamed)",
+                    write.rows.len()
+                ),
+            ));
+        }
         let key = BatchKey {
             task_id: &write.task_id,
             epoch: write.epoch,

@@ -410,3 +410,83 @@ async fn a_long_poll_whose_client_left_frees_its_slot(_: PgPoolOptions, connect:
     );
     app.kill().await;
 }
+
+// Issue "hardening", 5: an upload that has not started holds no transaction.
+#[sqlx::test]
+async fn an_upload_holds_no_transaction_before_its_body_arrives(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
+    let (sender, body) = crate::helpers::held_body();
+    let upload = {
+        let request = app
+            .http
+            .post(app.url("/v1/jobs/ev/writes"))
+            .query(&[
+                ("task_id", "t0"),
+                ("epoch", &epoch.to_string()),
+                ("batch_id", "b"),
+            ])
+            .header("content-type", "application/x-ndjson")
+            .body(body);
+        tokio::spawn(async move { request.send().await.unwrap().status() })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let writers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'sinkgate write%'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(writers, 0, "a transaction was opened before any body byte");
+    sender
+        .send(Ok(b"{\"id\": 1, \"payload\": \"late\"}\n".to_vec()))
+        .await
+        .unwrap();
+    drop(sender);
+    assert_eq!(upload.await.unwrap(), StatusCode::CREATED);
+    app.stop().await;
+}
+
+// Issue "hardening", 6: a JSON batch of many tiny rows cannot multiply its
+// size in memory.
+#[sqlx::test]
+async fn a_json_batch_has_a_row_cap(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn_with(
+        &connect,
+        sinkgate::ServiceOptions {
+            max_json_body_bytes: 4 << 20,
+            ..crate::helpers::options()
+        },
+    )
+    .await;
+    app.sql("CREATE TABLE loose (note text)").await;
+    let response = app
+        .put_job(
+            "l",
+            json!({"tasks": ["t0"], "sink": {"table": "loose", "mode": "append"}}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let epoch = app.epoch("l").await;
+    let rows = vec!["{}"; sinkgate::http::writes::MAX_JSON_ROWS + 1].join(",");
+    let body =
+        format!(r#"{{"task_id": "t0", "epoch": {epoch}, "batch_id": "b", "rows": [{rows}]}}"#);
+    let refused = crate::helpers::problem(
+        app.http
+            .post(app.url("/v1/jobs/l/writes"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert_eq!(refused["field"], "rows");
+    assert_eq!(app.staged("l").await, 0);
+    app.stop().await;
+}
