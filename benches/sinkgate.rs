@@ -168,6 +168,7 @@ impl Service {
             tick: Duration::from_millis(200),
             connections: sinkgate::http::serve::ConnectionLimits {
                 max_connections: 4096,
+                max_connections_per_address: 4096,
                 header_read_timeout: Duration::from_secs(15),
             },
         };

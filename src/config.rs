@@ -39,7 +39,9 @@ pub struct Config {
     pub max_writes_per_job: usize,
 
     /// Wrong bearer tokens one client address may send a minute; beyond,
-    /// it gets 429 `too-early` for the rest of the minute.
+    /// it gets 429 `too-early` for the rest of the minute, right tokens
+    /// included. Behind a proxy every client has the proxy's address: raise
+    /// it there, or turn it off with 0.
     #[arg(
         long,
         env = "SINKGATE_MAX_WRONG_TOKENS_PER_MINUTE",
@@ -93,9 +95,20 @@ pub struct Config {
     #[arg(long, env = "SINKGATE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
     pub request_timeout_ms: u64,
 
-    /// Connections open at once; more wait in the kernel's accept queue.
-    #[arg(long, env = "SINKGATE_MAX_CONNECTIONS", default_value_t = 512)]
+    /// Connections open at once; more are answered 503 and closed. Keep it
+    /// below the process's file-descriptor limit (`ulimit -n`).
+    #[arg(long, env = "SINKGATE_MAX_CONNECTIONS", default_value_t = 2048)]
     pub max_connections: usize,
+
+    /// Connections from one client address open at once; more are answered
+    /// 503 and closed. Behind a proxy every client has the proxy's address:
+    /// raise it there.
+    #[arg(
+        long,
+        env = "SINKGATE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256
+    )]
+    pub max_connections_per_address: usize,
 
     /// A connection must send a request's headers within this many ms, and
     /// an idle keep-alive connection is closed after as long.
@@ -177,7 +190,8 @@ impl Config {
             insecure_no_auth: true,
             protect_operations: false,
             tick_ms: 200,
-            max_connections: 512,
+            max_connections: 2048,
+            max_connections_per_address: 256,
             header_read_timeout_ms: 15_000,
         }
     }

@@ -93,6 +93,7 @@ impl From<&Config> for ServiceOptions {
             tick: Duration::from_millis(config.tick_ms),
             connections: http::serve::ConnectionLimits {
                 max_connections: config.max_connections,
+                max_connections_per_address: config.max_connections_per_address,
                 header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
             },
         }
@@ -149,6 +150,7 @@ pub async fn run(
     ));
 
     let requests = state.requests.clone();
+    let state_stopping = state.stopping.clone();
     let app = http::app(
         state,
         &http::HttpLimits {
@@ -160,6 +162,11 @@ pub async fn run(
         },
     );
     tracing::info!(address = %listener.local_addr()?, "sinkgate listening");
+    let stopping = state_stopping;
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
+    };
     let served = http::serve::serve(listener, app, options.connections.clone(), shutdown).await;
     // Requests whose client went away are not waited for by the server
     // loop; their transactions still finish before the pool closes.

@@ -44,6 +44,9 @@ pub struct AppState {
     /// Every request's task, so shutdown can wait for those whose client
     /// has gone (see [`run_to_completion`]).
     pub requests: TaskTracker,
+    /// Cancelled when the service starts shutting down: long-polls stop
+    /// waiting (see [`ClientGone`]).
+    pub stopping: tokio_util::sync::CancellationToken,
     /// Bounds the writes of one job staged at once.
     pub write_slots: JobSlots,
     /// Slows down guessing of tokens.
@@ -78,6 +81,9 @@ impl WrongTokens {
 
     fn refuse(&self, client: Option<std::net::IpAddr>) -> Option<Error> {
         let clients = self.clients.lock().expect("wrong-token lock");
+        if self.limit == 0 {
+            return None;
+        }
         let (count, since) = clients.get(&client)?;
         let left = Self::WINDOW.checked_sub(since.elapsed())?;
         (*count >= self.limit).then(|| Error::TooEarly {
@@ -320,7 +326,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         .layer(axum::middleware::from_fn_with_state(admission, admit))
         .layer(axum::middleware::from_fn(record_request))
         .layer(axum::middleware::from_fn_with_state(
-            state.requests.clone(),
+            (state.requests.clone(), state.stopping.clone()),
             run_to_completion,
         ))
         .layer(axum::middleware::from_fn_with_state(
@@ -420,8 +426,9 @@ async fn admit(
 }
 
 /// Cancelled when the client of a request has gone (its connection closed
-/// before the answer): a long-poll then stops waiting at once instead of
-/// holding its budget until `wait_ms`.
+/// before the answer), or when the service shuts down: a long-poll then
+/// stops waiting at once instead of holding its budget (or the shutdown)
+/// until `wait_ms`.
 #[derive(Clone)]
 pub struct ClientGone(pub tokio_util::sync::CancellationToken);
 
@@ -438,13 +445,14 @@ pub struct ClientGone(pub tokio_util::sync::CancellationToken);
 /// ParseComplete, got ReadyForQuery". In a task, the work always finishes
 /// (or rolls back) on its own; the answer is dropped when nobody waits.
 async fn run_to_completion(
-    State(requests): State<TaskTracker>,
+    State((requests, stopping)): State<(TaskTracker, tokio_util::sync::CancellationToken)>,
     request: Request<Body>,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     use tracing::Instrument;
-    let gone = tokio_util::sync::CancellationToken::new();
+    // Also cancelled when the service shuts down.
+    let gone = stopping.child_token();
     let mut request = request;
     request.extensions_mut().insert(ClientGone(gone.clone()));
     // Dropped with this future when the client goes away (hyper drops it);
@@ -614,5 +622,6 @@ pub fn state(db: PgPool, limits: Limits, auth: AuthMode) -> AppState {
         notifier: Notifier::new(),
         auth,
         requests: TaskTracker::new(),
+        stopping: tokio_util::sync::CancellationToken::new(),
     }
 }

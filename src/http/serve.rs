@@ -1,17 +1,19 @@
 //! The HTTP server loop: axum's, with the connection limits it does not
 //! offer.
 //!
-//! - At most `max_connections` connections are open at once; beyond that,
-//!   new ones wait in the kernel's accept queue instead of taking file
-//!   descriptors (so ~1,000 idle sockets cannot make `/healthz` stop
-//!   answering).
+//! - At most `max_connections` connections are open at once, and
+//!   `max_connections_per_address` from one client address; a connection
+//!   beyond either is answered 503 `overloaded` and closed at once (never
+//!   left unanswered in a queue), so idle sockets cannot exhaust file
+//!   descriptors and make `/healthz` stop answering, and one client cannot
+//!   hold every connection.
 //! - A connection must send a request's whole header within
 //!   `header_read_timeout`, and an idle keep-alive connection is closed after
 //!   the same time (hyper runs that timer whenever it waits for a request
 //!   head), so slowloris clients and silent sockets are dropped.
 //!
-//! Graceful shutdown is axum's: stop accepting, let every connection finish
-//! its request in flight, then return.
+//! Graceful shutdown: close the listening socket, let every connection
+//! finish its request in flight (for at most 30 s), then return.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -33,7 +35,36 @@ use tower::ServiceExt;
 #[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
+    /// Connections from one client address open at once.
+    pub max_connections_per_address: usize,
     pub header_read_timeout: Duration,
+}
+
+/// How long shutdown waits for open connections to finish their requests.
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// What a connection beyond a limit gets before it is closed: an answer a
+/// client can act on (retry elsewhere, or later), not a silent queue.
+const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 150\r\n\r\n{\"type\":\"urn:sinkgate:problem:overloaded\",\"title\":\"Overloaded\",\"status\":503,\"detail\":\"too many open connections; retry shortly\",\"retry_after_ms\":1000}";
+
+/// Answers a connection beyond a limit with [`FULL`], once its request
+/// head is in (an answer before the request confuses clients), and closes
+/// it. A second at most, 8 KiB read at most.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while head.len() < 8192 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&buffer[..n]),
+            }
+        }
+        let _ = stream.write_all(FULL).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then waits for the
@@ -45,15 +76,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_address = super::JobSlots::new(limits.max_connections_per_address);
     // Dropped to tell connections to finish; closed when all have.
     let (stop_tx, stop_rx) = watch::channel(());
     let (done_tx, done_rx) = watch::channel(());
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit.expect("never closed"),
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -65,6 +93,15 @@ pub async fn serve(
                 }
             },
             () = &mut shutdown => break,
+        };
+        let permits = slots
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .zip(per_address.try_acquire(&peer.ip().to_string()));
+        let Some(permit) = permits else {
+            tokio::spawn(refuse(stream));
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let service =
@@ -105,9 +142,13 @@ pub async fn serve(
             drop(done);
         });
     }
+    // New connections are refused from here on, not left unanswered.
+    drop(listener);
     drop(stop_tx);
     drop(done_rx);
     // Every connection holds a receiver; `closed` resolves when all are gone.
-    done_tx.closed().await;
+    if tokio::time::timeout(DRAIN, done_tx.closed()).await.is_err() {
+        tracing::warn!("connections still open after {DRAIN:?}; shutting down anyway");
+    }
     Ok(())
 }

@@ -37,7 +37,8 @@ pub fn options() -> ServiceOptions {
         auth: sinkgate::auth::AuthMode::Disabled,
         tick: Duration::from_millis(50),
         connections: sinkgate::http::serve::ConnectionLimits {
-            max_connections: 512,
+            max_connections: 2048,
+            max_connections_per_address: 2048,
             header_read_timeout: Duration::from_secs(15),
         },
     }

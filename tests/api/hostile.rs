@@ -252,6 +252,7 @@ fn tight_connections(max_connections: usize) -> sinkgate::ServiceOptions {
     sinkgate::ServiceOptions {
         connections: sinkgate::http::serve::ConnectionLimits {
             max_connections,
+            max_connections_per_address: max_connections,
             header_read_timeout: std::time::Duration::from_secs(1),
         },
         ..crate::helpers::options()
@@ -320,16 +321,28 @@ async fn silent_connections_are_closed_and_cannot_starve_others(
     for _ in 0..8 {
         silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
     }
-    let started = std::time::Instant::now();
+    // Over the cap, a connection is answered 503 at once, not queued...
     let fresh = reqwest::Client::new();
-    let served = fresh
-        .get(app.url("/healthz"))
-        .timeout(std::time::Duration::from_secs(10))
-        .send()
-        .await
-        .expect("a normal client is served once silent ones are dropped");
-    assert_eq!(served.status(), StatusCode::OK);
-    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+    let refused = fresh.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    // ...and served once the silent ones are dropped.
+    let started = std::time::Instant::now();
+    loop {
+        let answer = reqwest::Client::new()
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap();
+        if answer.status() == StatusCode::OK {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(6),
+            "still refused after the silent connections' header timeout"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     for stream in &mut silent {
         assert!(
             closed_within(stream, std::time::Duration::from_secs(5)).await,
@@ -489,4 +502,26 @@ async fn a_json_batch_has_a_row_cap(_: PgPoolOptions, connect: PgConnectOptions)
     assert_eq!(refused["field"], "rows");
     assert_eq!(app.staged("l").await, 0);
     app.stop().await;
+}
+
+// Shutdown does not wait out long-polls: they end (204) at once.
+#[sqlx::test]
+async fn shutdown_ends_long_polls_at_once(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    word_count_job(&app, "wc", &["t0"]).await;
+    let poll = {
+        let request = app
+            .http
+            .get(app.url("/v1/jobs/wc/checkpoints/pending?after=1000&wait_ms=30000"));
+        tokio::spawn(async move { request.send().await.unwrap().status() })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    app.stop().await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(poll.await.unwrap(), StatusCode::NO_CONTENT);
 }
