@@ -2,7 +2,7 @@
 //!
 //! An HTTP service that gives stream processors in any language exactly-once
 //! output into PostgreSQL: it is their checkpoint coordinator and their
-//! two-phase-commit sink. `DESIGN.md` explains the protocol; this is where
+//! two-phase-commit sink. The README states the protocol's rules; this is where
 //! each part lives.
 //!
 //! # Layout

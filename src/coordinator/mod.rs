@@ -1,4 +1,4 @@
-//! The checkpoint protocol of `DESIGN.md`: epochs, writes, checkpoints, acks,
+//! The checkpoint protocol (its rules: the README's "Choices worth knowing"): epochs, writes, checkpoints, acks,
 //! decisions, recovery.
 //!
 //! Every function here is a plain async function over a PostgreSQL

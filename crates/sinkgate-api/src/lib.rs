@@ -1,8 +1,8 @@
 //! The JSON shapes of sinkgate's API: what processors and operators send and
 //! receive.
 //!
-//! These types are the contract of `DESIGN.md` ("Shapes a processor relies
-//! on"). They live in a crate of their own so that the server (handlers and
+//! These types are the API's contract (the OpenAPI document is generated
+//! from them). They live in a crate of their own so that the server (handlers and
 //! OpenAPI document), the Rust client and the command-line client share one
 //! definition without the client depending on the server. Requests deny unknown fields so that a typo is a 422, not a
 //! silently ignored setting.
