@@ -428,14 +428,14 @@ pub async fn decide_complete_pending(conn: &mut PgConnection, job_id: &str) -> R
     Ok(())
 }
 
-/// The checkpoint's status, with its row locked for an update.
+/// The checkpoint's status and task count, with its row locked for an update.
 async fn lock_checkpoint(
     conn: &mut PgConnection,
     job_id: &str,
     checkpoint_id: i64,
-) -> Result<String> {
-    sqlx::query_scalar(
-        "SELECT status FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
+) -> Result<(String, i32)> {
+    sqlx::query_as(
+        "SELECT status, task_count FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
     )
     .bind(job_id)
     .bind(checkpoint_id)
@@ -575,16 +575,9 @@ async fn abort_pending(
 ) -> Result<Checkpoint> {
     let job_id = job.job_id.as_str();
     abort_timed_out(&mut *conn, job).await?;
-    let status = lock_checkpoint(&mut *conn, job_id, checkpoint_id).await?;
+    let (status, task_count) = lock_checkpoint(&mut *conn, job_id, checkpoint_id).await?;
     // Counted after the lock (see `settle`): a checkpoint every task acked
     // is never aborted; it is decided instead, and answered as it is.
-    let (task_count,): (i32,) = sqlx::query_as(
-        "SELECT task_count FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2",
-    )
-    .bind(job_id)
-    .bind(checkpoint_id)
-    .fetch_one(&mut *conn)
-    .await?;
     let complete = count_acks(&mut *conn, job_id, checkpoint_id).await? >= task_count;
     match status.as_str() {
         "pending" if complete => {

@@ -115,13 +115,7 @@ pub async fn list(
     job_id: &str,
     query: &CheckpointListQuery,
 ) -> Result<Vec<Checkpoint>> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Error::validation(
-            "limit",
-            "limit must be between 1 and 1000",
-        ));
-    }
+    let limit = super::page_limit(query.limit)?;
     load_job(&mut *conn, job_id, JobLock::None).await?;
     let rows: Vec<CheckpointRow> = sqlx::query_as(&format!(
         "{SELECT_CHECKPOINT}

@@ -202,13 +202,7 @@ pub async fn dead_letters(
     job_id: &str,
     query: &DeadLetterQuery,
 ) -> Result<DeadLetterList> {
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Error::validation(
-            "limit",
-            "limit must be between 1 and 1000",
-        ));
-    }
+    let limit = super::page_limit(query.limit)?;
     load_job(&mut *conn, job_id, JobLock::None).await?;
     let rows: Vec<DeadLetterRow> = sqlx::query_as(
         "SELECT dead_letter_id, checkpoint_id, task_id, row, error, sqlstate, created_at

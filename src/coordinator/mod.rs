@@ -219,6 +219,18 @@ pub async fn lock_task(
         .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
 }
 
+/// The `limit` of a paged listing: 100 when absent, 1 to 1000.
+pub fn page_limit(limit: Option<i64>) -> Result<i64> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Error::validation(
+            "limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    Ok(limit)
+}
+
 /// A non-empty identifier from a request body, of bounded length.
 pub fn require_name(field: &str, value: &str, max: usize) -> Result<()> {
     if value.is_empty() {

@@ -48,7 +48,7 @@ pub struct AppState {
     /// waiting (see [`ClientGone`]).
     pub stopping: tokio_util::sync::CancellationToken,
     /// Bounds the writes of one job staged at once.
-    pub write_slots: JobSlots,
+    pub write_slots: KeyedSlots,
     /// Slows down guessing of tokens.
     pub wrong_tokens: WrongTokens,
 }
@@ -113,19 +113,21 @@ impl WrongTokens {
     }
 }
 
-/// Per-job concurrency limit: one job's writers (each holding a pooled
-/// connection while its body arrives) cannot take every connection.
+/// A concurrency limit per key: per job for writes (each holds a pooled
+/// connection while its body arrives) and long-polls, per client address
+/// for connections. Keys that hold no slot are forgotten, so keys taken
+/// from requests cannot grow the map.
 #[derive(Clone)]
-pub struct JobSlots {
+pub struct KeyedSlots {
     per_job: usize,
     jobs: std::sync::Arc<
         std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>,
     >,
 }
 
-impl JobSlots {
+impl KeyedSlots {
     pub fn new(per_job: usize) -> Self {
-        JobSlots {
+        KeyedSlots {
             per_job: per_job.max(1),
             jobs: Default::default(),
         }
@@ -139,9 +141,10 @@ impl JobSlots {
     fn semaphore(&self, job_id: &str) -> std::sync::Arc<tokio::sync::Semaphore> {
         let mut jobs = self.jobs.lock().expect("slots lock");
         if !jobs.contains_key(job_id) {
-            // Forget idle jobs, so ids from URLs cannot grow the map.
-            let full = self.per_job;
-            jobs.retain(|_, slots| slots.available_permits() < full);
+            // Forget keys nobody holds or waits for (a permit holds the
+            // semaphore too): ids from URLs cannot grow the map, and a
+            // semaphore in use is never replaced by a fresh one.
+            jobs.retain(|_, slots| std::sync::Arc::strong_count(slots) > 1);
         }
         jobs.entry(job_id.to_owned())
             .or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(self.per_job)))
@@ -316,7 +319,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
     let admission = Admission {
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
         long_polls: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_long_polls.max(1))),
-        long_polls_per_job: JobSlots::new(limits.max_long_polls_per_job),
+        long_polls_per_job: KeyedSlots::new(limits.max_long_polls_per_job),
     };
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
@@ -383,7 +386,7 @@ async fn drop_unfit_request_id(
 struct Admission {
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     long_polls: std::sync::Arc<tokio::sync::Semaphore>,
-    long_polls_per_job: JobSlots,
+    long_polls_per_job: KeyedSlots,
 }
 
 /// Load shedding: beyond the limit, 503 `overloaded` at once, never a queue.
@@ -615,7 +618,7 @@ async fn record_request(
 /// A state for `db` with these limits, a fresh notifier, and `auth`.
 pub fn state(db: PgPool, limits: Limits, auth: AuthMode) -> AppState {
     AppState {
-        write_slots: JobSlots::new(limits.max_writes_per_job),
+        write_slots: KeyedSlots::new(limits.max_writes_per_job),
         wrong_tokens: WrongTokens::new(limits.wrong_tokens_per_minute),
         db,
         limits,

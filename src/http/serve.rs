@@ -43,11 +43,22 @@ pub struct ConnectionLimits {
 /// How long shutdown waits for open connections to finish their requests.
 const DRAIN: Duration = Duration::from_secs(30);
 
-/// What a connection beyond a limit gets before it is closed: an answer a
-/// client can act on (retry elsewhere, or later), not a silent queue.
-const FULL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 150\r\n\r\n{\"type\":\"urn:sinkgate:problem:overloaded\",\"title\":\"Overloaded\",\"status\":503,\"detail\":\"too many open connections; retry shortly\",\"retry_after_ms\":1000}";
+/// What a connection beyond a limit gets before it is closed: the same
+/// 503 `overloaded` problem as a request over the in-flight limit (one
+/// mapping, [`super::problem::problem_for`]), which a client can act on.
+fn overloaded_response() -> Vec<u8> {
+    let problem = super::problem::problem_for(&crate::error::Error::Overloaded);
+    let body = serde_json::to_vec(&problem).expect("problems serialize");
+    let mut response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(&body);
+    response
+}
 
-/// Answers a connection beyond a limit with [`FULL`], once its request
+/// Answers a connection beyond a limit with [`overloaded_response`], once its request
 /// head is in (an answer before the request confuses clients), and closes
 /// it. A second at most, 8 KiB read at most.
 async fn refuse(mut stream: tokio::net::TcpStream) {
@@ -61,7 +72,7 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
                 Ok(n) => head.extend_from_slice(&buffer[..n]),
             }
         }
-        let _ = stream.write_all(FULL).await;
+        let _ = stream.write_all(&overloaded_response()).await;
         let _ = stream.shutdown().await;
     })
     .await;
@@ -76,7 +87,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let per_address = super::JobSlots::new(limits.max_connections_per_address);
+    let per_address = super::KeyedSlots::new(limits.max_connections_per_address);
     // Dropped to tell connections to finish; closed when all have.
     let (stop_tx, stop_rx) = watch::channel(());
     let (done_tx, done_rx) = watch::channel(());
