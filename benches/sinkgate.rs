@@ -160,6 +160,7 @@ impl Service {
         let options = ServiceOptions {
             limits: Limits::default(),
             max_json_body_bytes: 256 << 20,
+            max_json_bytes_in_flight: 1 << 30,
             max_in_flight: 1024,
             max_long_polls: 256,
             max_long_polls_per_job: 64,
@@ -733,6 +734,7 @@ async fn memory(pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Resu
     let elapsed = started.elapsed();
     let peak = peak_rss_kib(pid)?;
     let staged_mib = body["staged_bytes"].as_f64().unwrap_or(0.0) / 1048576.0;
+    let flood = json_flood(&service, pid, epoch).await?;
     service
         .call(
             reqwest::Method::POST,
@@ -754,7 +756,55 @@ async fn memory(pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Resu
         peak as f64 / 1024.0,
         idle as f64 / 1024.0,
     ));
+    report.push_str(&flood);
     Ok(())
+}
+
+/// Peak RSS while three clients at once send a 64 MiB JSON `/writes` body
+/// of empty rows (`{}`), the shape that multiplies a body's size in memory
+/// when every row is parsed. Each is refused (422, too many rows); the
+/// figure is what the refusals cost.
+async fn json_flood(service: &Service, pid: u32, epoch: i64) -> anyhow::Result<String> {
+    const CLIENTS: usize = 3;
+    const BODY_MIB: usize = 64;
+    // Forget the peak so far (the NDJSON upload's): Linux resets VmHWM.
+    let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    let before = peak_rss_kib(pid)?;
+    let started = Instant::now();
+    let sends = (0..CLIENTS).map(|client| {
+        let head = format!(
+            r#"{{"task_id": "task-0", "epoch": {epoch}, "batch_id": "flood-{client}", "rows": ["#
+        );
+        let rows = (BODY_MIB * 1024 * 1024 - head.len() - 2) / 3;
+        let mut body = String::with_capacity(BODY_MIB * 1024 * 1024);
+        body.push_str(&head);
+        body.push_str("{}");
+        for _ in 1..rows {
+            body.push_str(",{}");
+        }
+        body.push_str("]}");
+        service
+            .http
+            .post(format!("{}/v1/jobs/bench/writes", service.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    });
+    let statuses: Vec<u16> = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|response| response.map(|response| response.status().as_u16()))
+        .collect::<Result<_, _>>()?;
+    let elapsed = started.elapsed();
+    let peak = peak_rss_kib(pid)?;
+    eprintln!("memory: {CLIENTS} x {BODY_MIB} MiB JSON of empty rows: {statuses:?}, peak RSS {peak} KiB (before {before} KiB)");
+    Ok(format!(
+        "\n{CLIENTS} clients at once each send a {BODY_MIB} MiB JSON body of empty rows (`{{}}`): answered {statuses:?} in {:.1} s; service peak RSS {:.1} MiB (RSS before {:.1} MiB{}).\n",
+        elapsed.as_secs_f64(),
+        peak as f64 / 1024.0,
+        before as f64 / 1024.0,
+        if reset { "" } else { "; the peak could not be reset, so it may be the NDJSON upload's" },
+    ))
 }
 
 fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {

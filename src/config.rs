@@ -23,6 +23,13 @@ pub struct Config {
     #[arg(long, env = "SINKGATE_MAX_JSON_BODY", default_value_t = 64 * 1024 * 1024)]
     pub max_json_body_bytes: usize,
 
+    /// JSON request bodies held in memory at once, in bytes, over all
+    /// requests (bodies of 64 KiB or less are not counted: the in-flight
+    /// limit bounds those). A body that does not fit is answered 503
+    /// `overloaded` before it is read. At least `--max-json-body`.
+    #[arg(long, env = "SINKGATE_MAX_JSON_BYTES_IN_FLIGHT", default_value_t = 256 * 1024 * 1024)]
+    pub max_json_bytes_in_flight: usize,
+
     /// Largest NDJSON `/writes` body, in bytes. It is streamed, never held whole.
     #[arg(long, env = "SINKGATE_MAX_NDJSON_BODY", default_value_t = 16 * 1024 * 1024 * 1024)]
     pub max_ndjson_body_bytes: u64,
@@ -31,6 +38,14 @@ pub struct Config {
     /// (408 `body-timeout`) and nothing of it is staged.
     #[arg(long, env = "SINKGATE_BODY_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
     pub body_idle_timeout_ms: u64,
+
+    /// Slowest average rate, in bytes per second, at which an NDJSON upload
+    /// may arrive once its first `--body-idle-timeout-ms` have passed;
+    /// slower is abandoned (408 `body-timeout`). An upload holds a database
+    /// connection while it lasts, so a trickle must not hold it for ever.
+    /// 0 turns it off.
+    #[arg(long, env = "SINKGATE_MIN_BODY_RATE", default_value_t = 1024)]
+    pub min_body_rate: u64,
 
     /// Writes of one job staged at once by this replica (each holds a
     /// database connection, so one job cannot take the whole pool); more
@@ -138,6 +153,16 @@ pub struct DatabaseConfig {
     /// Maximum connections in the pool.
     #[arg(long, env = "SINKGATE_POOL_SIZE", default_value_t = 32)]
     pub pool_size: u32,
+
+    /// PostgreSQL ends a sinkgate session that sits idle inside a
+    /// transaction for this many ms (`idle_in_transaction_session_timeout`),
+    /// releasing its locks. 0 turns it off.
+    #[arg(
+        long,
+        env = "SINKGATE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 /// Shortest admin token accepted: a short one falls to guessing.
@@ -164,35 +189,5 @@ impl Config {
             );
         }
         Ok(())
-    }
-
-    /// A configuration for tests and embedding: defaults everywhere.
-    pub fn for_database(database_url: &str) -> Self {
-        Config {
-            listen: "127.0.0.1:0".parse().expect("valid address"),
-            database: DatabaseConfig {
-                database_url: database_url.to_owned(),
-                pool_size: 16,
-            },
-            log_format: "human".into(),
-            max_json_body_bytes: 64 * 1024 * 1024,
-            max_ndjson_body_bytes: 16 * 1024 * 1024 * 1024,
-            max_inline_state_bytes: 64 * 1024,
-            body_idle_timeout_ms: 30_000,
-            max_writes_per_job: 8,
-            max_wrong_tokens_per_minute: 20,
-            max_in_flight: 1024,
-            max_long_polls: 256,
-            max_long_polls_per_job: 64,
-            request_timeout_ms: 30_000,
-            admin_token: None,
-            admin_token_file: None,
-            insecure_no_auth: true,
-            protect_operations: false,
-            tick_ms: 200,
-            max_connections: 2048,
-            max_connections_per_address: 256,
-            header_read_timeout_ms: 15_000,
-        }
     }
 }

@@ -82,11 +82,10 @@ pub enum Error {
     #[error("{0}")]
     UnsupportedMediaType(String),
 
-    /// The request body stopped arriving for longer than allowed.
-    #[error(
-        "no body bytes arrived for {0} ms; the upload was abandoned and nothing of it was staged"
-    )]
-    BodyTimeout(u64),
+    /// The request body stopped arriving, or arrived slower than allowed.
+    /// Says which limit, with its value; nothing of the upload was staged.
+    #[error("{0}; the upload was abandoned and nothing of it was staged")]
+    BodyTimeout(String),
 
     /// The request body is larger than allowed.
     #[error("{0}")]

@@ -51,6 +51,8 @@ use crate::coordinator::Limits;
 pub struct ServiceOptions {
     pub limits: Limits,
     pub max_json_body_bytes: usize,
+    /// JSON bodies (above 64 KiB) held at once, in bytes.
+    pub max_json_bytes_in_flight: usize,
     /// Requests handled at once before shedding with 503.
     pub max_in_flight: usize,
     /// Long-polls waiting at once, in all and per job (apart from requests
@@ -75,10 +77,12 @@ impl From<&Config> for ServiceOptions {
                 max_inline_state_bytes: config.max_inline_state_bytes,
                 max_ndjson_body_bytes: config.max_ndjson_body_bytes,
                 body_idle_timeout: Duration::from_millis(config.body_idle_timeout_ms),
+                min_body_bytes_per_second: config.min_body_rate,
                 max_writes_per_job: config.max_writes_per_job,
                 wrong_tokens_per_minute: config.max_wrong_tokens_per_minute,
             },
             max_json_body_bytes: config.max_json_body_bytes,
+            max_json_bytes_in_flight: config.max_json_bytes_in_flight,
             max_in_flight: config.max_in_flight,
             max_long_polls: config.max_long_polls,
             max_long_polls_per_job: config.max_long_polls_per_job,
@@ -155,6 +159,7 @@ pub async fn run(
         state,
         &http::HttpLimits {
             max_json_body_bytes: options.max_json_body_bytes,
+            max_json_bytes_in_flight: options.max_json_bytes_in_flight,
             max_in_flight: options.max_in_flight,
             request_timeout: options.request_timeout,
             max_long_polls: options.max_long_polls,

@@ -53,6 +53,10 @@ pub struct Limits {
     /// An NDJSON upload whose body sends nothing for this long is abandoned
     /// (408 `body-timeout`) and rolled back.
     pub body_idle_timeout: std::time::Duration,
+    /// Slowest an NDJSON upload may arrive, in bytes per second on average
+    /// (after a first `body_idle_timeout` of grace); slower is 408
+    /// `body-timeout`. 0 turns it off.
+    pub min_body_bytes_per_second: u64,
     /// Writes of one job staged at once on this replica (each holds a
     /// database connection); more wait, then get 503 `overloaded`.
     pub max_writes_per_job: usize,
@@ -67,6 +71,7 @@ impl Default for Limits {
             max_inline_state_bytes: 64 * 1024,
             max_ndjson_body_bytes: 16 << 30,
             body_idle_timeout: std::time::Duration::from_secs(30),
+            min_body_bytes_per_second: 1024,
             max_writes_per_job: 8,
             wrong_tokens_per_minute: 20,
         }

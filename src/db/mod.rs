@@ -16,9 +16,30 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options.application_name("sinkgate"))
+        .connect_with(session_options(
+            options,
+            Duration::from_millis(config.idle_in_transaction_timeout_ms),
+        ))
         .await?;
     Ok(pool)
+}
+
+/// How sinkgate's sessions present themselves and what the server enforces
+/// on them: named `sinkgate` (for `pg_stat_activity`), and a transaction
+/// left idle for `idle_in_transaction` (a bug, a request cancelled half-way)
+/// is ended by PostgreSQL, releasing its locks, instead of blocking the
+/// job's fence and the sink's VACUUM for ever. 0 turns that off.
+///
+/// sinkgate never waits on a client inside a transaction between
+/// statements: an upload streams into a `COPY`, which is not idle.
+pub fn session_options(
+    options: PgConnectOptions,
+    idle_in_transaction: Duration,
+) -> PgConnectOptions {
+    options.application_name("sinkgate").options([(
+        "idle_in_transaction_session_timeout",
+        format!("{}ms", idle_in_transaction.as_millis()),
+    )])
 }
 
 /// Applies pending migrations; a no-op when all are applied.

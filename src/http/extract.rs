@@ -48,6 +48,14 @@ pub fn is_json(content_type: Option<&str>) -> bool {
         .unwrap_or(false)
 }
 
+/// Whether a content type is NDJSON (`application/x-ndjson`), the streamed
+/// form of `/writes`.
+pub fn is_ndjson(content_type: Option<&str>) -> bool {
+    content_type
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/x-ndjson"))
+}
+
 /// Reads a body up to the router's body limit; too large is 413.
 pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<Bytes, Error> {
     Bytes::from_request(request, state)

@@ -292,6 +292,9 @@ fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
 pub struct HttpLimits {
     /// Largest JSON body (NDJSON writes are streamed and limited separately).
     pub max_json_body_bytes: usize,
+    /// JSON bodies above [`SMALL_BODY_BYTES`] held in memory at once, in
+    /// bytes (raised to `max_json_body_bytes` if lower).
+    pub max_json_bytes_in_flight: usize,
     /// Requests handled at once; beyond it requests are shed with 503
     /// (`overloaded`, Retry-After) instead of queueing without bound.
     pub max_in_flight: usize,
@@ -320,6 +323,13 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
         long_polls: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_long_polls.max(1))),
         long_polls_per_job: KeyedSlots::new(limits.max_long_polls_per_job),
+        json_kib: std::sync::Arc::new(tokio::sync::Semaphore::new(
+            limits
+                .max_json_bytes_in_flight
+                .max(limits.max_json_body_bytes)
+                .div_ceil(1024),
+        )),
+        max_json_body_bytes: limits.max_json_body_bytes,
     };
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
@@ -387,6 +397,49 @@ struct Admission {
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     long_polls: std::sync::Arc<tokio::sync::Semaphore>,
     long_polls_per_job: KeyedSlots,
+    /// Budget of buffered JSON bodies, in KiB.
+    json_kib: std::sync::Arc<tokio::sync::Semaphore>,
+    max_json_body_bytes: usize,
+}
+
+/// Bodies up to this size are not counted against the JSON budget: the
+/// in-flight limit bounds what they can hold together.
+pub const SMALL_BODY_BYTES: usize = 64 * 1024;
+
+impl Admission {
+    /// A share of the JSON budget for the body this request will buffer:
+    /// its `Content-Length`, or the largest allowed when it is chunked.
+    /// `Ok(None)` when nothing needs reserving (no body, a small one, a
+    /// streamed NDJSON upload, or one too large to be read at all).
+    fn reserve_body(
+        &self,
+        request: &Request<Body>,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Error> {
+        use axum::http::header;
+        let headers = request.headers();
+        let streamed = extract::is_ndjson(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok()),
+        );
+        let length = match headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+        {
+            Some(length) => length.trim().parse::<usize>().unwrap_or(usize::MAX),
+            None if headers.contains_key(header::TRANSFER_ENCODING) => self.max_json_body_bytes,
+            None => 0,
+        };
+        if streamed || length <= SMALL_BODY_BYTES || length > self.max_json_body_bytes {
+            return Ok(None);
+        }
+        let kib = u32::try_from(length.div_ceil(1024)).unwrap_or(u32::MAX);
+        self.json_kib
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map(Some)
+            .map_err(|_| Error::Overloaded)
+    }
 }
 
 /// Load shedding: beyond the limit, 503 `overloaded` at once, never a queue.
@@ -408,6 +461,10 @@ async fn admit(
         .and_then(|rest| rest.strip_suffix("/checkpoints/pending"))
         .filter(|job| !job.contains('/'))
         .map(str::to_owned);
+    let _body = match admission.reserve_body(&request) {
+        Ok(reserved) => reserved,
+        Err(error) => return error.into_response(),
+    };
     let _permits = match long_poll_job {
         Some(job) => {
             let Ok(all) = admission.long_polls.clone().try_acquire_owned() else {
@@ -488,16 +545,12 @@ async fn answer_in_time(
     use axum::response::IntoResponse;
     // Only uploads to `/writes` are exempt, whatever else claims NDJSON.
     let ndjson_upload = request.uri().path().ends_with("/writes")
-        && request
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|value| {
-                value
-                    .trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("application/x-ndjson")
-            });
+        && extract::is_ndjson(
+            request
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok()),
+        );
     if ndjson_upload {
         return next.run(request).await;
     }

@@ -167,7 +167,7 @@ fn sample(kind: &str) -> Option<Error> {
             checkpoint_id: 41,
             error: "duplicate key value violates unique constraint \"events_pkey\"".into(),
         },
-        "body-timeout" => Error::BodyTimeout(30_000),
+        "body-timeout" => Error::BodyTimeout("no body bytes arrived for 30000 ms".into()),
         "conflict" => {
             Error::conflict("checkpoint 41 is committed; a decided checkpoint cannot be aborted")
         }

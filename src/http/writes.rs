@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{is_json, parse_json, read_body, ApiPath};
+use super::extract::{is_json, is_ndjson, parse_json, read_body, ApiPath};
 use super::problem::Problem;
 use super::AppState;
 use crate::auth::Caller;
@@ -65,7 +65,7 @@ pub const MAX_JSON_ROWS: usize = 100_000;
         (status = 200, description = "This batch was staged before; nothing staged again", body = WriteResult),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 408, description = "An NDJSON body stopped arriving for longer than the idle limit (`body-timeout`); nothing was staged", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "An NDJSON body stopped arriving for longer than the idle limit, or arrived slower than the minimum rate (`body-timeout`); nothing was staged", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The epoch is fenced (`fenced`): this instance is a zombie; or this batch id was staged before with different rows (`batch-conflict`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor NDJSON", body = Problem, content_type = "application/problem+json"),
@@ -85,19 +85,19 @@ async fn write_batch(
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
-    let mime = content_type
-        .as_deref()
-        .and_then(|value| value.split(';').next())
-        .map(|value| value.trim().to_ascii_lowercase());
-
-    let result = if mime.as_deref() == Some("application/x-ndjson") {
+    let result = if is_ndjson(content_type.as_deref()) {
         let Query(params) = Query::<WriteParams>::try_from_uri(request.uri())
             .map_err(|rejection| Error::validation("query", rejection.body_text()))?;
         let body = request
             .into_body()
             .into_data_stream()
             .map_err(|error| Error::Malformed(format!("reading the body failed: {error}")));
-        let mut body: BodyStream = idle_limited(body, state.limits.body_idle_timeout).boxed();
+        let mut body: BodyStream = paced(
+            body,
+            state.limits.body_idle_timeout,
+            state.limits.min_body_bytes_per_second,
+        )
+        .boxed();
         // No transaction (and no connection) before the body starts to
         // arrive: a client that connects and sends nothing holds nothing.
         let first = body.next().await;
@@ -115,15 +115,6 @@ async fn write_batch(
     } else if is_json(content_type.as_deref()) {
         let body = read_body(request, &()).await?;
         let write: RawWriteRequest<'_> = parse_json(&body)?;
-        if write.rows.len() > MAX_JSON_ROWS {
-            return Err(Error::validation(
-                "rows",
-                format!(
-                    "{} rows in one JSON batch; the limit is {MAX_JSON_ROWS}: send larger batches as NDJSON (streamed)",
-                    write.rows.len()
-                ),
-            ));
-        }
         let key = BatchKey {
             task_id: &write.task_id,
             epoch: write.epoch,
@@ -158,23 +149,85 @@ struct RawWriteRequest<'a> {
     task_id: String,
     epoch: i64,
     batch_id: String,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "at_most_max_json_rows")]
     rows: Vec<&'a RawValue>,
 }
 
+/// Reads `rows` and stops at the row past [`MAX_JSON_ROWS`], before the
+/// references of a body of tiny rows can outgrow the body itself.
+fn at_most_max_json_rows<'de, D>(
+    deserializer: D,
+) -> std::result::Result<Vec<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Capped;
+    impl<'de> serde::de::Visitor<'de> for Capped {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(formatter, "an array of at most {MAX_JSON_ROWS} row objects")
+        }
+        fn visit_seq<A>(self, mut seq: A) -> std::result::Result<Self::Value, A::Error>
+        where
+            A: serde::de::SeqAccess<'de>,
+        {
+            let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_JSON_ROWS));
+            while let Some(row) = seq.next_element()? {
+                if rows.len() == MAX_JSON_ROWS {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "more than {MAX_JSON_ROWS} rows in one JSON batch: send larger batches as NDJSON (streamed)"
+                    )));
+                }
+                rows.push(row);
+            }
+            Ok(rows)
+        }
+    }
+    deserializer.deserialize_seq(Capped)
+}
+
 /// Ends a body stream with 408 `body-timeout` when no bytes arrive for
-/// `idle`: a stalled upload must not hold its transaction, its locks and a
-/// pooled connection for ever.
-fn idle_limited(
+/// `idle`, or when, after a first `idle` of grace, fewer than
+/// `min_bytes_per_second` have arrived on average: a stalled or trickling
+/// upload must not hold its transaction, its locks and a pooled connection
+/// for ever. (The allowance grows with every byte, as Apache's
+/// `mod_reqtimeout` `MinRate` does.)
+fn paced(
     body: impl futures::Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
     idle: std::time::Duration,
+    min_bytes_per_second: u64,
 ) -> impl futures::Stream<Item = Result<Bytes>> + Send {
-    futures::stream::unfold(Some(body), move |body| async move {
-        let mut body = body?;
-        match tokio::time::timeout(idle, body.next()).await {
-            Ok(Some(chunk)) => Some((chunk, Some(body))),
+    let started = tokio::time::Instant::now();
+    futures::stream::unfold(Some((body, 0u64)), move |state| async move {
+        let (mut body, received) = state?;
+        // The latest moment the next byte may come while the average holds.
+        let allowance = match min_bytes_per_second {
+            0 => std::time::Duration::MAX,
+            rate => idle + std::time::Duration::from_secs_f64(received as f64 / rate as f64),
+        };
+        let until_too_slow = (started + allowance.min(std::time::Duration::from_secs(1 << 40)))
+            .saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(idle.min(until_too_slow), body.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                let received = received + chunk.len() as u64;
+                Some((Ok(chunk), Some((body, received))))
+            }
+            Ok(Some(Err(error))) => Some((Err(error), None)),
             Ok(None) => None,
-            Err(_) => Some((Err(Error::BodyTimeout(idle.as_millis() as u64)), None)),
+            Err(_) if until_too_slow < idle => Some((
+                Err(Error::BodyTimeout(format!(
+                    "the body arrived slower than {min_bytes_per_second} bytes/s on average ({received} bytes in {} ms)",
+                    started.elapsed().as_millis()
+                ))),
+                None,
+            )),
+            Err(_) => Some((
+                Err(Error::BodyTimeout(format!(
+                    "no body bytes arrived for {} ms",
+                    idle.as_millis()
+                ))),
+                None,
+            )),
         }
     })
 }

@@ -362,16 +362,9 @@ async fn a_token_revoked_mid_upload_stages_nothing(_: PgPoolOptions, connect: Pg
 
     let (sender, body) = crate::helpers::held_body();
     let upload = {
-        let request = http
-            .post(app.url("/v1/jobs/ev/writes"))
-            .bearer_auth(&token)
-            .query(&[
-                ("task_id", "t0"),
-                ("epoch", &epoch.to_string()),
-                ("batch_id", "b"),
-            ])
-            .header("content-type", "application/x-ndjson")
-            .body(body);
+        let request = app
+            .ndjson_request("ev", "t0", epoch, "b", body)
+            .bearer_auth(&token);
         tokio::spawn(async move { request.send().await.unwrap() })
     };
     sender

@@ -685,20 +685,8 @@ async fn a_stalled_upload_does_not_delay_a_new_attempt(
         .await
         .unwrap();
     let upload = {
-        let http = app.http.clone();
-        let url = app.url("/v1/jobs/ev/writes");
-        tokio::spawn(async move {
-            http.post(url)
-                .query(&[
-                    ("task_id", "t0"),
-                    ("epoch", &epoch.to_string()),
-                    ("batch_id", "z"),
-                ])
-                .header("content-type", "application/x-ndjson")
-                .body(body)
-                .send()
-                .await
-        })
+        let request = app.ndjson_request("ev", "t0", epoch, "z", body);
+        tokio::spawn(async move { request.send().await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = std::time::Instant::now();

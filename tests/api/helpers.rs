@@ -30,6 +30,7 @@ pub fn options() -> ServiceOptions {
             ..Limits::default()
         },
         max_json_body_bytes: 1 << 20,
+        max_json_bytes_in_flight: 64 << 20,
         max_in_flight: 1024,
         max_long_polls: 256,
         max_long_polls_per_job: 64,
@@ -48,7 +49,10 @@ pub fn options() -> ServiceOptions {
 pub async fn pool(connect: &PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .max_connections(16)
-        .connect_with(connect.clone())
+        .connect_with(sinkgate::db::session_options(
+            connect.clone(),
+            Duration::from_secs(60),
+        ))
         .await
         .expect("connect to the test database")
 }
@@ -177,6 +181,21 @@ impl TestApp {
         batch: &str,
         body: impl Into<reqwest::Body>,
     ) -> Response {
+        self.ndjson_request(job, task, epoch, batch, body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// An NDJSON upload not yet sent (to spawn, or to add a token to).
+    pub fn ndjson_request(
+        &self,
+        job: &str,
+        task: &str,
+        epoch: i64,
+        batch: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::RequestBuilder {
         self.http
             .post(self.url(&format!("/v1/jobs/{job}/writes")))
             .query(&[
@@ -186,9 +205,6 @@ impl TestApp {
             ])
             .header("content-type", "application/x-ndjson")
             .body(body)
-            .send()
-            .await
-            .unwrap()
     }
 
     pub async fn trigger(&self, job: &str, epoch: i64) -> Response {

@@ -434,16 +434,7 @@ async fn an_upload_holds_no_transaction_before_its_body_arrives(
     let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
     let (sender, body) = crate::helpers::held_body();
     let upload = {
-        let request = app
-            .http
-            .post(app.url("/v1/jobs/ev/writes"))
-            .query(&[
-                ("task_id", "t0"),
-                ("epoch", &epoch.to_string()),
-                ("batch_id", "b"),
-            ])
-            .header("content-type", "application/x-ndjson")
-            .body(body);
+        let request = app.ndjson_request("ev", "t0", epoch, "b", body);
         tokio::spawn(async move { request.send().await.unwrap().status() })
     };
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
@@ -524,4 +515,160 @@ async fn shutdown_ends_long_polls_at_once(_: PgPoolOptions, connect: PgConnectOp
         started.elapsed()
     );
     assert_eq!(poll.await.unwrap(), StatusCode::NO_CONTENT);
+}
+
+// Issue "hardening", 5: an upload that trickles (a few bytes just inside
+// the idle limit, for ever) is cut off at the minimum rate, stages nothing,
+// and another upload of the same job is served meanwhile.
+#[sqlx::test]
+async fn a_trickling_upload_is_cut_off_at_the_minimum_rate(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn_with(
+        &connect,
+        sinkgate::ServiceOptions {
+            limits: sinkgate::coordinator::Limits {
+                body_idle_timeout: std::time::Duration::from_millis(1500),
+                min_body_bytes_per_second: 1000,
+                ..crate::helpers::options().limits
+            },
+            ..crate::helpers::options()
+        },
+    )
+    .await;
+    let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
+    let upload = |batch: &str, body: reqwest::Body| {
+        let request = app.ndjson_request("ev", "t0", epoch, batch, body);
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    let (sender, body) = crate::helpers::held_body();
+    let trickle = upload("slow", body);
+    let trickler = tokio::spawn(async move {
+        // One row every 400 ms: never idle for 1.5 s, but ~80 bytes/s.
+        for id in 0.. {
+            let row = format!("{{\"id\": {id}, \"payload\": \"drip\"}}\n");
+            if sender.send(Ok(row.into_bytes())).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        }
+    });
+    let normal = upload(
+        "fast",
+        reqwest::Body::from("{\"id\": 1000, \"payload\": \"quick\"}\n"),
+    );
+    assert_eq!(normal.await.unwrap().status(), StatusCode::CREATED);
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(20), trickle)
+        .await
+        .expect("a trickling upload was never cut off")
+        .unwrap();
+    let problem = crate::helpers::problem(cut, StatusCode::REQUEST_TIMEOUT, "body-timeout").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("slower than 1000 bytes/s"),
+        "{problem}"
+    );
+    trickler.abort();
+    // Only the normal upload's row is staged.
+    assert_eq!(app.staged("ev").await, 1);
+    app.stop().await;
+}
+
+// Issue "hardening", 5: PostgreSQL ends a sinkgate session left idle in a
+// transaction, so its locks cannot outlive a bug or a cancelled request; the
+// pool goes on with fresh sessions.
+#[sqlx::test]
+async fn a_session_idle_in_a_transaction_is_ended_by_the_server(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(sinkgate::db::session_options(
+            connect.clone(),
+            std::time::Duration::from_millis(500),
+        ))
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("CREATE TABLE held (id int)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut *tx).await.is_err(),
+        "the idle transaction was left open"
+    );
+    drop(tx);
+    // Its lock on the new table is gone, and the pool still works.
+    let visible: Option<String> = sqlx::query_scalar("SELECT to_regclass('held')::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(visible, None);
+}
+
+// Issue "hardening", 6: JSON bodies held in memory at once are bounded over
+// all requests; one beyond the budget is refused before it is read, while
+// small requests (acks, administration) go on.
+#[sqlx::test]
+async fn json_bodies_in_memory_share_one_budget(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn_with(
+        &connect,
+        sinkgate::ServiceOptions {
+            max_json_body_bytes: 1 << 20,
+            max_json_bytes_in_flight: 1 << 20,
+            ..crate::helpers::options()
+        },
+    )
+    .await;
+    let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
+    let rows: Vec<Value> = (0..2000)
+        .map(|id| json!({"id": id, "payload": "x".repeat(40)}))
+        .collect();
+    let write = json!({"task_id": "t0", "epoch": epoch, "batch_id": "b", "rows": rows});
+    assert!(write.to_string().len() > 64 * 1024);
+    // A chunked JSON body may grow to the body limit: it takes the budget.
+    let (sender, body) = crate::helpers::held_body();
+    let held = {
+        let request = app
+            .http
+            .post(app.url("/v1/jobs/ev/writes"))
+            .header("content-type", "application/json")
+            .body(body);
+        tokio::spawn(async move { request.send().await.unwrap().status() })
+    };
+    sender.send(Ok(b"{\"task_id\": ".to_vec())).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let refused = crate::helpers::problem(
+        app.post("/v1/jobs/ev/writes", write.clone()).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+    )
+    .await;
+    assert!(refused["detail"].is_string());
+    // Small requests are not held back.
+    assert_eq!(
+        app.http
+            .get(app.url("/v1/jobs/ev"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    drop(sender);
+    assert_eq!(held.await.unwrap(), StatusCode::BAD_REQUEST);
+    assert_eq!(app.staged("ev").await, 0);
+    // Once the held body is gone, the same write is taken.
+    assert_eq!(
+        app.post("/v1/jobs/ev/writes", write.clone()).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(app.staged("ev").await, 2000);
+    app.stop().await;
 }
