@@ -361,7 +361,7 @@ fn render_checkpoints<'a>(checkpoints: impl Iterator<Item = &'a Checkpoint>) -> 
             checkpoint.checkpoint_id.to_string(),
             checkpoint.epoch.to_string(),
             checkpoint.status.as_str().to_owned(),
-            checkpoint.trigger.clone(),
+            checkpoint.trigger.to_string(),
             format!("{}/{}", checkpoint.acked_tasks, checkpoint.total_tasks),
             time(Some(checkpoint.triggered_at)),
             or_dash(checkpoint.decide_ms.map(|ms| format!("{ms:.1}"))),

@@ -5,6 +5,15 @@
 
 use std::net::SocketAddr;
 
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// Settings of a running service (`sinkgate serve`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
@@ -15,9 +24,9 @@ pub struct Config {
     #[command(flatten)]
     pub database: DatabaseConfig,
 
-    /// Log format: `human` (default) or `json`.
-    #[arg(long, env = "SINKGATE_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
-    pub log_format: String,
+    /// Log format.
+    #[arg(long, env = "SINKGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
 
     /// Largest JSON request body, in bytes (`POST /writes` with a JSON body included).
     #[arg(long, env = "SINKGATE_MAX_JSON_BODY", default_value_t = 64 * 1024 * 1024)]

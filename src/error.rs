@@ -5,6 +5,8 @@
 //! errors that are not the caller's fault become `Internal` and are logged,
 //! never shown.
 
+pub use crate::model::ProblemKind;
+
 /// A protocol error: what went wrong, in terms a processor can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -128,29 +130,29 @@ impl Error {
     }
 
     /// The stable problem type (the last part of the problem document's `type`).
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> ProblemKind {
         match self {
-            Error::NotFound(_) => "not-found",
-            Error::Fenced { .. } => "fenced",
-            Error::CheckpointAborted { .. } => "checkpoint-aborted",
-            Error::UnknownTask(_) => "unknown-task",
-            Error::RowRejected { .. } => "row-rejected",
-            Error::OffsetRegression { .. } => "offset-regression",
-            Error::BatchConflict { .. } => "batch-conflict",
-            Error::PromotionBlocked { .. } => "promotion-blocked",
-            Error::BodyTimeout(_) => "body-timeout",
-            Error::Unauthenticated(_) => "unauthenticated",
-            Error::Forbidden(_) => "forbidden",
-            Error::Conflict(_) => "conflict",
-            Error::Validation { .. } => "validation",
-            Error::TooEarly { .. } => "too-early",
-            Error::PayloadTooLarge(_) => "payload-too-large",
-            Error::Malformed(_) => "malformed",
-            Error::UnsupportedMediaType(_) => "unsupported-media-type",
-            Error::Overloaded => "overloaded",
-            Error::Timeout(_) => "timeout",
-            Error::Unavailable => "unavailable",
-            Error::Internal(_) => "internal",
+            Error::NotFound(_) => ProblemKind::NotFound,
+            Error::Fenced { .. } => ProblemKind::Fenced,
+            Error::CheckpointAborted { .. } => ProblemKind::CheckpointAborted,
+            Error::UnknownTask(_) => ProblemKind::UnknownTask,
+            Error::RowRejected { .. } => ProblemKind::RowRejected,
+            Error::OffsetRegression { .. } => ProblemKind::OffsetRegression,
+            Error::BatchConflict { .. } => ProblemKind::BatchConflict,
+            Error::PromotionBlocked { .. } => ProblemKind::PromotionBlocked,
+            Error::BodyTimeout(_) => ProblemKind::BodyTimeout,
+            Error::Unauthenticated(_) => ProblemKind::Unauthenticated,
+            Error::Forbidden(_) => ProblemKind::Forbidden,
+            Error::Conflict(_) => ProblemKind::Conflict,
+            Error::Validation { .. } => ProblemKind::Validation,
+            Error::TooEarly { .. } => ProblemKind::TooEarly,
+            Error::PayloadTooLarge(_) => ProblemKind::PayloadTooLarge,
+            Error::Malformed(_) => ProblemKind::Malformed,
+            Error::UnsupportedMediaType(_) => ProblemKind::UnsupportedMediaType,
+            Error::Overloaded => ProblemKind::Overloaded,
+            Error::Timeout(_) => ProblemKind::Timeout,
+            Error::Unavailable => ProblemKind::Unavailable,
+            Error::Internal(_) => ProblemKind::Internal,
         }
     }
 }

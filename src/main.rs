@@ -4,7 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use sinkgate::cli::{CheckpointsCommand, Connection, JobsCommand, TokensCommand};
-use sinkgate::config::{Config, DatabaseConfig};
+use sinkgate::config::{Config, DatabaseConfig, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -86,12 +86,12 @@ async fn main() -> std::process::ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(config) => {
-            init_tracing(&config.log_format);
+            init_tracing(config.log_format);
             let listener = tokio::net::TcpListener::bind(config.listen).await?;
             sinkgate::serve(config, listener, shutdown_signal()).await
         }
         Command::Migrate(database) => {
-            init_tracing("human");
+            init_tracing(LogFormat::Human);
             let pool = sinkgate::db::connect(&database).await?;
             sinkgate::db::migrate(&pool).await?;
             tracing::info!("migrations applied");
@@ -124,11 +124,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
-fn init_tracing(format: &str) {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "sinkgate=info,tower_http=info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if format == "json" {
+    if format == LogFormat::Json {
         builder.json().init();
     } else {
         builder.init();

@@ -29,15 +29,42 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-pub fn checkpoint_triggered(job: &str, trigger: &'static str) {
-    counter!("sinkgate_checkpoints_triggered_total", "job" => job.to_owned(), "trigger" => trigger)
+pub fn checkpoint_triggered(job: &str, trigger: crate::model::TriggerKind) {
+    counter!("sinkgate_checkpoints_triggered_total", "job" => job.to_owned(), "trigger" => trigger.as_str())
         .increment(1);
 }
 
-/// `reason`: `timeout`, `declined`, `subsumed`, `fenced`.
-pub fn checkpoints_aborted(job: &str, reason: &'static str, count: u64) {
+/// Why checkpoints were aborted: the `reason` label of
+/// `sinkgate_checkpoints_aborted_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    /// Not every task acked within `timeout_ms`.
+    Timeout,
+    /// A task declined it.
+    Declined,
+    /// An operator aborted it (`POST …/abort`).
+    Operator,
+    /// A newer checkpoint was decided first.
+    Subsumed,
+    /// A new attempt fenced its epoch.
+    Fenced,
+}
+
+impl AbortReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbortReason::Timeout => "timeout",
+            AbortReason::Declined => "declined",
+            AbortReason::Operator => "operator",
+            AbortReason::Subsumed => "subsumed",
+            AbortReason::Fenced => "fenced",
+        }
+    }
+}
+
+pub fn checkpoints_aborted(job: &str, reason: AbortReason, count: u64) {
     if count > 0 {
-        counter!("sinkgate_checkpoints_aborted_total", "job" => job.to_owned(), "reason" => reason)
+        counter!("sinkgate_checkpoints_aborted_total", "job" => job.to_owned(), "reason" => reason.as_str())
             .increment(count);
     }
 }

@@ -9,6 +9,7 @@ use super::checkpoints::{abort_timed_out, get};
 use super::commit::{commit_decided, CommitOutcome};
 use super::{load_job, lock_task, require_name, JobLock, JobRow, Limits};
 use crate::error::{Error, Result};
+use crate::metrics::AbortReason;
 use crate::model::{
     AbortRequest, AckRequest, AckResult, Checkpoint, CheckpointStatus, DeclineRequest, StateHandle,
 };
@@ -58,7 +59,7 @@ struct StoredAck {
 struct AckContext {
     epoch: i64,
     last_acked_id: Option<i64>,
-    status: String,
+    status: CheckpointStatus,
     failure_reason: Option<String>,
     task_count: i32,
     /// Pending but past its timeout (the scheduler has not marked it yet).
@@ -119,7 +120,7 @@ pub async fn record_ack(
         )));
     };
     super::check_epoch(job_id, context.epoch, request.epoch)?;
-    let status = CheckpointStatus::parse(&context.status).unwrap_or(CheckpointStatus::Aborted);
+    let status = context.status;
     let answer = |acked_tasks| AckResult {
         checkpoint_id,
         status,
@@ -364,7 +365,7 @@ pub async fn settle(
     // The checkpoint and every older pending one, locked in id order (as
     // the timeout sweep locks them): a decision may complete the older
     // ones too (see `decide`).
-    let locked: Vec<(i64, String, i32, bool)> = sqlx::query_as(
+    let locked: Vec<(i64, CheckpointStatus, i32, bool)> = sqlx::query_as(
         "SELECT c.checkpoint_id, c.status, c.task_count,
                 c.triggered_at + make_interval(secs => $3::double precision / 1000) < now()
          FROM checkpoints c
@@ -376,7 +377,7 @@ pub async fn settle(
     .bind(job.timeout_ms as f64)
     .fetch_all(&mut *conn)
     .await?;
-    let (_, status, task_count, expired) = locked
+    let (_, mut status, task_count, expired) = locked
         .into_iter()
         .find(|(id, ..)| *id == checkpoint_id)
         .ok_or_else(|| {
@@ -385,7 +386,6 @@ pub async fn settle(
             ))
         })?;
     let acked = count_acks(&mut *conn, job_id, checkpoint_id).await?;
-    let mut status = CheckpointStatus::parse(&status).unwrap_or(CheckpointStatus::Aborted);
     if status == CheckpointStatus::Pending && acked >= task_count {
         // Every ack was accepted before the deadline, so a complete
         // checkpoint is decided even if its decision comes late.
@@ -410,19 +410,20 @@ pub async fn settle(
     })
 }
 
-/// Decides every pending checkpoint of the job whose acks are all in (a
-/// decision lost to a crash between an ack's two transactions).
-pub async fn decide_complete_pending(conn: &mut PgConnection, job_id: &str) -> Result<()> {
-    let complete: Vec<i64> = sqlx::query_scalar(
+/// Decides the newest pending checkpoint of the job whose acks are all in
+/// (a decision lost to a crash between an ack's two transactions); the
+/// decision subsumes the older pending ones.
+pub async fn decide_newest_complete(conn: &mut PgConnection, job_id: &str) -> Result<()> {
+    let complete: Option<i64> = sqlx::query_scalar(
         "SELECT c.checkpoint_id FROM checkpoints c
          WHERE c.job_id = $1 AND c.status = 'pending'
            AND (SELECT count(*) FROM acks a WHERE a.job_id = c.job_id AND a.checkpoint_id = c.checkpoint_id) >= c.task_count
          ORDER BY c.checkpoint_id DESC LIMIT 1",
     )
     .bind(job_id)
-    .fetch_all(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    for checkpoint_id in complete {
+    if let Some(checkpoint_id) = complete {
         settle(&mut *conn, job_id, checkpoint_id).await?;
     }
     Ok(())
@@ -433,7 +434,7 @@ async fn lock_checkpoint(
     conn: &mut PgConnection,
     job_id: &str,
     checkpoint_id: i64,
-) -> Result<(String, i32)> {
+) -> Result<(CheckpointStatus, i32)> {
     sqlx::query_as(
         "SELECT status, task_count FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
     )
@@ -501,7 +502,7 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
         &job.job_id,
         std::time::Duration::from_secs_f64(decide_seconds.max(0.0)),
     );
-    crate::metrics::checkpoints_aborted(&job.job_id, "subsumed", subsumed as u64);
+    crate::metrics::checkpoints_aborted(&job.job_id, AbortReason::Subsumed, subsumed as u64);
     job.last_decided_id = Some(checkpoint_id);
     Ok(())
 }
@@ -525,7 +526,7 @@ pub async fn decline(
     } else {
         format!("declined by {}: {}", request.task_id, request.reason)
     };
-    abort_pending(conn, &job, checkpoint_id, &reason, "declined").await
+    abort_pending(conn, &job, checkpoint_id, &reason, AbortReason::Declined).await
 }
 
 /// `POST /checkpoints/{id}/abort`: an operator gives up on a pending
@@ -544,7 +545,7 @@ pub async fn abort(
     } else {
         format!("aborted by an operator: {}", request.reason)
     };
-    abort_pending(conn, &job, checkpoint_id, &reason, "operator").await
+    abort_pending(conn, &job, checkpoint_id, &reason, AbortReason::Operator).await
 }
 
 fn require_reason(reason: &str) -> Result<()> {
@@ -571,7 +572,7 @@ async fn abort_pending(
     job: &JobRow,
     checkpoint_id: i64,
     reason: &str,
-    metric_reason: &'static str,
+    metric_reason: AbortReason,
 ) -> Result<Checkpoint> {
     let job_id = job.job_id.as_str();
     abort_timed_out(&mut *conn, job).await?;
@@ -579,11 +580,11 @@ async fn abort_pending(
     // Counted after the lock (see `settle`): a checkpoint every task acked
     // is never aborted; it is decided instead, and answered as it is.
     let complete = count_acks(&mut *conn, job_id, checkpoint_id).await? >= task_count;
-    match status.as_str() {
-        "pending" if complete => {
+    match status {
+        CheckpointStatus::Pending if complete => {
             settle(&mut *conn, job_id, checkpoint_id).await?;
         }
-        "pending" => {
+        CheckpointStatus::Pending => {
             sqlx::query(
                 "UPDATE checkpoints SET status = 'aborted', aborted_at = now(), failure_reason = $3
                  WHERE job_id = $1 AND checkpoint_id = $2",
@@ -595,8 +596,8 @@ async fn abort_pending(
             .await?;
             crate::metrics::checkpoints_aborted(job_id, metric_reason, 1);
         }
-        "aborted" => {}
-        status => {
+        CheckpointStatus::Aborted => {}
+        CheckpointStatus::Completed | CheckpointStatus::Committed => {
             return Err(Error::conflict(format!(
                 "checkpoint {checkpoint_id} is {status}; a decided checkpoint cannot be aborted"
             )))

@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
-use super::acks::decide_complete_pending;
+use super::acks::decide_newest_complete;
 use super::commit::{commit_decided, staged_tags, CommitOutcome};
 use super::{load_job, JobLock, JobRow};
 use crate::error::{Error, Result};
+use crate::metrics::AbortReason;
 use crate::model::{Attempt, CheckpointStatus, Recovery, StateHandle, TaskRecovery};
 use crate::sink::promote::abort_orphans;
 
@@ -120,7 +121,7 @@ pub async fn attempt(pool: &PgPool, job_id: &str) -> Result<Attempt> {
 pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     let before = load_job(&mut *conn, job_id, JobLock::Update).await?;
     // Every task acked it: the decision only had not been written yet.
-    decide_complete_pending(&mut *conn, job_id).await?;
+    decide_newest_complete(&mut *conn, job_id).await?;
     let mut job = load_job(&mut *conn, job_id, JobLock::None).await?;
     // Above every epoch any job ever had (one sequence for all): a job
     // deleted and registered again cannot reissue a zombie's epoch.
@@ -163,7 +164,7 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     .bind(new_epoch)
     .fetch_all(&mut *conn)
     .await?;
-    crate::metrics::checkpoints_aborted(job_id, "fenced", aborted.len() as u64);
+    crate::metrics::checkpoints_aborted(job_id, AbortReason::Fenced, aborted.len() as u64);
 
     // After the roll forward nothing decided is left staged, so the orphans
     // are the whole staging table.
@@ -262,7 +263,7 @@ pub async fn recovery(conn: &mut PgConnection, job_id: &str) -> Result<Recovery>
             offsets: BTreeMap::new(),
         });
     };
-    let (epoch, status): (i64, String) = sqlx::query_as(
+    let (epoch, status): (i64, CheckpointStatus) = sqlx::query_as(
         "SELECT epoch, status FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2",
     )
     .bind(job_id)
@@ -285,7 +286,7 @@ pub async fn recovery(conn: &mut PgConnection, job_id: &str) -> Result<Recovery>
     Ok(Recovery {
         checkpoint_id: Some(checkpoint_id),
         epoch: Some(epoch),
-        status: CheckpointStatus::parse(&status),
+        status: Some(status),
         tasks: acks
             .into_iter()
             .map(|ack| {

@@ -8,28 +8,22 @@ use sqlx::PgConnection;
 
 use super::{load_job, JobLock, JobRow};
 use crate::error::{Error, Result};
+use crate::metrics::AbortReason;
 use crate::model::{
     Checkpoint, CheckpointDetails, CheckpointListQuery, CheckpointStatus, PendingCheckpoint,
-    StateHandle, TaskAck,
+    StateHandle, TaskAck, TriggerKind,
 };
 
 /// The channel on which triggers are announced (payload: the job id), so that
 /// long-polls on every replica wake at once.
 pub const NOTIFY_CHANNEL: &str = "sinkgate_checkpoints";
 
-/// Who triggered a checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TriggerKind {
-    Manual,
-    Interval,
-}
-
 #[derive(sqlx::FromRow)]
 struct CheckpointRow {
     checkpoint_id: i64,
     epoch: i64,
-    status: String,
-    trigger_kind: String,
+    status: CheckpointStatus,
+    trigger_kind: TriggerKind,
     task_count: i32,
     acked_count: i32,
     triggered_at: DateTime<Utc>,
@@ -70,7 +64,7 @@ impl From<CheckpointRow> for Checkpoint {
         Checkpoint {
             checkpoint_id: row.checkpoint_id,
             epoch: row.epoch,
-            status: CheckpointStatus::parse(&row.status).unwrap_or(CheckpointStatus::Aborted),
+            status: row.status,
             trigger: row.trigger_kind,
             acked_tasks: row.acked_count,
             total_tasks: row.task_count,
@@ -218,7 +212,7 @@ pub async fn abort_timed_out(conn: &mut PgConnection, job: &JobRow) -> Result<Ve
     .bind(&expired)
     .fetch_all(&mut *conn)
     .await?;
-    crate::metrics::checkpoints_aborted(&job.job_id, "timeout", ids.len() as u64);
+    crate::metrics::checkpoints_aborted(&job.job_id, AbortReason::Timeout, ids.len() as u64);
     Ok(ids)
 }
 
@@ -278,10 +272,7 @@ pub async fn trigger(
     .bind(&job.job_id)
     .bind(checkpoint_id)
     .bind(job.epoch)
-    .bind(match kind {
-        TriggerKind::Manual => "manual",
-        TriggerKind::Interval => "interval",
-    })
+    .bind(kind)
     .execute(&mut *conn)
     .await?;
     sqlx::query("UPDATE jobs SET next_checkpoint_id = $2 WHERE job_id = $1")
@@ -290,13 +281,7 @@ pub async fn trigger(
         .execute(&mut *conn)
         .await?;
     job.next_checkpoint_id = checkpoint_id + 1;
-    crate::metrics::checkpoint_triggered(
-        &job.job_id,
-        match kind {
-            TriggerKind::Manual => "manual",
-            TriggerKind::Interval => "interval",
-        },
-    );
+    crate::metrics::checkpoint_triggered(&job.job_id, kind);
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(NOTIFY_CHANNEL)
         .bind(&job.job_id)

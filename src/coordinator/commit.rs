@@ -83,7 +83,7 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
         .await?;
     let mut outcome = promote(&mut savepoint, &job.sink_target(), committed, decided).await;
     if let Err(error) = &outcome {
-        if job.on_promotion_error() == OnPromotionError::DeadLetter && is_row_error(error) {
+        if job.on_promotion_error == OnPromotionError::DeadLetter && is_row_error(error) {
             // The failed statement spoiled the savepoint; start over in a new one.
             savepoint.rollback().await?;
             savepoint = conn.begin().await?;

@@ -147,7 +147,7 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
             .bind(job_id)
             .bind(&sink.schema)
             .bind(&sink.table)
-            .bind(spec.sink.mode.as_str())
+            .bind(spec.sink.mode)
             .bind(&spec.sink.key)
             .bind(&columns)
             .bind(settings.interval_ms.map(|v| v as i64))
@@ -155,7 +155,7 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
             .bind(settings.min_pause_ms as i64)
             .bind(settings.max_concurrent as i32)
             .bind(settings.retained as i32)
-            .bind(spec.sink.on_promotion_error.as_str())
+            .bind(spec.sink.on_promotion_error)
             .fetch_optional(&mut *conn)
             .await?;
             let Some(staging_id) = staging_id else {
@@ -168,7 +168,7 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
         Some(job) => {
             let sink_moved = job.sink_schema != sink.schema
                 || job.sink_table != sink.table
-                || job.mode() != spec.sink.mode
+                || job.sink_mode != spec.sink.mode
                 || job.sink_key != spec.sink.key;
             if sink_moved {
                 let staged: bool = sqlx::query_scalar(&format!(
@@ -209,7 +209,7 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
             .bind(job_id)
             .bind(&sink.schema)
             .bind(&sink.table)
-            .bind(spec.sink.mode.as_str())
+            .bind(spec.sink.mode)
             .bind(&spec.sink.key)
             .bind(&columns)
             .bind(settings.interval_ms.map(|v| v as i64))
@@ -217,7 +217,7 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
             .bind(settings.min_pause_ms as i64)
             .bind(settings.max_concurrent as i32)
             .bind(settings.retained as i32)
-            .bind(spec.sink.on_promotion_error.as_str())
+            .bind(spec.sink.on_promotion_error)
             .execute(&mut *conn)
             .await?;
         }

@@ -84,13 +84,12 @@ pub struct JobRow {
     pub job_id: String,
     pub sink_schema: String,
     pub sink_table: String,
-    pub sink_mode: String,
+    pub sink_mode: SinkMode,
     pub sink_key: Vec<String>,
     pub sink_columns: Json<Vec<ColumnDef>>,
     /// Names the job's staging objects (never the job id: see `sink`).
     pub staging_id: i64,
-    /// `block` or `dead_letter`.
-    pub on_promotion_error: String,
+    pub on_promotion_error: OnPromotionError,
     pub interval_ms: Option<i64>,
     pub timeout_ms: i64,
     pub min_pause_ms: i64,
@@ -106,28 +105,12 @@ pub struct JobRow {
 }
 
 impl JobRow {
-    pub fn mode(&self) -> SinkMode {
-        if self.sink_mode == "upsert" {
-            SinkMode::Upsert
-        } else {
-            SinkMode::Append
-        }
-    }
-
-    pub fn on_promotion_error(&self) -> OnPromotionError {
-        if self.on_promotion_error == "dead_letter" {
-            OnPromotionError::DeadLetter
-        } else {
-            OnPromotionError::Block
-        }
-    }
-
     pub fn sink_spec(&self) -> SinkSpec {
         SinkSpec {
             table: format!("{}.{}", self.sink_schema, self.sink_table),
-            mode: self.mode(),
+            mode: self.sink_mode,
             key: self.sink_key.clone(),
-            on_promotion_error: self.on_promotion_error(),
+            on_promotion_error: self.on_promotion_error,
         }
     }
 
@@ -135,7 +118,7 @@ impl JobRow {
         StagingTarget {
             staging_id: self.staging_id,
             columns: &self.sink_columns.0,
-            key: match self.mode() {
+            key: match self.sink_mode {
                 SinkMode::Upsert => &self.sink_key,
                 SinkMode::Append => &[],
             },
@@ -148,7 +131,7 @@ impl JobRow {
             staging_id: self.staging_id,
             schema: &self.sink_schema,
             table: &self.sink_table,
-            mode: self.mode(),
+            mode: self.sink_mode,
             key: &self.sink_key,
             columns: &self.sink_columns.0,
         }

@@ -14,11 +14,12 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::acks::decide_complete_pending;
-use super::checkpoints::{abort_timed_out, trigger, TriggerKind};
+use super::acks::decide_newest_complete;
+use super::checkpoints::{abort_timed_out, trigger};
 use super::commit::commit_decided;
 use super::{load_job, JobLock};
 use crate::error::{Error, Result};
+use crate::model::TriggerKind;
 
 /// Key of the advisory lock that elects the scheduling replica.
 pub const SCHEDULER_LOCK_KEY: i64 = 0x5349_4e4b_4741_5445; // "SINKGATE"
@@ -115,7 +116,7 @@ async fn tick_job(
         Err(error) => return Err(error),
     };
     // An ack whose decision was lost to a crash: decide it before any timeout.
-    decide_complete_pending(&mut tx, job_id).await?;
+    decide_newest_complete(&mut tx, job_id).await?;
     let mut job = load_job(&mut tx, job_id, JobLock::NoKeyUpdate).await?;
     let aborted = abort_timed_out(&mut tx, &job).await?;
     if !aborted.is_empty() {

@@ -12,9 +12,10 @@ use utoipa_axum::routes;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::Problem;
 use super::AppState;
-use crate::coordinator::checkpoints::{self, TriggerKind};
+use crate::coordinator::checkpoints;
 use crate::coordinator::{acks, load_job, JobLock};
 use crate::error::{Error, Result};
+use crate::model::TriggerKind;
 use crate::model::{
     AbortRequest, AckRequest, AckResult, Checkpoint, CheckpointDetails, CheckpointList,
     CheckpointListQuery, DeclineRequest, PendingCheckpoint, PendingQuery, TriggerRequest,

@@ -6,10 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::Error;
 
-/// Prefix of every problem `type`; the suffix is [`Error::kind`].
-pub const PROBLEM_TYPE_PREFIX: &str = "urn:sinkgate:problem:";
-
-pub use crate::model::Problem;
+pub use crate::model::{Problem, ProblemKind, PROBLEM_TYPE_PREFIX};
 
 /// The fields every problem has; [`problem_for`] adds the kind's own.
 fn base(error: &Error, status: StatusCode, title: &str) -> Problem {
@@ -138,80 +135,87 @@ impl IntoResponse for Error {
 }
 
 /// A representative error of each problem kind, for the OpenAPI examples.
-fn sample(kind: &str) -> Option<Error> {
-    Some(match kind {
-        "not-found" => Error::not_found("job \"word-count\" does not exist"),
-        "fenced" => Error::Fenced {
+fn sample(kind: ProblemKind) -> Error {
+    match kind {
+        ProblemKind::NotFound => Error::not_found("job \"word-count\" does not exist"),
+        ProblemKind::Fenced => Error::Fenced {
             sent: 2,
             current: 3,
         },
-        "checkpoint-aborted" => Error::CheckpointAborted {
+        ProblemKind::CheckpointAborted => Error::CheckpointAborted {
             checkpoint_id: 41,
             reason: "timeout".into(),
         },
-        "unknown-task" => Error::UnknownTask("task-9".into()),
-        "row-rejected" => Error::RowRejected {
+        ProblemKind::UnknownTask => Error::UnknownTask("task-9".into()),
+        ProblemKind::RowRejected => Error::RowRejected {
             row: 3,
             column: Some("n".into()),
             detail: "column \"n\" (bigint): \"three\" is not an integer".into(),
         },
-        "offset-regression" => Error::OffsetRegression {
+        ProblemKind::OffsetRegression => Error::OffsetRegression {
             partition: "0".into(),
             offset: 4900,
             committed: 5000,
         },
-        "batch-conflict" => Error::BatchConflict {
+        ProblemKind::BatchConflict => Error::BatchConflict {
             batch_id: "task-0:p0:4900".into(),
         },
-        "promotion-blocked" => Error::PromotionBlocked {
+        ProblemKind::PromotionBlocked => Error::PromotionBlocked {
             checkpoint_id: 41,
             error: "duplicate key value violates unique constraint \"events_pkey\"".into(),
         },
-        "body-timeout" => Error::BodyTimeout("no body bytes arrived for 30000 ms".into()),
-        "conflict" => {
+        ProblemKind::BodyTimeout => Error::BodyTimeout("no body bytes arrived for 30000 ms".into()),
+        ProblemKind::Conflict => {
             Error::conflict("checkpoint 41 is committed; a decided checkpoint cannot be aborted")
         }
-        "validation" => Error::validation("epoch", "epoch must be at least 1"),
-        "malformed" => {
+        ProblemKind::Validation => Error::validation("epoch", "epoch must be at least 1"),
+        ProblemKind::Malformed => {
             Error::Malformed("the body is not JSON: expected value at line 1 column 1".into())
         }
-        "unsupported-media-type" => {
+        ProblemKind::UnsupportedMediaType => {
             Error::UnsupportedMediaType("send Content-Type: application/json".into())
         }
-        "too-early" => Error::TooEarly {
+        ProblemKind::TooEarly => Error::TooEarly {
             detail: "min_pause_ms has not passed since the last decision".into(),
             retry_after_ms: 250,
         },
-        "payload-too-large" => Error::PayloadTooLarge("the body exceeds 1048576 bytes".into()),
-        "unauthenticated" => Error::Unauthenticated("a bearer token is required".into()),
-        "forbidden" => Error::Forbidden("this token belongs to job \"word-count\"".into()),
-        "overloaded" => Error::Overloaded,
-        "timeout" => Error::Timeout(30_000),
-        "unavailable" => Error::Unavailable,
-        _ => return None,
-    })
+        ProblemKind::PayloadTooLarge => {
+            Error::PayloadTooLarge("the body exceeds 1048576 bytes".into())
+        }
+        ProblemKind::Unauthenticated => Error::Unauthenticated("a bearer token is required".into()),
+        ProblemKind::Forbidden => {
+            Error::Forbidden("this token belongs to job \"word-count\"".into())
+        }
+        ProblemKind::Overloaded => Error::Overloaded,
+        ProblemKind::Timeout => Error::Timeout(30_000),
+        ProblemKind::Unavailable => Error::Unavailable,
+        ProblemKind::Internal => Error::Internal(anyhow::anyhow!("an unexpected failure")),
+    }
 }
 
 /// The error a response documents: the first problem kind its description
 /// names in backticks, else the usual kind for its status.
 fn documented_error(status: &str, description: &str) -> Option<Error> {
-    let named = description.split('`').skip(1).step_by(2).find_map(sample);
-    named.or_else(|| {
-        sample(match status {
-            "400" => "malformed",
-            "401" => "unauthenticated",
-            "403" => "forbidden",
-            "404" => "not-found",
-            "408" => "body-timeout",
-            "409" => "conflict",
-            "413" => "payload-too-large",
-            "415" => "unsupported-media-type",
-            "422" => "validation",
-            "429" => "too-early",
-            "503" => "unavailable",
-            _ => return None,
-        })
-    })
+    let named = description
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .find_map(ProblemKind::parse);
+    let kind = named.or(match status {
+        "400" => Some(ProblemKind::Malformed),
+        "401" => Some(ProblemKind::Unauthenticated),
+        "403" => Some(ProblemKind::Forbidden),
+        "404" => Some(ProblemKind::NotFound),
+        "408" => Some(ProblemKind::BodyTimeout),
+        "409" => Some(ProblemKind::Conflict),
+        "413" => Some(ProblemKind::PayloadTooLarge),
+        "415" => Some(ProblemKind::UnsupportedMediaType),
+        "422" => Some(ProblemKind::Validation),
+        "429" => Some(ProblemKind::TooEarly),
+        "503" => Some(ProblemKind::Unavailable),
+        _ => None,
+    })?;
+    Some(sample(kind))
 }
 
 /// Gives every problem response of the OpenAPI document that has no example
@@ -241,6 +245,30 @@ impl utoipa::Modify for ProblemExamples {
                 example["request_id"] = "0b5e7f0c-64a4-4f57-9d0e-2f1f8c0b9a11".into();
                 content.example = Some(example);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind has a sample of its own kind, and the OpenAPI description
+    /// of `type` names it.
+    #[test]
+    fn every_problem_kind_is_sampled_and_documented() {
+        use utoipa::PartialSchema;
+        let schema = serde_json::to_value(Problem::schema()).unwrap();
+        let documented = schema["properties"]["type"]["description"]
+            .as_str()
+            .expect("`type` is described")
+            .to_owned();
+        for &kind in ProblemKind::ALL {
+            assert_eq!(sample(kind).kind(), kind);
+            assert!(
+                documented.contains(&format!("`{kind}`")),
+                "the description of `type` does not name `{kind}`"
+            );
         }
     }
 }

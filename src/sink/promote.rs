@@ -43,7 +43,7 @@ pub struct Promoted {
     pub millis: f64,
 }
 
-/// The ring slots that tags in (after, upto] occupy, as SQL literals.
+/// The ring slots that checkpoint tags in (after, upto] occupy.
 fn slots_of(after: i64, upto: i64) -> Vec<i64> {
     if upto - after >= SLOTS {
         return (0..SLOTS).collect();

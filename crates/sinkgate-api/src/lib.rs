@@ -14,9 +14,44 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
+/// Gives a unit enum its one table of names: `as_str`, `parse` and `ALL`
+/// come from it, and serde, the database (`sqlx`, as `text`) and the
+/// OpenAPI document use the same spelling (checked by a unit test below).
+macro_rules! names {
+    ($kind:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+        impl $kind {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$kind] = &[$($kind::$variant),+];
+
+            /// The name on the wire and in the database.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($kind::$variant => $name),+
+                }
+            }
+
+            /// The value of a name; `None` for anything else.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($name => Some($kind::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl std::fmt::Display for $kind {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// How promoted rows reach the sink table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(type_name = "text"))]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "sqlx", sqlx(rename_all = "lowercase"))]
 pub enum SinkMode {
     /// Plain `INSERT`: every staged row becomes a sink row.
     Append,
@@ -24,14 +59,10 @@ pub enum SinkMode {
     Upsert,
 }
 
-impl SinkMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SinkMode::Append => "append",
-            SinkMode::Upsert => "upsert",
-        }
-    }
-}
+names!(SinkMode {
+    Append = "append",
+    Upsert = "upsert",
+});
 
 /// The user's table that committed rows land in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -57,7 +88,9 @@ pub struct SinkSpec {
 
 /// What a commit does with a row the sink refuses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(type_name = "text"))]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "sqlx", sqlx(rename_all = "snake_case"))]
 pub enum OnPromotionError {
     /// Keep the checkpoint decided and retry its promotion until the sink
     /// is fixed; `/attempts` and `/recovery` answer `promotion-blocked`.
@@ -67,14 +100,10 @@ pub enum OnPromotionError {
     DeadLetter,
 }
 
-impl OnPromotionError {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnPromotionError::Block => "block",
-            OnPromotionError::DeadLetter => "dead_letter",
-        }
-    }
-}
+names!(OnPromotionError {
+    Block = "block",
+    DeadLetter = "dead_letter",
+});
 
 /// Checkpoint settings as sent; every field is optional.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -253,7 +282,9 @@ pub struct Attempt {
 
 /// Lifecycle of a checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(type_name = "text"))]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "sqlx", sqlx(rename_all = "lowercase"))]
 pub enum CheckpointStatus {
     /// Triggered; waiting for acks.
     Pending,
@@ -265,26 +296,29 @@ pub enum CheckpointStatus {
     Aborted,
 }
 
-impl CheckpointStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CheckpointStatus::Pending => "pending",
-            CheckpointStatus::Completed => "completed",
-            CheckpointStatus::Committed => "committed",
-            CheckpointStatus::Aborted => "aborted",
-        }
-    }
+names!(CheckpointStatus {
+    Pending = "pending",
+    Completed = "completed",
+    Committed = "committed",
+    Aborted = "aborted",
+});
 
-    pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "pending" => CheckpointStatus::Pending,
-            "completed" => CheckpointStatus::Completed,
-            "committed" => CheckpointStatus::Committed,
-            "aborted" => CheckpointStatus::Aborted,
-            _ => return None,
-        })
-    }
+/// Who triggered a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type), sqlx(type_name = "text"))]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "sqlx", sqlx(rename_all = "lowercase"))]
+pub enum TriggerKind {
+    /// `POST /v1/jobs/{job}/checkpoints`.
+    Manual,
+    /// The scheduler, every `interval_ms`.
+    Interval,
 }
+
+names!(TriggerKind {
+    Manual = "manual",
+    Interval = "interval",
+});
 
 /// `POST /v1/jobs/{job}/checkpoints` body.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -309,8 +343,7 @@ pub struct Checkpoint {
     /// Epoch in which it was triggered.
     pub epoch: i64,
     pub status: CheckpointStatus,
-    /// `manual` (POST /checkpoints) or `interval` (the scheduler).
-    pub trigger: String,
+    pub trigger: TriggerKind,
     pub acked_tasks: i32,
     pub total_tasks: i32,
     pub triggered_at: DateTime<Utc>,
@@ -571,12 +604,13 @@ pub struct Readiness {
     "request_id": "6f1c2a9e-3d4b-4c5a-9e8f-7a6b5c4d3e2f"
 }))]
 pub struct Problem {
-    /// Stable identifier: `urn:sinkgate:problem:` followed by one of `not-found`,
-    /// `fenced`, `checkpoint-aborted`, `unknown-task`, `row-rejected`,
-    /// `offset-regression`, `batch-conflict`, `promotion-blocked`, `conflict`,
-    /// `validation`, `malformed`, `unsupported-media-type`, `too-early`,
-    /// `payload-too-large`, `body-timeout`, `unauthenticated`, `forbidden`,
-    /// `overloaded`, `timeout`, `unavailable`, `internal`.
+    /// Stable identifier: `urn:sinkgate:problem:` followed by one of
+    /// `not-found`, `fenced`, `checkpoint-aborted`,
+    /// `unknown-task`, `row-rejected`, `offset-regression`, `batch-conflict`,
+    /// `promotion-blocked`, `conflict`, `validation`, `malformed`,
+    /// `unsupported-media-type`, `too-early`, `payload-too-large`,
+    /// `body-timeout`, `unauthenticated`, `forbidden`, `overloaded`,
+    /// `timeout`, `unavailable`, `internal`.
     #[serde(rename = "type")]
     pub problem_type: String,
     pub title: String,
@@ -615,6 +649,71 @@ pub struct Problem {
     pub request_id: Option<String>,
 }
 
+/// Prefix of every problem `type`; the suffix is a [`ProblemKind`].
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:sinkgate:problem:";
+
+impl Problem {
+    /// The kind named by `type`; `None` for a type this version does not
+    /// know (a newer server).
+    pub fn kind(&self) -> Option<ProblemKind> {
+        self.problem_type
+            .strip_prefix(PROBLEM_TYPE_PREFIX)
+            .and_then(ProblemKind::parse)
+    }
+}
+
+/// What went wrong, as a client dispatches on it: the suffix of a problem's
+/// `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProblemKind {
+    NotFound,
+    /// The epoch was fenced by a newer attempt: this instance is a zombie.
+    Fenced,
+    CheckpointAborted,
+    UnknownTask,
+    RowRejected,
+    OffsetRegression,
+    BatchConflict,
+    PromotionBlocked,
+    BodyTimeout,
+    Unauthenticated,
+    Forbidden,
+    Conflict,
+    Validation,
+    TooEarly,
+    PayloadTooLarge,
+    Malformed,
+    UnsupportedMediaType,
+    Overloaded,
+    Timeout,
+    Unavailable,
+    Internal,
+}
+
+names!(ProblemKind {
+    NotFound = "not-found",
+    Fenced = "fenced",
+    CheckpointAborted = "checkpoint-aborted",
+    UnknownTask = "unknown-task",
+    RowRejected = "row-rejected",
+    OffsetRegression = "offset-regression",
+    BatchConflict = "batch-conflict",
+    PromotionBlocked = "promotion-blocked",
+    BodyTimeout = "body-timeout",
+    Unauthenticated = "unauthenticated",
+    Forbidden = "forbidden",
+    Conflict = "conflict",
+    Validation = "validation",
+    TooEarly = "too-early",
+    PayloadTooLarge = "payload-too-large",
+    Malformed = "malformed",
+    UnsupportedMediaType = "unsupported-media-type",
+    Overloaded = "overloaded",
+    Timeout = "timeout",
+    Unavailable = "unavailable",
+    Internal = "internal",
+});
+
 /// `POST /v1/jobs/{job}/tokens` body.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -648,4 +747,28 @@ pub struct TokenInfo {
     pub label: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// serde's spelling of each value is the one table's.
+    fn same_names<T: Serialize + Copy>(all: &[T], name: impl Fn(T) -> &'static str) {
+        for &value in all {
+            assert_eq!(serde_json::to_value(value).unwrap(), name(value));
+        }
+    }
+
+    #[test]
+    fn every_enum_has_one_spelling() {
+        same_names(SinkMode::ALL, SinkMode::as_str);
+        same_names(OnPromotionError::ALL, OnPromotionError::as_str);
+        same_names(CheckpointStatus::ALL, CheckpointStatus::as_str);
+        same_names(TriggerKind::ALL, TriggerKind::as_str);
+        for kind in ProblemKind::ALL {
+            assert_eq!(ProblemKind::parse(kind.as_str()), Some(*kind));
+        }
+        assert_eq!(CheckpointStatus::parse("Aborted"), None);
+    }
 }

@@ -20,12 +20,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use sinkgate_api as model;
-pub use sinkgate_api::Problem;
 use sinkgate_api::{
     AbortRequest, AckRequest, AckResult, Attempt, Checkpoint, CheckpointDetails, CheckpointList,
     CheckpointStatus, DeadLetterList, IssuedToken, Job, JobList, JobSpec, PendingCheckpoint,
     PromotionResult, Recovery, StateHandle, TokenInfo, TokenRequest, TriggerRequest, WriteResult,
 };
+pub use sinkgate_api::{Problem, ProblemKind};
 
 /// What can go wrong when calling sinkgate.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +45,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// The problem kind (`checkpoint-aborted`, `conflict`, …) of a refusal.
-    pub fn kind(&self) -> Option<&str> {
+    /// The problem kind of a refusal (`None` for a kind this client does
+    /// not know, and for failures that are not refusals).
+    pub fn kind(&self) -> Option<ProblemKind> {
         match self {
-            Error::Refused(problem) => problem.problem_type.rsplit(':').next(),
-            Error::Zombie { .. } => Some("fenced"),
+            Error::Refused(problem) => problem.kind(),
+            Error::Zombie { .. } => Some(ProblemKind::Fenced),
             _ => None,
         }
     }
@@ -145,7 +146,7 @@ impl Client {
                     } else {
                         let problem: Problem =
                             serde_json::from_str(&text).map_err(|_| Error::Decode(text.clone()))?;
-                        if problem.problem_type.ends_with(":fenced") {
+                        if problem.kind() == Some(ProblemKind::Fenced) {
                             return Err(Error::Zombie {
                                 current_epoch: problem.current_epoch,
                             });
@@ -419,7 +420,7 @@ impl Processor {
             let checkpoint_id = match self.client.trigger(self.epoch).await {
                 Ok(checkpoint) => checkpoint.checkpoint_id,
                 // One is pending already (our trigger's answer was lost): take it.
-                Err(error) if error.kind() == Some("conflict") => {
+                Err(error) if error.kind() == Some(ProblemKind::Conflict) => {
                     match self.client.pending(0, Duration::ZERO).await? {
                         Some(pending) => pending.checkpoint_id,
                         None => continue,
@@ -439,7 +440,7 @@ impl Processor {
                 };
                 match self.client.ack(checkpoint_id, &ack).await {
                     Ok(result) => status = result.status,
-                    Err(error) if error.kind() == Some("checkpoint-aborted") => {
+                    Err(error) if error.kind() == Some(ProblemKind::CheckpointAborted) => {
                         aborted = true;
                         break;
                     }
