@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::checkpoints::{abort_timed_out, get};
 use super::commit::{commit_decided, CommitOutcome};
@@ -286,7 +286,7 @@ pub struct RecordedAck {
     pub expired: bool,
 }
 
-async fn count_acks(conn: &mut PgConnection, job_id: &str, checkpoint_id: i64) -> Result<i32> {
+pub async fn count_acks(conn: &mut PgConnection, job_id: &str, checkpoint_id: i64) -> Result<i32> {
     let count: i64 =
         sqlx::query_scalar("SELECT count(*) FROM acks WHERE job_id = $1 AND checkpoint_id = $2")
             .bind(job_id)
@@ -294,57 +294,6 @@ async fn count_acks(conn: &mut PgConnection, job_id: &str, checkpoint_id: i64) -
             .fetch_one(&mut *conn)
             .await?;
     Ok(count as i32)
-}
-
-/// `POST /checkpoints/{id}/acks`: records the ack and, when it was the last
-/// one, decides and commits the checkpoint, in two transactions (see
-/// [`record_ack`]). Answers with the checkpoint's status after this ack.
-pub async fn ack(
-    pool: &PgPool,
-    job_id: &str,
-    checkpoint_id: i64,
-    request: &AckRequest,
-    limits: &Limits,
-) -> Result<AckResult> {
-    let mut tx = pool.begin().await?;
-    let RecordedAck {
-        result: mut recorded,
-        expired,
-    } = record_ack(&mut tx, job_id, checkpoint_id, request, limits).await?;
-    tx.commit().await?;
-    if recorded.status != CheckpointStatus::Pending {
-        return Ok(recorded);
-    }
-    // Counted after the commit: of acks committing at the same time, the
-    // last one to commit sees them all.
-    recorded.acked_tasks = {
-        let mut conn = pool.acquire().await?;
-        count_acks(&mut conn, job_id, checkpoint_id).await?
-    };
-    if recorded.acked_tasks < recorded.total_tasks && !expired {
-        return Ok(recorded);
-    }
-    let mut tx = pool.begin().await?;
-    let settled = settle(&mut tx, job_id, checkpoint_id).await?;
-    tx.commit().await?;
-    if settled.status == CheckpointStatus::Aborted {
-        // Acks were missing: timed out, declined, aborted or fenced between
-        // this ack's two transactions. Say which.
-        let mut conn = pool.acquire().await?;
-        let reason: Option<String> = sqlx::query_scalar(
-            "SELECT failure_reason FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2",
-        )
-        .bind(job_id)
-        .bind(checkpoint_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .flatten();
-        return Err(Error::CheckpointAborted {
-            checkpoint_id,
-            reason: reason.unwrap_or_else(|| "timeout".into()),
-        });
-    }
-    Ok(settled)
 }
 
 /// Second transaction of the ack that completed the set (and of the

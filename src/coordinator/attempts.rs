@@ -101,14 +101,6 @@ pub fn writer_name(staging_id: i64) -> String {
 /// [`writer_name`] without the staging id.
 pub const WRITER_NAME_PREFIX: &str = "sinkgate write job_";
 
-/// `POST /v1/jobs/{job}/attempts`: one transaction.
-pub async fn attempt(pool: &PgPool, job_id: &str) -> Result<Attempt> {
-    let mut tx = begin_fence(pool, job_id).await?;
-    let attempt = start(&mut tx, job_id).await?;
-    tx.commit().await?;
-    Ok(attempt)
-}
-
 /// Starts a new epoch; the caller holds the job row `FOR UPDATE`.
 ///
 /// Holding the job row `FOR UPDATE` waits for every in-flight write, ack and
@@ -207,18 +199,6 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
         aborted_checkpoints: aborted,
         rolled_forward_checkpoints: rolled_forward,
     })
-}
-
-/// `GET /v1/jobs/{job}/recovery` in one read-only snapshot, so that the
-/// checkpoint, its acks and the merged offsets all belong to one decision.
-pub async fn recovery_point(pool: &PgPool, job_id: &str) -> Result<Recovery> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
-    let recovery = recovery(&mut tx, job_id).await?;
-    tx.commit().await?;
-    Ok(recovery)
 }
 
 /// Refuses to hand out a recovery point whose rows are not in the sink.

@@ -8,7 +8,7 @@
 //! `last_committed_id` already moved.
 
 use sqlx::types::Json;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 
 use super::{load_job, JobLock, JobRow};
 use crate::error::{Error, Result};
@@ -151,36 +151,33 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
     })
 }
 
-/// `POST /v1/jobs/{job}/promotions`: an operator who fixed the sink
-/// promotes the decided checkpoint now rather than at the scheduler's next
-/// retry. `promotion-blocked` if it still fails (the failure is recorded).
-pub async fn retry_promotion(pool: &PgPool, job_id: &str) -> Result<PromotionResult> {
-    let mut tx = pool.begin().await?;
-    let mut job = load_job(&mut tx, job_id, JobLock::NoKeyUpdate).await?;
-    let outcome = commit_decided(&mut tx, &mut job).await?;
-    tx.commit().await?;
-    match outcome {
-        CommitOutcome::Nothing => Ok(PromotionResult {
-            checkpoint_id: job.last_committed_id,
-            promoted_rows: 0,
-            dead_lettered_rows: 0,
-        }),
-        CommitOutcome::Committed {
-            checkpoint_id,
-            rows,
-            dead_lettered,
-        } => Ok(PromotionResult {
-            checkpoint_id: Some(checkpoint_id),
-            promoted_rows: rows as i64,
-            dead_lettered_rows: dead_lettered as i64,
-        }),
-        CommitOutcome::Failed {
-            checkpoint_id,
-            error,
-        } => Err(Error::PromotionBlocked {
-            checkpoint_id,
-            error,
-        }),
+impl CommitOutcome {
+    /// The answer to an operator's promotion: what was promoted (nothing,
+    /// when nothing was decided), or `promotion-blocked`.
+    pub fn answer(self, job: &JobRow) -> Result<PromotionResult> {
+        match self {
+            CommitOutcome::Nothing => Ok(PromotionResult {
+                checkpoint_id: job.last_committed_id,
+                promoted_rows: 0,
+                dead_lettered_rows: 0,
+            }),
+            CommitOutcome::Committed {
+                checkpoint_id,
+                rows,
+                dead_lettered,
+            } => Ok(PromotionResult {
+                checkpoint_id: Some(checkpoint_id),
+                promoted_rows: rows as i64,
+                dead_lettered_rows: dead_lettered as i64,
+            }),
+            CommitOutcome::Failed {
+                checkpoint_id,
+                error,
+            } => Err(Error::PromotionBlocked {
+                checkpoint_id,
+                error,
+            }),
+        }
     }
 }
 

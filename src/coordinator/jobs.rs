@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::{attempts, load_job, require_name, JobLock, JobRow};
 use crate::error::{Error, Result};
@@ -93,16 +93,6 @@ fn validate_tasks(tasks: &[String]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `PUT /v1/jobs/{job}`: one fencing transaction (see
-/// [`attempts::begin_fence`]).
-pub async fn put_job(pool: &PgPool, job_id: &str, spec: &JobSpec) -> Result<(Job, bool)> {
-    validate_job_id(job_id)?;
-    let mut tx = attempts::begin_fence(pool, job_id).await?;
-    let answer = put(&mut tx, job_id, spec).await?;
-    tx.commit().await?;
-    Ok(answer)
 }
 
 /// Creates or updates a job; the caller holds its row `FOR UPDATE` if it
@@ -295,15 +285,6 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<Job>> {
         jobs.push(view(&mut *conn, row).await?);
     }
     Ok(jobs)
-}
-
-/// `DELETE /v1/jobs/{job}`: removes the job, its metadata and its staged rows.
-/// The sink table is not touched. One fencing transaction.
-pub async fn delete_job(pool: &PgPool, job_id: &str) -> Result<()> {
-    let mut tx = attempts::begin_fence(pool, job_id).await?;
-    delete(&mut tx, job_id).await?;
-    tx.commit().await?;
-    Ok(())
 }
 
 /// Removes a job whose row the caller holds `FOR UPDATE`.

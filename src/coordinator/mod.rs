@@ -33,17 +33,278 @@ pub mod commit;
 pub mod jobs;
 pub mod notify;
 pub mod scheduler;
+pub mod tokens;
 pub mod writes;
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use futures::Stream;
 use sqlx::types::Json;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::model::{OnPromotionError, SinkMode, SinkSpec};
+use crate::model::{
+    AbortRequest, AckRequest, AckResult, Attempt, Checkpoint, CheckpointDetails,
+    CheckpointListQuery, CheckpointStatus, DeadLetterList, DeadLetterQuery, DeclineRequest,
+    IssuedToken, Job, JobSpec, OnPromotionError, PendingCheckpoint, PromotionResult, Recovery,
+    SinkMode, SinkSpec, TokenInfo, TriggerKind, WriteResult,
+};
 use crate::sink::promote::SinkTarget;
 use crate::sink::schema::ColumnDef;
-use crate::sink::staging::StagingTarget;
+use crate::sink::staging::{Rows, StagingTarget};
+
+// The protocol's operations. Each owns its transactions and every protocol
+// check (epoch, task, lock order); the HTTP handlers, the scheduler and the
+// benchmark call these and nothing below them. The submodules hold the steps,
+// as functions over a connection the caller has begun a transaction on.
+
+/// Registers a job, or updates it (`PUT /v1/jobs/{job}`). A change of the
+/// task set fences the epoch as a new attempt does. Answers whether it was
+/// created.
+pub async fn put_job(pool: &PgPool, job_id: &str, spec: &JobSpec) -> Result<(Job, bool)> {
+    jobs::validate_job_id(job_id)?;
+    let mut tx = attempts::begin_fence(pool, job_id).await?;
+    let answer = jobs::put(&mut tx, job_id, spec).await?;
+    tx.commit().await?;
+    Ok(answer)
+}
+
+/// One job, with its epoch and checkpoint position.
+pub async fn job(pool: &PgPool, job_id: &str) -> Result<Job> {
+    jobs::get(&mut *pool.acquire().await?, job_id).await
+}
+
+/// Every job, by id.
+pub async fn jobs(pool: &PgPool) -> Result<Vec<Job>> {
+    jobs::list(&mut *pool.acquire().await?).await
+}
+
+/// Removes a job, its metadata and its staged rows; the sink is not touched.
+pub async fn delete_job(pool: &PgPool, job_id: &str) -> Result<()> {
+    let mut tx = attempts::begin_fence(pool, job_id).await?;
+    jobs::delete(&mut tx, job_id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Starts a new attempt: fences the old epoch (its zombies get `fenced`),
+/// rolls decided checkpoints forward, aborts the rest, and answers the new
+/// epoch with the recovery point.
+pub async fn attempt(pool: &PgPool, job_id: &str) -> Result<Attempt> {
+    let mut tx = attempts::begin_fence(pool, job_id).await?;
+    let attempt = attempts::start(&mut tx, job_id).await?;
+    tx.commit().await?;
+    Ok(attempt)
+}
+
+/// The offsets and state to resume from, in one read-only snapshot so that
+/// the checkpoint, its acks and the merged offsets belong to one decision;
+/// `promotion-blocked` while its rows are not in the sink.
+pub async fn recovery(pool: &PgPool, job_id: &str) -> Result<Recovery> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let recovery = attempts::recovery(&mut tx, job_id).await?;
+    tx.commit().await?;
+    Ok(recovery)
+}
+
+/// Stages a batch (the pre-commit), or answers as before for a batch id
+/// this task staged in this epoch. `token_id`, the processor token the
+/// write came with, is checked again just before the staging commits, so a
+/// revocation stops an upload in progress.
+pub async fn write<S>(
+    pool: &PgPool,
+    job_id: &str,
+    key: writes::BatchKey<'_>,
+    rows: Rows<'_, S>,
+    token_id: Option<&str>,
+) -> Result<WriteResult>
+where
+    S: Stream<Item = Result<Bytes, Error>> + Unpin,
+{
+    let mut tx = pool.begin().await?;
+    let result = writes::write(&mut tx, job_id, key, rows).await?;
+    // A duplicate staged nothing now; its answer is the truth either way.
+    if let (false, Some(token_id)) = (result.duplicate, token_id) {
+        tokens::ensure_not_revoked(&mut tx, token_id).await?;
+    }
+    tx.commit().await?;
+    Ok(result)
+}
+
+/// Triggers a checkpoint by hand, in the caller's epoch.
+pub async fn trigger(pool: &PgPool, job_id: &str, epoch: i64) -> Result<Checkpoint> {
+    let mut tx = pool.begin().await?;
+    let mut job = load_job(&mut tx, job_id, JobLock::NoKeyUpdate).await?;
+    job.check_epoch(epoch)?;
+    let checkpoint = checkpoints::trigger(&mut tx, &mut job, TriggerKind::Manual).await?;
+    tx.commit().await?;
+    Ok(checkpoint)
+}
+
+/// A job's checkpoints, newest first, filtered and paged.
+pub async fn checkpoints(
+    pool: &PgPool,
+    job_id: &str,
+    query: &CheckpointListQuery,
+) -> Result<Vec<Checkpoint>> {
+    checkpoints::list(&mut *pool.acquire().await?, job_id, query).await
+}
+
+/// One checkpoint with its per-task acks.
+pub async fn checkpoint(
+    pool: &PgPool,
+    job_id: &str,
+    checkpoint_id: i64,
+) -> Result<CheckpointDetails> {
+    checkpoints::details(&mut *pool.acquire().await?, job_id, checkpoint_id).await
+}
+
+/// The first pending checkpoint above `after`, waiting up to `wait` for one
+/// (the barrier a processor discovers); none when `gone` is cancelled.
+pub async fn wait_for_pending(
+    pool: &PgPool,
+    notifier: &notify::Notifier,
+    job_id: &str,
+    after: i64,
+    wait: Duration,
+    gone: &CancellationToken,
+) -> Result<Option<PendingCheckpoint>> {
+    load_job(&mut *pool.acquire().await?, job_id, JobLock::None).await?;
+    notifier
+        .wait_for_pending(pool, job_id, after, wait, gone)
+        .await
+}
+
+/// Records a task's ack (offsets and state) and, when it was the last
+/// one, decides and commits the checkpoint, in two transactions (see
+/// [`acks::record_ack`]). Answers with the checkpoint's status after this ack.
+pub async fn ack(
+    pool: &PgPool,
+    job_id: &str,
+    checkpoint_id: i64,
+    request: &AckRequest,
+    limits: &Limits,
+) -> Result<AckResult> {
+    let mut tx = pool.begin().await?;
+    let acks::RecordedAck {
+        result: mut recorded,
+        expired,
+    } = acks::record_ack(&mut tx, job_id, checkpoint_id, request, limits).await?;
+    tx.commit().await?;
+    if recorded.status != CheckpointStatus::Pending {
+        return Ok(recorded);
+    }
+    // Counted after the commit: of acks committing at the same time, the
+    // last one to commit sees them all.
+    recorded.acked_tasks = {
+        let mut conn = pool.acquire().await?;
+        acks::count_acks(&mut conn, job_id, checkpoint_id).await?
+    };
+    if recorded.acked_tasks < recorded.total_tasks && !expired {
+        return Ok(recorded);
+    }
+    let mut tx = pool.begin().await?;
+    let settled = acks::settle(&mut tx, job_id, checkpoint_id).await?;
+    tx.commit().await?;
+    if settled.status == CheckpointStatus::Aborted {
+        // Acks were missing: timed out, declined, aborted or fenced between
+        // this ack's two transactions. Say which.
+        let mut conn = pool.acquire().await?;
+        let reason: Option<String> = sqlx::query_scalar(
+            "SELECT failure_reason FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2",
+        )
+        .bind(job_id)
+        .bind(checkpoint_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .flatten();
+        return Err(Error::CheckpointAborted {
+            checkpoint_id,
+            reason: reason.unwrap_or_else(|| "timeout".into()),
+        });
+    }
+    Ok(settled)
+}
+
+/// A task declines a checkpoint: it is aborted with the task's reason.
+pub async fn decline(
+    pool: &PgPool,
+    job_id: &str,
+    checkpoint_id: i64,
+    request: &DeclineRequest,
+) -> Result<Checkpoint> {
+    let mut tx = pool.begin().await?;
+    let checkpoint = acks::decline(&mut tx, job_id, checkpoint_id, request).await?;
+    tx.commit().await?;
+    Ok(checkpoint)
+}
+
+/// An operator aborts a pending checkpoint (a decided one cannot be).
+pub async fn abort(
+    pool: &PgPool,
+    job_id: &str,
+    checkpoint_id: i64,
+    request: &AbortRequest,
+) -> Result<Checkpoint> {
+    let mut tx = pool.begin().await?;
+    let checkpoint = acks::abort(&mut tx, job_id, checkpoint_id, request).await?;
+    tx.commit().await?;
+    Ok(checkpoint)
+}
+
+/// Promotes the decided checkpoint now (an operator fixed the sink);
+/// `promotion-blocked` if it still fails.
+pub async fn promote(pool: &PgPool, job_id: &str) -> Result<PromotionResult> {
+    let mut tx = pool.begin().await?;
+    let mut job = load_job(&mut tx, job_id, JobLock::NoKeyUpdate).await?;
+    let outcome = commit::commit_decided(&mut tx, &mut job).await?;
+    tx.commit().await?;
+    outcome.answer(&job)
+}
+
+/// Rows a promotion kept out of the sink, oldest first.
+pub async fn dead_letters(
+    pool: &PgPool,
+    job_id: &str,
+    query: &DeadLetterQuery,
+) -> Result<DeadLetterList> {
+    commit::dead_letters(&mut *pool.acquire().await?, job_id, query).await
+}
+
+/// Issues a processor token for a job (its secret is shown only here).
+pub async fn issue_token(pool: &PgPool, job_id: &str, label: &str) -> Result<IssuedToken> {
+    let mut tx = pool.begin().await?;
+    let issued = tokens::issue(&mut tx, job_id, label).await?;
+    tx.commit().await?;
+    Ok(issued)
+}
+
+/// A job's processor tokens (never their secrets).
+pub async fn tokens(pool: &PgPool, job_id: &str) -> Result<Vec<TokenInfo>> {
+    tokens::list(&mut *pool.acquire().await?, job_id).await
+}
+
+/// Revokes a processor token; revoking twice is fine.
+pub async fn revoke_token(pool: &PgPool, job_id: &str, token_id: &str) -> Result<()> {
+    tokens::revoke(&mut *pool.acquire().await?, job_id, token_id).await
+}
+
+/// Pending checkpoints per job (for `/metrics`).
+pub async fn pending_per_job(pool: &PgPool) -> Result<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT j.job_id, count(c.checkpoint_id) FROM jobs j
+         LEFT JOIN checkpoints c ON c.job_id = j.job_id AND c.status = 'pending'
+         GROUP BY j.job_id",
+    )
+    .fetch_all(pool)
+    .await?)
+}
 
 /// Limits that the coordinator enforces on request contents.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 use super::extract::{parse_json, read_body, ApiPath};
 use super::problem::Problem;
 use super::AppState;
-use crate::coordinator::attempts;
+use crate::coordinator;
 use crate::error::Result;
 use crate::model::{Attempt, AttemptRequest, Recovery};
 
@@ -47,7 +47,7 @@ async fn start_attempt(
     if !body.iter().all(u8::is_ascii_whitespace) {
         parse_json::<AttemptRequest>(&body)?;
     }
-    Ok(Json(attempts::attempt(&state.db, &job_id).await?))
+    Ok(Json(coordinator::attempt(&state.db, &job_id).await?))
 }
 
 /// Where to resume: the latest decided checkpoint's offsets and state (read-only).
@@ -64,5 +64,5 @@ async fn get_recovery(
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<Recovery>> {
-    Ok(Json(attempts::recovery_point(&state.db, &job_id).await?))
+    Ok(Json(coordinator::recovery(&state.db, &job_id).await?))
 }

@@ -12,10 +12,8 @@ use utoipa_axum::routes;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::Problem;
 use super::AppState;
-use crate::coordinator::checkpoints;
-use crate::coordinator::{acks, load_job, JobLock};
+use crate::coordinator;
 use crate::error::{Error, Result};
-use crate::model::TriggerKind;
 use crate::model::{
     AbortRequest, AckRequest, AckResult, Checkpoint, CheckpointDetails, CheckpointList,
     CheckpointListQuery, DeclineRequest, PendingCheckpoint, PendingQuery, TriggerRequest,
@@ -59,11 +57,7 @@ async fn trigger_checkpoint(
     ApiPath(job_id): ApiPath<String>,
     ApiJson(request): ApiJson<TriggerRequest>,
 ) -> Result<(StatusCode, Json<Checkpoint>)> {
-    let mut tx = state.db.begin().await?;
-    let mut job = load_job(&mut tx, &job_id, JobLock::NoKeyUpdate).await?;
-    job.check_epoch(request.epoch)?;
-    let checkpoint = checkpoints::trigger(&mut tx, &mut job, TriggerKind::Manual).await?;
-    tx.commit().await?;
+    let checkpoint = coordinator::trigger(&state.db, &job_id, request.epoch).await?;
     Ok((StatusCode::CREATED, Json(checkpoint)))
 }
 
@@ -82,9 +76,8 @@ async fn list_checkpoints(
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<CheckpointListQuery>,
 ) -> Result<Json<CheckpointList>> {
-    let mut conn = state.db.acquire().await?;
     Ok(Json(CheckpointList {
-        checkpoints: checkpoints::list(&mut conn, &job_id, &query).await?,
+        checkpoints: coordinator::checkpoints(&state.db, &job_id, &query).await?,
     }))
 }
 
@@ -117,20 +110,15 @@ async fn wait_for_pending(
             format!("wait_ms must be at most {MAX_WAIT_MS}"),
         ));
     }
-    {
-        let mut conn = state.db.acquire().await?;
-        load_job(&mut conn, &job_id, JobLock::None).await?;
-    }
-    let found = state
-        .notifier
-        .wait_for_pending(
-            &state.db,
-            &job_id,
-            query.after.unwrap_or(0),
-            Duration::from_millis(wait_ms),
-            &gone,
-        )
-        .await?;
+    let found = coordinator::wait_for_pending(
+        &state.db,
+        &state.notifier,
+        &job_id,
+        query.after.unwrap_or(0),
+        Duration::from_millis(wait_ms),
+        &gone,
+    )
+    .await?;
     Ok(match found {
         Some(checkpoint) => Json(checkpoint).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
@@ -151,9 +139,8 @@ async fn get_checkpoint(
     State(state): State<AppState>,
     ApiPath((job_id, checkpoint_id)): ApiPath<(String, i64)>,
 ) -> Result<Json<CheckpointDetails>> {
-    let mut conn = state.db.acquire().await?;
     Ok(Json(
-        checkpoints::details(&mut conn, &job_id, checkpoint_id).await?,
+        coordinator::checkpoint(&state.db, &job_id, checkpoint_id).await?,
     ))
 }
 
@@ -188,7 +175,7 @@ async fn ack_checkpoint(
     ApiJson(request): ApiJson<AckRequest>,
 ) -> Result<Json<AckResult>> {
     Ok(Json(
-        acks::ack(&state.db, &job_id, checkpoint_id, &request, &state.limits).await?,
+        coordinator::ack(&state.db, &job_id, checkpoint_id, &request, &state.limits).await?,
     ))
 }
 
@@ -215,10 +202,9 @@ async fn decline_checkpoint(
     ApiPath((job_id, checkpoint_id)): ApiPath<(String, i64)>,
     ApiJson(request): ApiJson<DeclineRequest>,
 ) -> Result<Json<Checkpoint>> {
-    let mut tx = state.db.begin().await?;
-    let checkpoint = acks::decline(&mut tx, &job_id, checkpoint_id, &request).await?;
-    tx.commit().await?;
-    Ok(Json(checkpoint))
+    Ok(Json(
+        coordinator::decline(&state.db, &job_id, checkpoint_id, &request).await?,
+    ))
 }
 
 /// Abort a pending checkpoint (admin): for operators, when a task is stuck.
@@ -248,8 +234,7 @@ async fn abort_checkpoint(
     ApiPath((job_id, checkpoint_id)): ApiPath<(String, i64)>,
     ApiJson(request): ApiJson<AbortRequest>,
 ) -> Result<Json<Checkpoint>> {
-    let mut tx = state.db.begin().await?;
-    let checkpoint = acks::abort(&mut tx, &job_id, checkpoint_id, &request).await?;
-    tx.commit().await?;
-    Ok(Json(checkpoint))
+    Ok(Json(
+        coordinator::abort(&state.db, &job_id, checkpoint_id, &request).await?,
+    ))
 }

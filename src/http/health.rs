@@ -28,14 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         example = "sinkgate_acks_total{job=\"wordcount\"} 42")))]
 async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Shared state is read at scrape time, so every replica reports the truth.
-    if let Ok(pending) = sqlx::query_as::<_, (String, i64)>(
-        "SELECT j.job_id, count(c.checkpoint_id) FROM jobs j
-         LEFT JOIN checkpoints c ON c.job_id = j.job_id AND c.status = 'pending'
-         GROUP BY j.job_id",
-    )
-    .fetch_all(&state.db)
-    .await
-    {
+    if let Ok(pending) = crate::coordinator::pending_per_job(&state.db).await {
         for (job, count) in pending {
             crate::metrics::pending_checkpoints(&job, count);
         }

@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use super::extract::{ApiJson, ApiPath};
 use super::problem::Problem;
 use super::AppState;
-use crate::coordinator::jobs;
+use crate::coordinator;
 use crate::error::Result;
 use crate::model::{Job, JobList, JobSpec};
 
@@ -49,7 +49,7 @@ async fn put_job(
     ApiPath(job_id): ApiPath<String>,
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> Result<(StatusCode, Json<Job>)> {
-    let (job, created) = jobs::put_job(&state.db, &job_id, &spec).await?;
+    let (job, created) = coordinator::put_job(&state.db, &job_id, &spec).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -71,8 +71,7 @@ async fn get_job(
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<Job>> {
-    let mut conn = state.db.acquire().await?;
-    Ok(Json(jobs::get(&mut conn, &job_id).await?))
+    Ok(Json(coordinator::job(&state.db, &job_id).await?))
 }
 
 /// Remove a job, its checkpoints and its staged rows. The sink table is never touched.
@@ -88,7 +87,7 @@ async fn delete_job(
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<StatusCode> {
-    jobs::delete_job(&state.db, &job_id).await?;
+    coordinator::delete_job(&state.db, &job_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -98,8 +97,7 @@ async fn delete_job(
     responses((status = 200, description = "All jobs, by id", body = JobList))
 )]
 async fn list_jobs(State(state): State<AppState>) -> Result<Json<JobList>> {
-    let mut conn = state.db.acquire().await?;
     Ok(Json(JobList {
-        jobs: jobs::list(&mut conn).await?,
+        jobs: coordinator::jobs(&state.db).await?,
     }))
 }

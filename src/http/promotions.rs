@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use super::extract::ApiPath;
 use super::problem::Problem;
 use super::AppState;
-use crate::coordinator::commit;
+use crate::coordinator;
 use crate::error::{Error, Result};
 use crate::model::{DeadLetterList, DeadLetterQuery, PromotionResult};
 
@@ -38,7 +38,7 @@ async fn retry_promotion(
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<PromotionResult>> {
-    Ok(Json(commit::retry_promotion(&state.db, &job_id).await?))
+    Ok(Json(coordinator::promote(&state.db, &job_id).await?))
 }
 
 /// Rows a promotion kept out of the sink (admin).
@@ -63,8 +63,7 @@ async fn list_dead_letters(
 ) -> Result<Json<DeadLetterList>> {
     let Query(query) =
         query.map_err(|rejection| Error::validation("query", rejection.body_text()))?;
-    let mut conn = state.db.acquire().await?;
     Ok(Json(
-        commit::dead_letters(&mut conn, &job_id, &query).await?,
+        coordinator::dead_letters(&state.db, &job_id, &query).await?,
     ))
 }

@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 use super::extract::{ApiJson, ApiPath};
 use super::problem::Problem;
 use super::AppState;
-use crate::auth;
+use crate::coordinator;
 use crate::error::Result;
 use crate::model::{IssuedToken, TokenInfo, TokenRequest};
 
@@ -40,9 +40,7 @@ async fn issue_token(
     ApiPath(job_id): ApiPath<String>,
     ApiJson(request): ApiJson<TokenRequest>,
 ) -> Result<(StatusCode, Json<IssuedToken>)> {
-    let mut tx = state.db.begin().await?;
-    let issued = auth::issue(&mut tx, &job_id, &request.label).await?;
-    tx.commit().await?;
+    let issued = coordinator::issue_token(&state.db, &job_id, &request.label).await?;
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
@@ -61,8 +59,7 @@ async fn list_tokens(
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<Vec<TokenInfo>>> {
-    let mut conn = state.db.acquire().await?;
-    Ok(Json(auth::list(&mut conn, &job_id).await?))
+    Ok(Json(coordinator::tokens(&state.db, &job_id).await?))
 }
 
 /// Revoke a processor token (admin only). Requests with it get 401 from now on.
@@ -80,7 +77,6 @@ async fn revoke_token(
     State(state): State<AppState>,
     ApiPath((job_id, token_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode> {
-    let mut conn = state.db.acquire().await?;
-    auth::revoke(&mut conn, &job_id, &token_id).await?;
+    coordinator::revoke_token(&state.db, &job_id, &token_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -14,7 +14,7 @@ use super::extract::{is_json, is_ndjson, parse_json, read_body, ApiPath};
 use super::problem::Problem;
 use super::AppState;
 use crate::auth::Caller;
-use crate::coordinator::writes::{self, BatchKey};
+use crate::coordinator::{self, writes::BatchKey};
 use crate::error::{Error, Result};
 use crate::model::{WriteParams, WriteRequest, WriteResult};
 use crate::sink::staging::Rows;
@@ -240,13 +240,10 @@ async fn stage(
     caller: Option<&Caller>,
 ) -> Result<WriteResult> {
     let _slot = state.write_slots.acquire(job_id).await?;
-    let mut tx = state.db.begin().await?;
-    let result = writes::write(&mut tx, job_id, key, rows).await?;
-    // An upload may outlive its token: a revocation stops it here. (A
-    // duplicate staged nothing now; its answer is the truth either way.)
-    if !result.duplicate {
-        crate::auth::ensure_not_revoked(&mut tx, caller).await?;
-    }
-    tx.commit().await?;
-    Ok(result)
+    // An upload may outlive its token: a revocation stops it.
+    let token_id = match caller {
+        Some(Caller::Processor { token_id, .. }) => Some(token_id.as_str()),
+        _ => None,
+    };
+    coordinator::write(&state.db, job_id, key, rows, token_id).await
 }
