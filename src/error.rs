@@ -48,8 +48,9 @@ pub enum Error {
     PromotionBlocked { checkpoint_id: i64, error: String },
 
     /// An ack reports an offset below the last committed one for a
-    /// partition, or below the task's own previous ack.
-    #[error("partition {partition:?}: offset {offset} is below offset {committed}, already committed or acked by this task")]
+    /// partition, or below an earlier ack of that partition in this epoch
+    /// (by any task: a partition may move between tasks).
+    #[error("partition {partition:?}: offset {offset} is below offset {committed}, already committed or acked for this partition in this epoch")]
     OffsetRegression {
         partition: String,
         offset: i64,
@@ -168,7 +169,7 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::Database(db)
                 if matches!(
                     db.code().as_deref(),
-                    Some("40P01") | Some("40001") | Some("55P03") | Some("57P01")
+                    Some("40P01") | Some("40001") | Some("55P03") | Some("57P01") | Some("25P03")
                 ) =>
             {
                 Error::Unavailable

@@ -2,8 +2,9 @@
 //!
 //! An HTTP service that gives stream processors in any language exactly-once
 //! output into PostgreSQL: it is their checkpoint coordinator and their
-//! two-phase-commit sink. The README states the protocol's rules; this is where
-//! each part lives.
+//! two-phase-commit sink. `docs/DESIGN.md` states the protocol's rules and
+//! invariants and starts with a newcomer's path; this is where each part
+//! lives.
 //!
 //! # Layout
 //!
@@ -176,7 +177,12 @@ pub async fn run(
     // Requests whose client went away are not waited for by the server
     // loop; their transactions still finish before the pool closes.
     requests.close();
-    requests.wait().await;
+    if tokio::time::timeout(http::serve::DRAIN, requests.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still running after the drain period are cut off; their transactions roll back");
+    }
 
     let _ = stop_scheduler.send(true);
     let _ = scheduler.await;

@@ -409,8 +409,10 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
         "WITH decided AS (
              UPDATE checkpoints c SET status = 'completed', decided_at = clock_timestamp(), acked_count = c.task_count,
                     staged_rows = COALESCE(b.rows, 0), staged_bytes = COALESCE(b.bytes, 0)
+             -- Every batch its promotion carries: those tagged for aborted
+             -- checkpoints since the last decision too.
              FROM (SELECT sum(staged_rows) AS rows, sum(staged_bytes) AS bytes FROM batches
-                   WHERE job_id = $1 AND epoch = $3 AND checkpoint_tag = $2) b
+                   WHERE job_id = $1 AND epoch = $3 AND checkpoint_tag > $4 AND checkpoint_tag <= $2) b
              WHERE c.job_id = $1 AND c.checkpoint_id = $2
              RETURNING extract(epoch FROM c.decided_at - c.triggered_at)::float8 AS seconds
          ), subsumed AS (

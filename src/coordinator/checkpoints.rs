@@ -39,7 +39,9 @@ struct CheckpointRow {
 }
 
 /// Checkpoint columns plus staged volume: recorded at decision, summed from
-/// the batch records while pending.
+/// the batch records while pending. A checkpoint carries the batches tagged
+/// since the decided one before it (those of aborted checkpoints between
+/// too); an aborted one counts only its own tag.
 const SELECT_CHECKPOINT: &str = "
     SELECT c.checkpoint_id, c.epoch, c.status, c.trigger_kind, c.task_count,
            CASE WHEN c.status IN ('completed', 'committed') THEN c.task_count
@@ -52,7 +54,11 @@ const SELECT_CHECKPOINT: &str = "
     FROM checkpoints c
     LEFT JOIN LATERAL (
         SELECT sum(staged_rows) AS rows, sum(staged_bytes) AS bytes FROM batches b
-        WHERE b.job_id = c.job_id AND b.epoch = c.epoch AND b.checkpoint_tag = c.checkpoint_id
+        WHERE b.job_id = c.job_id AND b.epoch = c.epoch AND b.checkpoint_tag <= c.checkpoint_id
+          AND b.checkpoint_tag > CASE WHEN c.status = 'aborted' THEN c.checkpoint_id - 1 ELSE (
+              SELECT coalesce(max(p.checkpoint_id), 0) FROM checkpoints p
+              WHERE p.job_id = c.job_id AND p.checkpoint_id < c.checkpoint_id
+                AND p.status IN ('completed', 'committed')) END
     ) b ON true";
 
 fn millis_between(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> Option<f64> {
@@ -136,6 +142,26 @@ struct TaskAckRow {
     staged_bytes: i64,
 }
 
+/// The tag above which the batches a checkpoint carries start: the decided
+/// checkpoint before it (an aborted one carries only its own tag).
+async fn carried_after(
+    conn: &mut PgConnection,
+    job_id: &str,
+    checkpoint: &Checkpoint,
+) -> Result<i64> {
+    if checkpoint.status == CheckpointStatus::Aborted {
+        return Ok(checkpoint.checkpoint_id - 1);
+    }
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(max(checkpoint_id), 0) FROM checkpoints
+         WHERE job_id = $1 AND checkpoint_id < $2 AND status IN ('completed', 'committed')",
+    )
+    .bind(job_id)
+    .bind(checkpoint.checkpoint_id)
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
 /// A checkpoint with every task's ack or its absence.
 pub async fn details(
     conn: &mut PgConnection,
@@ -150,7 +176,8 @@ pub async fn details(
          LEFT JOIN acks a ON a.job_id = t.job_id AND a.checkpoint_id = $2 AND a.task_id = t.task_id
          LEFT JOIN LATERAL (
              SELECT sum(staged_rows) AS rows, sum(staged_bytes) AS bytes FROM batches b
-             WHERE b.job_id = t.job_id AND b.task_id = t.task_id AND b.epoch = $3 AND b.checkpoint_tag = $2
+             WHERE b.job_id = t.job_id AND b.task_id = t.task_id AND b.epoch = $3
+               AND b.checkpoint_tag <= $2 AND b.checkpoint_tag > $4
          ) b ON true
          WHERE t.job_id = $1
          ORDER BY t.ordinal",
@@ -158,6 +185,7 @@ pub async fn details(
     .bind(job_id)
     .bind(checkpoint_id)
     .bind(checkpoint.epoch)
+    .bind(carried_after(&mut *conn, job_id, &checkpoint).await?)
     .fetch_all(&mut *conn)
     .await?;
     let acked_all = matches!(

@@ -1,17 +1,22 @@
-//! The checkpoint protocol (its rules: the README's "Choices worth knowing"): epochs, writes, checkpoints, acks,
-//! decisions, recovery.
+//! The checkpoint protocol: epochs, writes, checkpoints, acks, decisions,
+//! recovery. `docs/DESIGN.md` explains it, with its invariants and the tests
+//! that guard each.
 //!
-//! Every function here is a plain async function over a PostgreSQL
-//! connection that the caller has opened a transaction on; none of them sees
-//! HTTP. All state lives in the database and every state change happens under
-//! row locks on the job's row, so any number of service replicas can share
-//! one database. The lock discipline, always job row first:
+//! The functions below, one per protocol operation, are the whole protocol
+//! as the service offers it: each takes the pool and owns its transactions
+//! and checks. The submodules hold their steps, plain async functions over a
+//! PostgreSQL connection that the caller has opened a transaction on; none
+//! of them sees HTTP. All state lives in the database and every state change
+//! happens under row locks on the job's row, so any number of service
+//! replicas can share one database. The lock discipline, always job row
+//! first:
 //!
 //! | operation | job row | task row |
 //! |---|---|---|
 //! | write (stage a batch) | `FOR KEY SHARE` | `FOR SHARE` |
 //! | ack (record) | `FOR KEY SHARE` | `FOR UPDATE` |
-//! | decision, decline, abort, trigger, scheduler | `FOR NO KEY UPDATE` | – |
+//! | decline | `FOR NO KEY UPDATE` | `FOR SHARE` |
+//! | decision, abort, trigger, scheduler | `FOR NO KEY UPDATE` | – |
 //! | attempt, job update, delete | `FOR UPDATE` | – |
 //!
 //! An ack also share-locks its checkpoint's row and upserts the floors of
@@ -128,13 +133,26 @@ where
     S: Stream<Item = Result<Bytes, Error>> + Unpin,
 {
     let mut tx = pool.begin().await?;
-    let result = writes::write(&mut tx, job_id, key, rows).await?;
-    // A duplicate staged nothing now; its answer is the truth either way.
-    if let (false, Some(token_id)) = (result.duplicate, token_id) {
-        tokens::ensure_not_revoked(&mut tx, token_id).await?;
+    match writes::write(&mut tx, job_id, key, rows).await? {
+        writes::Staged::New(result) => {
+            if let Some(token_id) = token_id {
+                tokens::ensure_not_revoked(&mut tx, token_id).await?;
+            }
+            tx.commit().await?;
+            Ok(result)
+        }
+        // A retry staged nothing now; its answer is the truth either way.
+        // Its body is compared after the transaction ends, so a slow one
+        // holds no locks (the task's acks wait on them) and no session.
+        writes::Staged::Seen {
+            answer,
+            digest,
+            rows,
+        } => {
+            tx.rollback().await?;
+            writes::retried(answer, digest, rows).await
+        }
     }
-    tx.commit().await?;
-    Ok(result)
 }
 
 /// Triggers a checkpoint by hand, in the caller's epoch.
@@ -405,8 +423,16 @@ impl JobRow {
 }
 
 /// Refuses a request from an older epoch than `current` (a zombie: 409
-/// `fenced`) or from one never issued (422).
+/// `fenced`) or from one never issued (422). Before the first attempt no
+/// epoch is issued, not even 0: writers that skipped `/attempts` would share
+/// one unfenced epoch.
 pub fn check_epoch(job_id: &str, current: i64, sent: i64) -> Result<()> {
+    if current == 0 {
+        return Err(Error::validation(
+            "epoch",
+            format!("epoch {sent} was never issued: start an attempt first (POST /attempts)"),
+        ));
+    }
     if sent < current {
         crate::metrics::fenced(job_id);
         return Err(Error::Fenced { sent, current });
@@ -414,11 +440,7 @@ pub fn check_epoch(job_id: &str, current: i64, sent: i64) -> Result<()> {
     if sent > current {
         return Err(Error::validation(
             "epoch",
-            if current == 0 {
-                format!("epoch {sent} was never issued: start an attempt first (POST /attempts)")
-            } else {
-                format!("epoch {sent} was never issued; the current epoch is {current}")
-            },
+            format!("epoch {sent} was never issued; the current epoch is {current}"),
         ));
     }
     Ok(())

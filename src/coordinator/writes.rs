@@ -17,18 +17,59 @@ pub struct BatchKey<'a> {
     pub batch_id: &'a str,
 }
 
-/// `POST /v1/jobs/{job}/writes`: stages a batch, or answers as before when
-/// this task already staged this batch id in this epoch.
+/// What [`write`] did.
+pub enum Staged<'r, S> {
+    /// The batch is staged (the caller commits).
+    New(WriteResult),
+    /// This task staged this batch id in this epoch before: `answer` is the
+    /// first answer, to give again if `rows` are the same rows ([`retried`]).
+    /// The caller ends its transaction first: reading a retried body may
+    /// take long, and nothing is left to write.
+    Seen {
+        answer: WriteResult,
+        digest: Option<Vec<u8>>,
+        rows: Rows<'r, S>,
+    },
+}
+
+/// The first answer again for a retried batch if its rows are the ones
+/// staged; the same id with other rows is 409 `batch-conflict`.
+pub async fn retried<S>(
+    answer: WriteResult,
+    digest: Option<Vec<u8>>,
+    rows: Rows<'_, S>,
+) -> Result<WriteResult>
+where
+    S: Stream<Item = Result<Bytes, Error>> + Unpin,
+{
+    // The same id with other rows is a bug in the writer, never a retry:
+    // staging nothing and answering "duplicate" would drop its rows. No
+    // digest: recorded before digests existed (an upgrade within this
+    // epoch); the content cannot be compared, so it is not assumed.
+    let same_rows = match digest {
+        Some(digest) => digest == digest_rows(rows).await?,
+        None => false,
+    };
+    if !same_rows {
+        return Err(Error::BatchConflict {
+            batch_id: answer.batch_id,
+        });
+    }
+    Ok(answer)
+}
+
+/// `POST /v1/jobs/{job}/writes`: stages a batch, or finds that this task
+/// already staged this batch id in this epoch.
 ///
 /// The rows are tagged with the checkpoint that the task's next ack seals:
 /// one above its last ack in this epoch, but never at or below the last
 /// decided checkpoint or the epoch's first one.
-pub async fn write<S>(
+pub async fn write<'r, S>(
     conn: &mut PgConnection,
     job_id: &str,
     key: BatchKey<'_>,
-    rows: Rows<'_, S>,
-) -> Result<WriteResult>
+    rows: Rows<'r, S>,
+) -> Result<Staged<'r, S>>
 where
     S: Stream<Item = Result<Bytes, Error>> + Unpin,
 {
@@ -85,27 +126,18 @@ where
             .bind(key.batch_id)
             .fetch_one(&mut *conn)
             .await?;
-        // The same id with other rows is a bug in the writer, never a retry:
-        // staging nothing and answering "duplicate" would drop its rows.
-        // No digest: recorded before digests existed (an upgrade within
-        // this epoch); the content cannot be compared, so it is not assumed.
-        let same_rows = match digest {
-            Some(digest) => digest == digest_rows(rows).await?,
-            None => false,
-        };
-        if !same_rows {
-            return Err(Error::BatchConflict {
+        return Ok(Staged::Seen {
+            answer: WriteResult {
+                task_id: key.task_id.to_owned(),
                 batch_id: key.batch_id.to_owned(),
-            });
-        }
-        return Ok(WriteResult {
-            task_id: key.task_id.to_owned(),
-            batch_id: key.batch_id.to_owned(),
-            epoch: key.epoch,
-            checkpoint_id,
-            staged_rows,
-            staged_bytes,
-            duplicate: true,
+                epoch: key.epoch,
+                checkpoint_id,
+                staged_rows,
+                staged_bytes,
+                duplicate: true,
+            },
+            digest,
+            rows,
         });
     };
 
@@ -133,7 +165,7 @@ where
     .execute(&mut *conn)
     .await?;
     crate::metrics::staged(job_id, staged.rows, staged.bytes);
-    Ok(WriteResult {
+    Ok(Staged::New(WriteResult {
         task_id: key.task_id.to_owned(),
         batch_id: key.batch_id.to_owned(),
         epoch: key.epoch,
@@ -141,5 +173,5 @@ where
         staged_rows: staged.rows as i64,
         staged_bytes: staged.bytes as i64,
         duplicate: false,
-    })
+    }))
 }

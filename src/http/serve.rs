@@ -41,7 +41,7 @@ pub struct ConnectionLimits {
 }
 
 /// How long shutdown waits for open connections to finish their requests.
-const DRAIN: Duration = Duration::from_secs(30);
+pub const DRAIN: Duration = Duration::from_secs(30);
 
 /// What a connection beyond a limit gets before it is closed: the same
 /// 503 `overloaded` problem as a request over the in-flight limit (one

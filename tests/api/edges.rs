@@ -1011,3 +1011,100 @@ async fn unusual_sink_shapes_promote_like_an_insert(_: PgPoolOptions, connect: P
     );
     app.stop().await;
 }
+
+// A retry of a staged batch whose body arrives slowly holds no transaction
+// while it is read: the task's ack is not blocked behind it, and the retry
+// still gets the first answer.
+#[sqlx::test]
+async fn a_slow_retry_of_a_staged_batch_blocks_nothing(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
+    let rows = "{\"id\": 1, \"payload\": \"a\"}\n{\"id\": 2, \"payload\": \"b\"}\n";
+    let first = app.write_ndjson("ev", "t0", epoch, "b1", rows).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    // The retry: its first row, then silence.
+    let (sender, body) = crate::helpers::held_body();
+    let retry = {
+        let request = app.ndjson_request("ev", "t0", epoch, "b1", body);
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    sender
+        .send(Ok(b"{\"id\": 1, \"payload\": \"a\"}\n".to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'sinkgate write%'",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        held, 0,
+        "a transaction stays open while a retried body is read"
+    );
+    let checkpoint = app.checkpoint("ev", epoch).await;
+    let acked = tokio::time::timeout(
+        Duration::from_secs(5),
+        app.ack_ok("ev", checkpoint, "t0", epoch, json!({"0": 2})),
+    )
+    .await
+    .expect("the ack waited behind a retried upload");
+    assert_eq!(acked, "committed");
+    sender
+        .send(Ok(b"{\"id\": 2, \"payload\": \"b\"}\n".to_vec()))
+        .await
+        .unwrap();
+    drop(sender);
+    let retried = retry.await.unwrap();
+    assert_eq!(retried.status(), StatusCode::OK);
+    let answer: Value = retried.json().await.unwrap();
+    assert_eq!(answer["duplicate"], true);
+    assert_eq!(answer["staged_rows"], 2);
+    assert_eq!(app.count("ev_sink").await, 2);
+    app.stop().await;
+}
+
+// A checkpoint's staged volume counts every batch its promotion carries,
+// those tagged for an aborted checkpoint before it too: it matches the rows
+// promoted.
+#[sqlx::test]
+async fn staged_rows_count_what_the_promotion_carries(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
+    let rows = "{\"id\": 1, \"payload\": \"a\"}\n{\"id\": 2, \"payload\": \"b\"}\n";
+    let staged = app.write_ndjson("ev", "t0", epoch, "b1", rows).await;
+    assert_eq!(staged.status(), StatusCode::CREATED);
+    let aborted = app.checkpoint("ev", epoch).await;
+    let response = app
+        .post(
+            &format!("/v1/jobs/ev/checkpoints/{aborted}/abort"),
+            json!({"reason": "test"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let decided = app.checkpoint("ev", epoch).await;
+    assert_eq!(
+        app.ack_ok("ev", decided, "t0", epoch, json!({"0": 2}))
+            .await,
+        "committed"
+    );
+    let details: Value = app
+        .http
+        .get(app.url(&format!("/v1/jobs/ev/checkpoints/{decided}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let checkpoint = details.get("checkpoint").unwrap_or(&details);
+    assert_eq!(checkpoint["promoted_rows"], 2, "{details}");
+    assert_eq!(checkpoint["staged_rows"], 2, "{details}");
+    assert_eq!(details["acks"][0]["staged_rows"], 2, "{details}");
+    assert_eq!(app.count("ev_sink").await, 2);
+    app.stop().await;
+}

@@ -141,7 +141,22 @@ async fn requests_before_the_first_attempt_are_refused(
         "validation",
     )
     .await;
-    problem(app.trigger("j", 0).await, StatusCode::CONFLICT, "conflict").await;
+    // Not epoch 0 either: writers that skipped `/attempts` would share one
+    // epoch that nothing fences.
+    problem(
+        app.trigger("j", 0).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    let refused = problem(
+        app.write("j", "t0", 0, "b", json!([{"id": 1}])).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert_eq!(refused["field"], "epoch");
+    assert_eq!(app.staged("j").await, 0);
     app.stop().await;
 }
 
