@@ -36,34 +36,6 @@ pub enum Caller {
     Processor { job_id: String, token_id: String },
 }
 
-/// What a request needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Need {
-    Nothing,
-    Admin,
-    /// The admin, or a processor token of this job.
-    Job(String),
-}
-
-/// Classifies a request by method and path.
-pub fn need(method: &str, path: &str, protect_operations: bool) -> Need {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["v1", "jobs"] => Need::Admin,
-        ["v1", "jobs", job] => match method {
-            "GET" => Need::Job((*job).to_owned()),
-            _ => Need::Admin,
-        },
-        ["v1", "jobs", _, "tokens", ..] => Need::Admin,
-        ["v1", "jobs", _, "checkpoints", _, "abort"] => Need::Admin,
-        ["v1", "jobs", _, "promotions" | "dead-letters", ..] => Need::Admin,
-        ["v1", "jobs", job, ..] => Need::Job((*job).to_owned()),
-        ["v1", ..] => Need::Admin,
-        _ if protect_operations => Need::Admin,
-        _ => Need::Nothing,
-    }
-}
-
 /// Identifies the caller from an `Authorization: Bearer …` value.
 pub async fn authenticate(
     pool: &PgPool,
@@ -90,19 +62,5 @@ pub async fn authenticate(
             })
         }
         _ => Err(unknown()),
-    }
-}
-
-/// Whether `caller` may do what `need` asks.
-pub fn authorize(caller: &Caller, need: &Need) -> Result<()> {
-    match (caller, need) {
-        (Caller::Admin, _) | (_, Need::Nothing) => Ok(()),
-        (Caller::Processor { job_id, .. }, Need::Job(job)) if job_id == job => Ok(()),
-        (Caller::Processor { job_id, .. }, Need::Job(_)) => Err(Error::Forbidden(format!(
-            "this token belongs to job {job_id:?}"
-        ))),
-        (Caller::Processor { .. }, Need::Admin) => Err(Error::Forbidden(
-            "this needs the admin token; processor tokens run their job's protocol only".into(),
-        )),
     }
 }

@@ -5,6 +5,7 @@ use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::access::JobCaller;
 use super::extract::{parse_json, read_body, ApiPath};
 use super::problem::Problem;
 use super::AppState;
@@ -39,6 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     )
 )]
 async fn start_attempt(
+    _: JobCaller,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
     request: Request,
@@ -61,6 +63,7 @@ async fn start_attempt(
     )
 )]
 async fn get_recovery(
+    _: JobCaller,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<Recovery>> {

@@ -9,6 +9,7 @@ use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::access::{Admin, JobCaller};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problem::Problem;
 use super::AppState;
@@ -53,6 +54,7 @@ pub const MAX_WAIT_MS: u64 = 60_000;
     )
 )]
 async fn trigger_checkpoint(
+    _: JobCaller,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
     ApiJson(request): ApiJson<TriggerRequest>,
@@ -72,6 +74,7 @@ async fn trigger_checkpoint(
     )
 )]
 async fn list_checkpoints(
+    _: JobCaller,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<CheckpointListQuery>,
@@ -97,6 +100,7 @@ async fn list_checkpoints(
     )
 )]
 async fn wait_for_pending(
+    _: JobCaller,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<PendingQuery>,
@@ -136,6 +140,7 @@ async fn wait_for_pending(
     )
 )]
 async fn get_checkpoint(
+    _: JobCaller,
     State(state): State<AppState>,
     ApiPath((job_id, checkpoint_id)): ApiPath<(String, i64)>,
 ) -> Result<Json<CheckpointDetails>> {
@@ -170,6 +175,7 @@ async fn get_checkpoint(
     )
 )]
 async fn ack_checkpoint(
+    _: JobCaller,
     State(state): State<AppState>,
     ApiPath((job_id, checkpoint_id)): ApiPath<(String, i64)>,
     ApiJson(request): ApiJson<AckRequest>,
@@ -198,6 +204,7 @@ async fn ack_checkpoint(
     )
 )]
 async fn decline_checkpoint(
+    _: JobCaller,
     State(state): State<AppState>,
     ApiPath((job_id, checkpoint_id)): ApiPath<(String, i64)>,
     ApiJson(request): ApiJson<DeclineRequest>,
@@ -230,6 +237,7 @@ async fn decline_checkpoint(
     )
 )]
 async fn abort_checkpoint(
+    _: Admin,
     State(state): State<AppState>,
     ApiPath((job_id, checkpoint_id)): ApiPath<(String, i64)>,
     ApiJson(request): ApiJson<AbortRequest>,

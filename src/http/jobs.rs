@@ -6,6 +6,7 @@ use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::access::{Admin, JobCaller};
 use super::extract::{ApiJson, ApiPath};
 use super::problem::Problem;
 use super::AppState;
@@ -45,6 +46,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     )
 )]
 async fn put_job(
+    _: Admin,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
     ApiJson(spec): ApiJson<JobSpec>,
@@ -68,6 +70,7 @@ async fn put_job(
     )
 )]
 async fn get_job(
+    _: JobCaller,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<Job>> {
@@ -84,6 +87,7 @@ async fn get_job(
     )
 )]
 async fn delete_job(
+    _: Admin,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<StatusCode> {
@@ -96,7 +100,7 @@ async fn delete_job(
     get, path = "/v1/jobs", tag = "jobs",
     responses((status = 200, description = "All jobs, by id", body = JobList))
 )]
-async fn list_jobs(State(state): State<AppState>) -> Result<Json<JobList>> {
+async fn list_jobs(_: Admin, State(state): State<AppState>) -> Result<Json<JobList>> {
     Ok(Json(JobList {
         jobs: coordinator::jobs(&state.db).await?,
     }))

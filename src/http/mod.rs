@@ -3,6 +3,7 @@
 //! themselves. Handlers parse, call `coordinator`, and answer; errors become
 //! RFC 9457 problem documents in `problem`.
 
+pub mod access;
 pub mod attempts;
 pub mod checkpoints;
 pub mod extract;
@@ -335,7 +336,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
         .fallback(|| async { Error::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(limits.max_json_body_bytes))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), check_access))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(axum::middleware::from_fn_with_state(admission, admit))
         .layer(axum::middleware::from_fn(record_request))
         .layer(axum::middleware::from_fn_with_state(
@@ -598,13 +599,19 @@ async fn stamp_problem_with_request_id(
     axum::response::Response::from_parts(parts, Body::from(stamped))
 }
 
-/// Authentication and authorization, before any handler runs.
-async fn check_access(
+/// Authentication, before any handler runs: who the caller is (a `Caller`
+/// in the request's extensions). What each caller may do is in the
+/// handlers' signatures (see [`access`]). A `/v1` request without a token
+/// is refused here, before its body is read (every `/v1` route needs one);
+/// with `--protect-operations`, so is any other request but the admin's.
+async fn authenticate(
     State(state): State<AppState>,
     mut request: Request<Body>,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    use axum_extra::headers::authorization::{Authorization, Bearer};
+    use axum_extra::headers::HeaderMapExt;
     let AuthMode::Enabled {
         admin_token,
         protect_operations,
@@ -612,37 +619,37 @@ async fn check_access(
     else {
         return next.run(request).await;
     };
-    let need = crate::auth::need(
-        request.method().as_str(),
-        request.uri().path(),
-        *protect_operations,
-    );
-    if need != crate::auth::Need::Nothing {
-        let bearer = request
-            .headers()
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        let client = request
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0.ip());
-        if let Some(error) = state.wrong_tokens.refuse(client) {
-            return error.into_response();
-        }
-        let authenticated = crate::auth::authenticate(&state.db, admin_token, bearer).await;
-        if bearer.is_some() && matches!(authenticated, Err(Error::Unauthenticated(_))) {
-            state.wrong_tokens.count(client);
-        }
-        let caller = match authenticated
-            .and_then(|caller| crate::auth::authorize(&caller, &need).map(|()| caller))
-        {
-            Ok(caller) => caller,
-            Err(error) => return error.into_response(),
-        };
-        // For handlers that check it again later (a long upload).
-        request.extensions_mut().insert(caller);
+    let path = request.uri().path();
+    let api = path == "/v1" || path.starts_with("/v1/");
+    let bearer = request.headers().typed_get::<Authorization<Bearer>>();
+    if !api && !*protect_operations {
+        return next.run(request).await;
     }
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip());
+    if let Some(error) = state.wrong_tokens.refuse(client) {
+        return error.into_response();
+    }
+    let authenticated = crate::auth::authenticate(
+        &state.db,
+        admin_token,
+        bearer.as_ref().map(|bearer| bearer.token()),
+    )
+    .await;
+    if bearer.is_some() && matches!(authenticated, Err(Error::Unauthenticated(_))) {
+        state.wrong_tokens.count(client);
+    }
+    let caller = match authenticated {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    if !api && *protect_operations && caller != crate::auth::Caller::Admin {
+        return Error::Forbidden("the operations endpoints need the admin token".into())
+            .into_response();
+    }
+    request.extensions_mut().insert(caller);
     next.run(request).await
 }
 

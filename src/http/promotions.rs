@@ -6,6 +6,7 @@ use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::access::Admin;
 use super::extract::ApiPath;
 use super::problem::Problem;
 use super::AppState;
@@ -35,6 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     )
 )]
 async fn retry_promotion(
+    _: Admin,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<PromotionResult>> {
@@ -57,6 +59,7 @@ async fn retry_promotion(
     )
 )]
 async fn list_dead_letters(
+    _: Admin,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
     query: std::result::Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,

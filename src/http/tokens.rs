@@ -6,6 +6,7 @@ use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::access::Admin;
 use super::extract::{ApiJson, ApiPath};
 use super::problem::Problem;
 use super::AppState;
@@ -36,6 +37,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     )
 )]
 async fn issue_token(
+    _: Admin,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
     ApiJson(request): ApiJson<TokenRequest>,
@@ -56,6 +58,7 @@ async fn issue_token(
     )
 )]
 async fn list_tokens(
+    _: Admin,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
 ) -> Result<Json<Vec<TokenInfo>>> {
@@ -74,6 +77,7 @@ async fn list_tokens(
     )
 )]
 async fn revoke_token(
+    _: Admin,
     State(state): State<AppState>,
     ApiPath((job_id, token_id)): ApiPath<(String, String)>,
 ) -> Result<StatusCode> {

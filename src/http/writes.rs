@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::access::JobCaller;
 use super::extract::{is_json, is_ndjson, parse_json, read_body, ApiPath};
 use super::problem::Problem;
 use super::AppState;
@@ -75,11 +76,12 @@ pub const MAX_JSON_ROWS: usize = 100_000;
     )
 )]
 async fn write_batch(
+    caller: JobCaller,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
     request: Request,
 ) -> Result<(StatusCode, Json<WriteResult>)> {
-    let caller = request.extensions().get::<Caller>().cloned();
+    let JobCaller(caller) = caller;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -111,7 +113,7 @@ async fn write_batch(
             epoch: params.epoch,
             batch_id: &params.batch_id,
         };
-        stage(&state, &job_id, key, rows, caller.as_ref()).await?
+        stage(&state, &job_id, key, rows, &caller).await?
     } else if is_json(content_type.as_deref()) {
         let body = read_body(request, &()).await?;
         let write: RawWriteRequest<'_> = parse_json(&body)?;
@@ -120,14 +122,7 @@ async fn write_batch(
             epoch: write.epoch,
             batch_id: &write.batch_id,
         };
-        stage(
-            &state,
-            &job_id,
-            key,
-            Rows::Json(write.rows),
-            caller.as_ref(),
-        )
-        .await?
+        stage(&state, &job_id, key, Rows::Json(write.rows), &caller).await?
     } else {
         return Err(Error::UnsupportedMediaType(
             "expected Content-Type: application/json or application/x-ndjson".into(),
@@ -237,12 +232,12 @@ async fn stage(
     job_id: &str,
     key: BatchKey<'_>,
     rows: Rows<'_, BodyStream>,
-    caller: Option<&Caller>,
+    caller: &Caller,
 ) -> Result<WriteResult> {
     let _slot = state.write_slots.acquire(job_id).await?;
     // An upload may outlive its token: a revocation stops it.
     let token_id = match caller {
-        Some(Caller::Processor { token_id, .. }) => Some(token_id.as_str()),
+        Caller::Processor { token_id, .. } => Some(token_id.as_str()),
         _ => None,
     };
     coordinator::write(&state.db, job_id, key, rows, token_id).await

@@ -393,3 +393,84 @@ async fn a_token_revoked_mid_upload_stages_nothing(_: PgPoolOptions, connect: Pg
     );
     app.stop().await;
 }
+
+// Every route of the OpenAPI document says who may call it: with no token a
+// `/v1` route is 401, and with a processor token of another job it is 403
+// (whether it needs the admin or the job named in its path). A handler that
+// forgot its `Admin` or `JobCaller` extractor would let that token through.
+#[sqlx::test]
+async fn every_route_declares_who_may_call_it(_: PgPoolOptions, connect: PgConnectOptions) {
+    let mut limits = options().limits;
+    limits.wrong_tokens_per_minute = 0;
+    let app = spawn_with_auth(&connect, limits).await;
+    app.sql("CREATE TABLE own_sink (id bigint); CREATE TABLE other_sink (id bigint)")
+        .await;
+    for job in ["own", "other"] {
+        let response = app
+            .http
+            .put(app.url(&format!("/v1/jobs/{job}")))
+            .bearer_auth(ADMIN)
+            .json(&json!({"tasks": ["t0"], "sink": {"table": format!("{job}_sink"), "mode": "append"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    let issued: Value = app
+        .http
+        .post(app.url("/v1/jobs/other/tokens"))
+        .bearer_auth(ADMIN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other = issued["token"].as_str().unwrap().to_owned();
+    let document = serde_json::to_value(sinkgate::http::openapi()).unwrap();
+    let mut checked = 0;
+    for (template, operations) in document["paths"].as_object().unwrap() {
+        if !template.starts_with("/v1") {
+            continue;
+        }
+        let path = template
+            .replace("{job}", "own")
+            .replace("{id}", "1")
+            .replace("{token_id}", "x");
+        for method in operations.as_object().unwrap().keys() {
+            for (token, expected) in [
+                (None, StatusCode::UNAUTHORIZED),
+                (Some(other.as_str()), StatusCode::FORBIDDEN),
+            ] {
+                let mut request = app
+                    .http
+                    .request(method.to_uppercase().parse().unwrap(), app.url(&path))
+                    .json(&json!({}));
+                if let Some(token) = token {
+                    request = request.bearer_auth(token);
+                }
+                let status = request.send().await.unwrap().status();
+                assert_eq!(
+                    status, expected,
+                    "{method} {template} with {token:?}: no declared permission?"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 38,
+        "only {checked} requests: routes missing from the document?"
+    );
+    // The scheme is case-insensitive (RFC 9110).
+    let lower = app
+        .http
+        .get(app.url("/v1/jobs"))
+        .header("authorization", format!("bearer {ADMIN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), StatusCode::OK);
+    app.stop().await;
+}
