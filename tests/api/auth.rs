@@ -28,6 +28,34 @@ async fn spawn_with_auth(
     .await
 }
 
+/// Jobs `own` and `other` (append sinks), and a processor token issued to
+/// `holder`, one of them (the answer of `POST …/tokens`).
+async fn own_and_other(app: &TestApp, holder: &str) -> Value {
+    app.sql("CREATE TABLE own_sink (id bigint); CREATE TABLE other_sink (id bigint)")
+        .await;
+    for job in ["own", "other"] {
+        let response = app
+            .http
+            .put(app.url(&format!("/v1/jobs/{job}")))
+            .bearer_auth(ADMIN)
+            .json(&json!({"tasks": ["t0"], "sink": {"table": format!("{job}_sink"), "mode": "append"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+    app.http
+        .post(app.url(&format!("/v1/jobs/{holder}/tokens")))
+        .bearer_auth(ADMIN)
+        .json(&json!({"label": format!("processor of {holder}")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Expect {
     /// Authorized (whatever the endpoint then answers).
@@ -46,28 +74,7 @@ async fn each_token_kind_can_do_exactly_what_it_should(
     limits.wrong_tokens_per_minute = 10_000;
     let app = spawn_with_auth(&connect, limits).await;
     let http = &app.http;
-    app.sql("CREATE TABLE own_sink (id bigint); CREATE TABLE other_sink (id bigint)")
-        .await;
-    for job in ["own", "other"] {
-        let response = http
-            .put(app.url(&format!("/v1/jobs/{job}")))
-            .bearer_auth(ADMIN)
-            .json(&json!({"tasks": ["t0"], "sink": {"table": format!("{job}_sink"), "mode": "append"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
-    let issued: Value = http
-        .post(app.url("/v1/jobs/own/tokens"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"label": "processor of own"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let issued = own_and_other(&app, "own").await;
     let processor = issued["token"].as_str().unwrap().to_owned();
     let token_id = issued["token_id"].as_str().unwrap().to_owned();
     assert!(processor.starts_with("sgt_"));
@@ -403,30 +410,7 @@ async fn every_route_declares_who_may_call_it(_: PgPoolOptions, connect: PgConne
     let mut limits = options().limits;
     limits.wrong_tokens_per_minute = 0;
     let app = spawn_with_auth(&connect, limits).await;
-    app.sql("CREATE TABLE own_sink (id bigint); CREATE TABLE other_sink (id bigint)")
-        .await;
-    for job in ["own", "other"] {
-        let response = app
-            .http
-            .put(app.url(&format!("/v1/jobs/{job}")))
-            .bearer_auth(ADMIN)
-            .json(&json!({"tasks": ["t0"], "sink": {"table": format!("{job}_sink"), "mode": "append"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::CREATED);
-    }
-    let issued: Value = app
-        .http
-        .post(app.url("/v1/jobs/other/tokens"))
-        .bearer_auth(ADMIN)
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let issued = own_and_other(&app, "other").await;
     let other = issued["token"].as_str().unwrap().to_owned();
     let document = serde_json::to_value(sinkgate::http::openapi()).unwrap();
     let mut checked = 0;
