@@ -58,6 +58,16 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// How one try of a request failed: for good, or worth another try (after
+/// at least `retry_after`, when the server said so).
+enum Failure {
+    Final(Error),
+    Transient {
+        failure: String,
+        retry_after: Option<Duration>,
+    },
+}
+
 /// A client for one job, over one or more replicas (requests are spread
 /// over them; a failing one is skipped by the retry).
 #[derive(Clone)]
@@ -108,61 +118,102 @@ impl Client {
         &self.job
     }
 
+    /// Sends a request, retrying transient failures (connection errors,
+    /// 5xx, 429) for up to `retry_for`: exponential backoff with jitter from
+    /// 20 ms to 1 s, but never sooner than the server's `Retry-After`. Each
+    /// try goes to the next replica. Refusals (other 4xx) are final.
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<Option<T>> {
+        use backon::Retryable;
         let started = std::time::Instant::now();
-        let mut delay = Duration::from_millis(20);
-        let mut attempt = 0usize;
-        loop {
-            let base = &self.base_urls[attempt % self.base_urls.len()];
-            attempt += 1;
-            let mut request = self.http.request(method.clone(), format!("{base}{path}"));
-            if let Some(body) = body {
-                request = request.json(body);
-            }
-            if let Some(token) = &self.token {
-                request = request.bearer_auth(token);
-            }
-            let failure = match request.send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    if status == StatusCode::NO_CONTENT {
-                        return Ok(None);
-                    }
-                    if status.is_success() {
-                        return response
-                            .json()
-                            .await
-                            .map(Some)
-                            .map_err(|error| Error::Decode(error.to_string()));
-                    }
-                    let text = response.text().await.unwrap_or_default();
-                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                        format!("{status}: {text}")
-                    } else {
-                        let problem: Problem =
-                            serde_json::from_str(&text).map_err(|_| Error::Decode(text.clone()))?;
-                        if problem.kind() == Some(ProblemKind::Fenced) {
-                            return Err(Error::Zombie {
-                                current_epoch: problem.current_epoch,
-                            });
-                        }
-                        return Err(Error::Refused(Box::new(problem)));
-                    }
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_secs(1))
+            .with_jitter()
+            .without_max_times();
+        let once = || {
+            let try_number = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let base = &self.base_urls[try_number % self.base_urls.len()];
+            self.call_once::<T>(method.clone(), format!("{base}{path}"), body)
+        };
+        once.retry(backoff)
+            .when(|failure| {
+                matches!(failure, Failure::Transient { .. }) && started.elapsed() <= self.retry_for
+            })
+            .adjust(|failure, delay| match failure {
+                Failure::Transient {
+                    retry_after: Some(wait),
+                    ..
+                } => delay.map(|delay| delay.max(*wait)),
+                _ => delay,
+            })
+            .notify(|failure, delay| {
+                if let Failure::Transient { failure, .. } = failure {
+                    tracing::debug!(%failure, ?delay, "transient failure; retrying");
                 }
-                Err(error) => with_causes(&error),
-            };
-            if started.elapsed() > self.retry_for {
-                return Err(Error::Unavailable(failure));
-            }
-            tracing::debug!(%failure, "transient failure; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
+            })
+            .await
+            .map_err(|failure| match failure {
+                Failure::Final(error) => error,
+                Failure::Transient { failure, .. } => Error::Unavailable(failure),
+            })
+    }
+
+    /// One try of [`Client::call`].
+    async fn call_once<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: String,
+        body: Option<&(impl Serialize + ?Sized)>,
+    ) -> std::result::Result<Option<T>, Failure> {
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(body);
         }
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|error| Failure::Transient {
+            failure: with_causes(&error),
+            retry_after: None,
+        })?;
+        let status = response.status();
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if status.is_success() {
+            return response
+                .json()
+                .await
+                .map(Some)
+                .map_err(|error| Failure::Final(Error::Decode(error.to_string())));
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = response.text().await.unwrap_or_default();
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(Failure::Transient {
+                failure: format!("{status}: {text}"),
+                retry_after,
+            });
+        }
+        let problem: Problem =
+            serde_json::from_str(&text).map_err(|_| Failure::Final(Error::Decode(text.clone())))?;
+        if problem.kind() == Some(ProblemKind::Fenced) {
+            return Err(Failure::Final(Error::Zombie {
+                current_epoch: problem.current_epoch,
+            }));
+        }
+        Err(Failure::Final(Error::Refused(Box::new(problem))))
     }
 
     async fn expect<T: DeserializeOwned>(
