@@ -48,13 +48,8 @@ fn validate_ack(request: &AckRequest, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
-#[derive(sqlx::FromRow)]
-struct StoredAck {
-    epoch: i64,
-    offsets: Json<BTreeMap<String, i64>>,
-    state: Option<Json<StateHandle>>,
-}
-
+/// What the database holds that decides an ack's fate, loaded (and
+/// locked) in one round trip by [`record_ack`].
 #[derive(sqlx::FromRow)]
 struct AckContext {
     epoch: i64,
@@ -68,6 +63,98 @@ struct AckContext {
     /// `[partition, offset]` pairs. Offsets acked in this epoch are checked
     /// by the `ack_floors` upsert that records the ack.
     floors: Json<Vec<(String, i64)>>,
+}
+
+impl AckContext {
+    /// A retry, or an ack after the checkpoint's fate: answered from this
+    /// task's stored ack of it, read in a statement after the locks (a
+    /// copy of this ack racing it may have committed while this one
+    /// waited for the task row, and the locking statement would not see it).
+    fn late_or_again(&self, checkpoint_id: i64) -> bool {
+        self.last_acked_id >= Some(checkpoint_id)
+            || self.status != CheckpointStatus::Pending
+            || self.expired
+    }
+}
+
+/// This task's stored ack of the checkpoint.
+#[derive(sqlx::FromRow)]
+struct StoredAck {
+    epoch: i64,
+    offsets: Json<BTreeMap<String, i64>>,
+    state: Option<Json<StateHandle>>,
+}
+
+/// What to do with an ack that [`admit`] lets in.
+#[derive(Debug, PartialEq, Eq)]
+enum Admitted {
+    /// Record it.
+    New,
+    /// The same ack again (its answer was lost): answer as before.
+    Again,
+}
+
+/// Decides an ack from what is stored, without I/O: admitted as new or as a
+/// retry, or refused with the reason the processor can act on. The epoch is
+/// checked before.
+fn admit(
+    context: &AckContext,
+    previous: Option<&StoredAck>,
+    checkpoint_id: i64,
+    request: &AckRequest,
+) -> Result<Admitted> {
+    let status = context.status;
+    let aborted = || Error::CheckpointAborted {
+        checkpoint_id,
+        reason: if context.expired {
+            "timeout".into()
+        } else {
+            context.failure_reason.clone().unwrap_or_default()
+        },
+    };
+    if context.late_or_again(checkpoint_id) {
+        // A retry of an ack whose answer was lost, or a late ack. A retry
+        // is answered by what happened to the checkpoint, never by the
+        // clock: if every task acked in time it is (or will be) decided.
+        let same = |previous: &StoredAck| {
+            previous.epoch == request.epoch
+                && previous.offsets.0 == request.offsets
+                && previous.state.as_ref().map(|state| &state.0) == request.state.as_ref()
+        };
+        return match previous {
+            Some(previous) if same(previous) && status == CheckpointStatus::Aborted => {
+                Err(aborted())
+            }
+            Some(previous) if same(previous) => Ok(Admitted::Again),
+            Some(_) => Err(Error::conflict(format!(
+                "task {:?} already acked checkpoint {checkpoint_id} with different offsets or state",
+                request.task_id
+            ))),
+            None if status == CheckpointStatus::Aborted || context.expired => Err(aborted()),
+            None if context.last_acked_id > Some(checkpoint_id) => Err(Error::conflict(format!(
+                "task {:?} already acked checkpoint {}; acks must go to increasing checkpoints",
+                request.task_id,
+                context.last_acked_id.unwrap_or_default()
+            ))),
+            None => Err(Error::conflict(format!(
+                "checkpoint {checkpoint_id} is already {status}"
+            ))),
+        };
+    }
+    for (partition, floor) in &context.floors.0 {
+        // Floors are loaded for the request's partitions only.
+        let Some(&offset) = request.offsets.get(partition) else {
+            continue;
+        };
+        if offset < *floor {
+            return Err(Error::OffsetRegression {
+                partition: partition.clone(),
+                offset,
+                committed: *floor,
+            });
+        }
+    }
+    Ok(Admitted::New)
 }
 
 /// `POST /checkpoints/{id}/acks`, first transaction: records the ack and
@@ -120,82 +207,29 @@ pub async fn record_ack(
         )));
     };
     super::check_epoch(job_id, context.epoch, request.epoch)?;
-    let status = context.status;
     let answer = |acked_tasks| AckResult {
         checkpoint_id,
-        status,
+        status: context.status,
         acked_tasks,
         total_tasks: context.task_count,
     };
-    let aborted = || Error::CheckpointAborted {
-        checkpoint_id,
-        reason: if context.expired {
-            "timeout".into()
-        } else {
-            context.failure_reason.clone().unwrap_or_default()
-        },
-    };
-
-    if context.last_acked_id >= Some(checkpoint_id)
-        || status != CheckpointStatus::Pending
-        || context.expired
-    {
-        // A retry of an ack whose answer was lost, or a late ack. A retry
-        // is answered by what happened to the checkpoint, never by the
-        // clock: if every task acked in time it is (or will be) decided.
-        let previous: Option<StoredAck> = sqlx::query_as(
+    let previous: Option<StoredAck> = if context.late_or_again(checkpoint_id) {
+        sqlx::query_as(
             "SELECT epoch, offsets, state FROM acks WHERE job_id = $1 AND checkpoint_id = $2 AND task_id = $3",
         )
         .bind(job_id)
         .bind(checkpoint_id)
         .bind(&request.task_id)
         .fetch_optional(&mut *conn)
-        .await?;
-        return match previous {
-            Some(previous)
-                if previous.epoch == request.epoch
-                    && previous.offsets.0 == request.offsets
-                    && previous.state.as_ref().map(|state| &state.0) == request.state.as_ref() =>
-            {
-                if status == CheckpointStatus::Aborted {
-                    return Err(aborted());
-                }
-                Ok(RecordedAck {
-                    result: answer(count_acks(&mut *conn, job_id, checkpoint_id).await?),
-                    expired: context.expired,
-                })
-            }
-            Some(_) => Err(Error::conflict(format!(
-                "task {:?} already acked checkpoint {checkpoint_id} with different offsets or state",
-                request.task_id
-            ))),
-            None if status == CheckpointStatus::Aborted || context.expired => Err(aborted()),
-            None if context.last_acked_id > Some(checkpoint_id) => Err(Error::conflict(format!(
-                "task {:?} already acked checkpoint {}; acks must go to increasing checkpoints",
-                request.task_id,
-                context.last_acked_id.unwrap_or_default()
-            ))),
-            None => Err(Error::conflict(format!(
-                "checkpoint {checkpoint_id} is already {}",
-                context.status
-            ))),
-        };
-    }
-    if let Some(last) = context.last_acked_id.filter(|last| *last > checkpoint_id) {
-        return Err(Error::conflict(format!(
-            "task {:?} already acked checkpoint {last}; acks must go to increasing checkpoints",
-            request.task_id
-        )));
-    }
-    for (partition, floor) in &context.floors.0 {
-        let offset = request.offsets[partition];
-        if offset < *floor {
-            return Err(Error::OffsetRegression {
-                partition: partition.clone(),
-                offset,
-                committed: *floor,
-            });
-        }
+        .await?
+    } else {
+        None
+    };
+    if admit(&context, previous.as_ref(), checkpoint_id, request)? == Admitted::Again {
+        return Ok(RecordedAck {
+            result: answer(count_acks(&mut *conn, job_id, checkpoint_id).await?),
+            expired: context.expired,
+        });
     }
 
     // Claim the partitions (one task per partition per checkpoint: a unique
@@ -555,4 +589,177 @@ async fn abort_pending(
         }
     }
     get(&mut *conn, job_id, checkpoint_id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(offsets: &[(&str, i64)]) -> AckRequest {
+        AckRequest {
+            task_id: "t0".into(),
+            epoch: 3,
+            offsets: offsets
+                .iter()
+                .map(|(partition, offset)| ((*partition).to_owned(), *offset))
+                .collect(),
+            state: None,
+        }
+    }
+
+    /// Checkpoint 5, pending, in time; task t0 acked up to 4; partition 0
+    /// committed at 100.
+    fn pending() -> AckContext {
+        AckContext {
+            epoch: 3,
+            last_acked_id: Some(4),
+            status: CheckpointStatus::Pending,
+            failure_reason: None,
+            task_count: 2,
+            expired: false,
+            floors: Json(vec![("0".into(), 100)]),
+        }
+    }
+
+    /// As `pending`, with t0's ack of 5 recorded ([`stored`]).
+    fn acked() -> AckContext {
+        AckContext {
+            last_acked_id: Some(5),
+            ..pending()
+        }
+    }
+
+    /// t0's ack of 5: partition 0 at 120.
+    fn stored() -> StoredAck {
+        StoredAck {
+            epoch: 3,
+            offsets: Json([("0".to_owned(), 120)].into()),
+            state: None,
+        }
+    }
+
+    /// `admit` as `record_ack` calls it, for checkpoint 5: with t0's stored
+    /// ack when there is one (`acked`).
+    fn admit_checkpoint_5(context: &AckContext, request: &AckRequest) -> Result<Admitted> {
+        let previous = (context.last_acked_id == Some(5)).then(stored);
+        admit(context, previous.as_ref(), 5, request)
+    }
+
+    fn kind(result: Result<Admitted>) -> &'static str {
+        match result {
+            Ok(Admitted::New) => "new",
+            Ok(Admitted::Again) => "again",
+            Err(error) => error.kind().as_str(),
+        }
+    }
+
+    #[test]
+    fn a_first_ack_at_or_above_the_floor_is_new() {
+        assert_eq!(
+            kind(admit_checkpoint_5(&pending(), &request(&[("0", 100)]))),
+            "new"
+        );
+        assert_eq!(
+            kind(admit_checkpoint_5(&pending(), &request(&[("1", 0)]))),
+            "new"
+        );
+    }
+
+    #[test]
+    fn an_ack_below_the_committed_offset_is_a_regression() {
+        let refused = admit_checkpoint_5(&pending(), &request(&[("0", 99)]));
+        assert!(matches!(
+            refused,
+            Err(Error::OffsetRegression {
+                committed: 100,
+                offset: 99,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_same_ack_again_is_answered_again_and_a_different_one_conflicts() {
+        assert_eq!(
+            kind(admit_checkpoint_5(&acked(), &request(&[("0", 120)]))),
+            "again"
+        );
+        assert_eq!(
+            kind(admit_checkpoint_5(&acked(), &request(&[("0", 121)]))),
+            "conflict"
+        );
+        let other_epoch = AckRequest {
+            epoch: 4,
+            ..request(&[("0", 120)])
+        };
+        assert_eq!(kind(admit_checkpoint_5(&acked(), &other_epoch)), "conflict");
+    }
+
+    #[test]
+    fn a_retry_of_a_complete_checkpoint_is_never_told_aborted() {
+        // Decided, or past its deadline: a recorded ack is answered again.
+        for context in [
+            AckContext {
+                status: CheckpointStatus::Committed,
+                ..acked()
+            },
+            AckContext {
+                expired: true,
+                ..acked()
+            },
+        ] {
+            assert_eq!(
+                kind(admit_checkpoint_5(&context, &request(&[("0", 120)]))),
+                "again"
+            );
+        }
+    }
+
+    #[test]
+    fn late_acks_are_refused_with_the_checkpoint_fate() {
+        let timed_out = AckContext {
+            expired: true,
+            ..pending()
+        };
+        let refused = admit_checkpoint_5(&timed_out, &request(&[("0", 120)]));
+        assert!(
+            matches!(&refused, Err(Error::CheckpointAborted { reason, .. }) if reason == "timeout")
+        );
+        let declined = AckContext {
+            status: CheckpointStatus::Aborted,
+            failure_reason: Some("declined by t1: disk full".into()),
+            ..pending()
+        };
+        let refused = admit_checkpoint_5(&declined, &request(&[("0", 120)]));
+        assert!(
+            matches!(&refused, Err(Error::CheckpointAborted { reason, .. }) if reason.starts_with("declined"))
+        );
+        // A recorded ack of an aborted checkpoint is refused too.
+        let aborted_after = AckContext {
+            status: CheckpointStatus::Aborted,
+            ..acked()
+        };
+        assert_eq!(
+            kind(admit_checkpoint_5(&aborted_after, &request(&[("0", 120)]))),
+            "checkpoint-aborted"
+        );
+        let committed = AckContext {
+            status: CheckpointStatus::Committed,
+            ..pending()
+        };
+        assert_eq!(
+            kind(admit_checkpoint_5(&committed, &request(&[("0", 120)]))),
+            "conflict"
+        );
+    }
+
+    #[test]
+    fn acks_go_to_increasing_checkpoints() {
+        let ahead = AckContext {
+            last_acked_id: Some(6),
+            ..pending()
+        };
+        let refused = admit_checkpoint_5(&ahead, &request(&[("0", 120)]));
+        assert!(matches!(&refused, Err(Error::Conflict(detail)) if detail.contains("increasing")));
+    }
 }
