@@ -457,11 +457,16 @@ async fn admit(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let path = request.uri().path();
+    // Keyed by the job id as the handler reads it: `%65v` is `ev`.
     let long_poll_job = path
         .strip_prefix("/v1/jobs/")
         .and_then(|rest| rest.strip_suffix("/checkpoints/pending"))
         .filter(|job| !job.contains('/'))
-        .map(str::to_owned);
+        .map(|job| {
+            percent_encoding::percent_decode_str(job)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
     let _body = match admission.reserve_body(&request) {
         Ok(reserved) => reserved,
         Err(error) => return error.into_response(),

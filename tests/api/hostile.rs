@@ -672,3 +672,41 @@ async fn json_bodies_in_memory_share_one_budget(_: PgPoolOptions, connect: PgCon
     assert_eq!(app.staged("ev").await, 2000);
     app.stop().await;
 }
+
+// A job's long-poll cap holds however its id is spelled in the path (the
+// handler decodes `%65v` to `ev`, so must the cap).
+#[sqlx::test]
+async fn the_long_poll_cap_of_a_job_holds_for_every_spelling_of_its_id(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn_with(
+        &connect,
+        sinkgate::ServiceOptions {
+            max_long_polls_per_job: 1,
+            ..few_slots(16, 8)
+        },
+    )
+    .await;
+    word_count_job(&app, "wc", &["t0"]).await;
+    let waiting = tokio::spawn(
+        app.http
+            .get(app.url("/v1/jobs/wc/checkpoints/pending?after=1000&wait_ms=20000"))
+            .send(),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for spelling in ["%77c", "w%63", "%77%63", "%77%43"] {
+        let answer = app
+            .get(&format!(
+                "/v1/jobs/{spelling}/checkpoints/pending?after=1000&wait_ms=20000"
+            ))
+            .await;
+        let status = answer.status();
+        assert!(
+            status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::NOT_FOUND,
+            "{spelling}: {status}"
+        );
+    }
+    waiting.abort();
+    app.kill().await;
+}
