@@ -32,10 +32,11 @@ pub struct Config {
     #[arg(long, env = "SINKGATE_MAX_JSON_BODY", default_value_t = 64 * 1024 * 1024)]
     pub max_json_body_bytes: usize,
 
-    /// JSON request bodies held in memory at once, in bytes, over all
-    /// requests (bodies of 64 KiB or less are not counted: the in-flight
-    /// limit bounds those). A body that does not fit is answered 503
-    /// `overloaded` before it is read. At least `--max-json-body`.
+    /// Request bodies held in memory at once, in bytes, over all requests,
+    /// counted as they arrive (the first 64 KiB of each is not counted: the
+    /// in-flight limit bounds those). A body that would overrun it is
+    /// answered 503 `overloaded`. At least `--max-json-body`. Streamed NDJSON
+    /// uploads hold no body in memory.
     #[arg(long, env = "SINKGATE_MAX_JSON_BYTES_IN_FLIGHT", default_value_t = 256 * 1024 * 1024)]
     pub max_json_bytes_in_flight: usize,
 

@@ -61,6 +61,10 @@ pub async fn read_body<S: Send + Sync>(request: Request, state: &S) -> Result<By
     Bytes::from_request(request, state)
         .await
         .map_err(|rejection| {
+            // The body stalled, trickled, or overran the memory budget.
+            if let Some(error) = super::body::failure(&rejection) {
+                return error;
+            }
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 Error::PayloadTooLarge(
                     "the request body is larger than the configured limit".into(),

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod attempts;
+pub mod body;
 pub mod checkpoints;
 pub mod extract;
 pub mod health;
@@ -293,8 +294,8 @@ fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
 pub struct HttpLimits {
     /// Largest JSON body (NDJSON writes are streamed and limited separately).
     pub max_json_body_bytes: usize,
-    /// JSON bodies above [`SMALL_BODY_BYTES`] held in memory at once, in
-    /// bytes (raised to `max_json_body_bytes` if lower).
+    /// Buffered body bytes (past each body's first [`body::FREE_BYTES`])
+    /// held in memory at once (raised to `max_json_body_bytes` if lower).
     pub max_json_bytes_in_flight: usize,
     /// Requests handled at once; beyond it requests are shed with 503
     /// (`overloaded`, Retry-After) instead of queueing without bound.
@@ -324,13 +325,13 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
         long_polls: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_long_polls.max(1))),
         long_polls_per_job: KeyedSlots::new(limits.max_long_polls_per_job),
-        json_kib: std::sync::Arc::new(tokio::sync::Semaphore::new(
+        body_budget: body::Budget::new(
             limits
                 .max_json_bytes_in_flight
-                .max(limits.max_json_body_bytes)
-                .div_ceil(1024),
-        )),
+                .max(limits.max_json_body_bytes),
+        ),
         max_json_body_bytes: limits.max_json_body_bytes,
+        pace: state.pace(),
     };
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
@@ -398,48 +399,57 @@ struct Admission {
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     long_polls: std::sync::Arc<tokio::sync::Semaphore>,
     long_polls_per_job: KeyedSlots,
-    /// Budget of buffered JSON bodies, in KiB.
-    json_kib: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Buffered body bytes, all requests together.
+    body_budget: body::Budget,
     max_json_body_bytes: usize,
+    /// How fast a buffered body must arrive.
+    pace: body::Pace,
 }
 
-/// Bodies up to this size are not counted against the JSON budget: the
-/// in-flight limit bounds what they can hold together.
-pub const SMALL_BODY_BYTES: usize = 64 * 1024;
-
 impl Admission {
-    /// A share of the JSON budget for the body this request will buffer:
-    /// its `Content-Length`, or the largest allowed when it is chunked.
-    /// `Ok(None)` when nothing needs reserving (no body, a small one, a
-    /// streamed NDJSON upload, or one too large to be read at all).
-    fn reserve_body(
+    /// Puts a buffered body under the pace and the budget (a streamed
+    /// NDJSON upload to `/writes` paces itself and holds no bytes); 413 at
+    /// once for a declared length over the limit. What it holds of the
+    /// budget is in the returned [`body::Held`].
+    fn meter_body(
         &self,
-        request: &Request<Body>,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Error> {
+        request: Request<Body>,
+    ) -> Result<(Request<Body>, Option<body::Held>), Error> {
         use axum::http::header;
+        use futures::TryStreamExt;
         let headers = request.headers();
-        let streamed = extract::is_ndjson(
-            headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|value| value.to_str().ok()),
-        );
-        let length = match headers
+        let upload = request.uri().path().ends_with("/writes")
+            && extract::is_ndjson(
+                headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|value| value.to_str().ok()),
+            );
+        if upload {
+            return Ok((request, None));
+        }
+        let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
-        {
-            Some(length) => length.trim().parse::<usize>().unwrap_or(usize::MAX),
-            None if headers.contains_key(header::TRANSFER_ENCODING) => self.max_json_body_bytes,
-            None => 0,
-        };
-        if streamed || length <= SMALL_BODY_BYTES || length > self.max_json_body_bytes {
-            return Ok(None);
+            .and_then(|value| value.trim().parse::<u64>().ok());
+        if declared.is_some_and(|length| length > self.max_json_body_bytes as u64) {
+            return Err(Error::PayloadTooLarge(format!(
+                "the request body is larger than the configured limit ({} bytes)",
+                self.max_json_body_bytes
+            )));
         }
-        let kib = u32::try_from(length.div_ceil(1024)).unwrap_or(u32::MAX);
-        self.json_kib
-            .clone()
-            .try_acquire_many_owned(kib)
-            .map(Some)
-            .map_err(|_| Error::Overloaded)
+        let held = body::Held::default();
+        let (budget, pace, holder) = (self.body_budget.clone(), self.pace, held.clone());
+        let request = request.map(move |incoming| {
+            let chunks = incoming
+                .into_data_stream()
+                .map_err(|error| Error::Malformed(format!("reading the body failed: {error}")));
+            Body::from_stream(body::metered(
+                Box::pin(body::paced(chunks, pace)),
+                budget,
+                holder,
+            ))
+        });
+        Ok((request, Some(held)))
     }
 }
 
@@ -467,8 +477,8 @@ async fn admit(
                 .decode_utf8_lossy()
                 .into_owned()
         });
-    let _body = match admission.reserve_body(&request) {
-        Ok(reserved) => reserved,
+    let (request, _held) = match admission.meter_body(request) {
+        Ok(metered) => metered,
         Err(error) => return error.into_response(),
     };
     let _permits = match long_poll_job {
@@ -678,6 +688,16 @@ async fn record_request(
         started.elapsed(),
     );
     response
+}
+
+impl AppState {
+    /// How fast request bodies must arrive.
+    pub fn pace(&self) -> body::Pace {
+        body::Pace {
+            idle: self.limits.body_idle_timeout,
+            min_bytes_per_second: self.limits.min_body_bytes_per_second,
+        }
+    }
 }
 
 /// A state for `db` with these limits, a fresh notifier, and `auth`.

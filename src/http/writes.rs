@@ -11,6 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::JobCaller;
+use super::body::paced;
 use super::extract::{is_json, is_ndjson, parse_json, read_body, ApiPath};
 use super::problem::Problem;
 use super::AppState;
@@ -94,12 +95,7 @@ async fn write_batch(
             .into_body()
             .into_data_stream()
             .map_err(|error| Error::Malformed(format!("reading the body failed: {error}")));
-        let mut body: BodyStream = paced(
-            body,
-            state.limits.body_idle_timeout,
-            state.limits.min_body_bytes_per_second,
-        )
-        .boxed();
+        let mut body: BodyStream = paced(body, state.pace()).boxed();
         // No transaction (and no connection) before the body starts to
         // arrive: a client that connects and sends nothing holds nothing.
         let first = body.next().await;
@@ -179,52 +175,6 @@ where
         }
     }
     deserializer.deserialize_seq(Capped)
-}
-
-/// Ends a body stream with 408 `body-timeout` when no bytes arrive for
-/// `idle`, or when, after a first `idle` of grace, fewer than
-/// `min_bytes_per_second` have arrived on average: a stalled or trickling
-/// upload must not hold its transaction, its locks and a pooled connection
-/// for ever. (The allowance grows with every byte, as Apache's
-/// `mod_reqtimeout` `MinRate` does.)
-fn paced(
-    body: impl futures::Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
-    idle: std::time::Duration,
-    min_bytes_per_second: u64,
-) -> impl futures::Stream<Item = Result<Bytes>> + Send {
-    let started = tokio::time::Instant::now();
-    futures::stream::unfold(Some((body, 0u64)), move |state| async move {
-        let (mut body, received) = state?;
-        // The latest moment the next byte may come while the average holds.
-        let allowance = match min_bytes_per_second {
-            0 => std::time::Duration::MAX,
-            rate => idle + std::time::Duration::from_secs_f64(received as f64 / rate as f64),
-        };
-        let until_too_slow = (started + allowance.min(std::time::Duration::from_secs(1 << 40)))
-            .saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(idle.min(until_too_slow), body.next()).await {
-            Ok(Some(Ok(chunk))) => {
-                let received = received + chunk.len() as u64;
-                Some((Ok(chunk), Some((body, received))))
-            }
-            Ok(Some(Err(error))) => Some((Err(error), None)),
-            Ok(None) => None,
-            Err(_) if until_too_slow < idle => Some((
-                Err(Error::BodyTimeout(format!(
-                    "the body arrived slower than {min_bytes_per_second} bytes/s on average ({received} bytes in {} ms)",
-                    started.elapsed().as_millis()
-                ))),
-                None,
-            )),
-            Err(_) => Some((
-                Err(Error::BodyTimeout(format!(
-                    "no body bytes arrived for {} ms",
-                    idle.as_millis()
-                ))),
-                None,
-            )),
-        }
-    })
 }
 
 async fn stage(

@@ -1037,7 +1037,7 @@ async fn a_slow_retry_of_a_staged_batch_blocks_nothing(
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let held: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'sinkgate write%'",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'sinkgate write%' AND datname = current_database()",
     )
     .fetch_one(&app.db)
     .await

@@ -439,7 +439,7 @@ async fn an_upload_holds_no_transaction_before_its_body_arrives(
     };
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let writers: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'sinkgate write%'",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'sinkgate write%' AND datname = current_database()",
     )
     .fetch_one(&app.db)
     .await
@@ -612,11 +612,12 @@ async fn a_session_idle_in_a_transaction_is_ended_by_the_server(
     assert_eq!(visible, None);
 }
 
-// Issue "hardening", 6: JSON bodies held in memory at once are bounded over
-// all requests; one beyond the budget is refused before it is read, while
-// small requests (acks, administration) go on.
+// Issue "hardening", 6: buffered bodies are bounded over all requests, by
+// the bytes that have arrived; a body that would overrun the budget is
+// refused (503) while small requests (acks, administration) go on. A body
+// sent as NDJSON to another route than /writes is buffered, so it counts.
 #[sqlx::test]
-async fn json_bodies_in_memory_share_one_budget(_: PgPoolOptions, connect: PgConnectOptions) {
+async fn buffered_bodies_share_one_budget(_: PgPoolOptions, connect: PgConnectOptions) {
     let app = TestApp::spawn_with(
         &connect,
         sinkgate::ServiceOptions {
@@ -627,49 +628,113 @@ async fn json_bodies_in_memory_share_one_budget(_: PgPoolOptions, connect: PgCon
     )
     .await;
     let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
-    let rows: Vec<Value> = (0..2000)
+    let rows: Vec<Value> = (0..6000)
         .map(|id| json!({"id": id, "payload": "x".repeat(40)}))
         .collect();
     let write = json!({"task_id": "t0", "epoch": epoch, "batch_id": "b", "rows": rows});
-    assert!(write.to_string().len() > 64 * 1024);
-    // A chunked JSON body may grow to the body limit: it takes the budget.
+    let size = write.to_string().len();
+    assert!((300 << 10..900 << 10).contains(&size), "{size}");
+    for content_type in ["application/json", "application/x-ndjson"] {
+        // 800 KiB of a body that then stalls: held in memory meanwhile.
+        let (sender, body) = crate::helpers::held_body();
+        let held = {
+            let request = app
+                .http
+                .post(app.url("/v1/jobs/ev/attempts"))
+                .header("content-type", content_type)
+                .body(body);
+            tokio::spawn(async move { request.send().await.unwrap().status() })
+        };
+        // (Not JSON: once it ends, the attempt is refused, 400.)
+        sender.send(Ok(vec![b'x'; 800 << 10])).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let refused = crate::helpers::problem(
+            app.post("/v1/jobs/ev/writes", write.clone()).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+        )
+        .await;
+        assert!(refused["detail"].is_string());
+        // Small requests are not held back.
+        assert_eq!(
+            app.http
+                .get(app.url("/v1/jobs/ev"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK,
+            "{content_type}"
+        );
+        drop(sender);
+        assert!(held.await.unwrap().is_client_error(), "{content_type}");
+    }
+    assert_eq!(app.staged("ev").await, 0);
+    // Once the held bodies are gone, the same write is taken.
+    assert_eq!(
+        app.post("/v1/jobs/ev/writes", write.clone()).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(app.staged("ev").await, 6000);
+    app.stop().await;
+}
+
+// Issue "hardening", 6: a declared length over the limit is refused before
+// a byte of the body is read.
+#[sqlx::test]
+async fn a_declared_length_over_the_limit_is_refused_at_once(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    let started = std::time::Instant::now();
+    let answer = raw_request(
+        &app,
+        b"POST /v1/jobs/x/attempts HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1073741824\r\n\r\n{",
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    app.stop().await;
+}
+
+// Issue "hardening", 5: a buffered (JSON) body that stops arriving is
+// abandoned like a streamed one: 408, nothing staged.
+#[sqlx::test]
+async fn a_stalled_json_body_is_abandoned(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn_with(
+        &connect,
+        sinkgate::ServiceOptions {
+            limits: sinkgate::coordinator::Limits {
+                body_idle_timeout: std::time::Duration::from_millis(800),
+                ..crate::helpers::options().limits
+            },
+            ..crate::helpers::options()
+        },
+    )
+    .await;
+    let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
     let (sender, body) = crate::helpers::held_body();
-    let held = {
+    let stalled = {
         let request = app
             .http
             .post(app.url("/v1/jobs/ev/writes"))
             .header("content-type", "application/json")
             .body(body);
-        tokio::spawn(async move { request.send().await.unwrap().status() })
+        tokio::spawn(async move { request.send().await.unwrap() })
     };
-    sender.send(Ok(b"{\"task_id\": ".to_vec())).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let refused = crate::helpers::problem(
-        app.post("/v1/jobs/ev/writes", write.clone()).await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded",
-    )
-    .await;
-    assert!(refused["detail"].is_string());
-    // Small requests are not held back.
-    assert_eq!(
-        app.http
-            .get(app.url("/v1/jobs/ev"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
+    let head = format!(
+        r#"{{"task_id": "t0", "epoch": {epoch}, "batch_id": "b", "rows": [{{"id": 1, "payload": "a"}}"#
     );
+    sender.send(Ok(head.into_bytes())).await.unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), stalled)
+        .await
+        .expect("a stalled JSON body was never abandoned")
+        .unwrap();
+    crate::helpers::problem(answer, StatusCode::REQUEST_TIMEOUT, "body-timeout").await;
     drop(sender);
-    assert_eq!(held.await.unwrap(), StatusCode::BAD_REQUEST);
     assert_eq!(app.staged("ev").await, 0);
-    // Once the held body is gone, the same write is taken.
-    assert_eq!(
-        app.post("/v1/jobs/ev/writes", write.clone()).await.status(),
-        StatusCode::CREATED
-    );
-    assert_eq!(app.staged("ev").await, 2000);
     app.stop().await;
 }
 
