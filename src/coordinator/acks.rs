@@ -442,7 +442,7 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
     let (decide_seconds, subsumed): (f64, i64) = sqlx::query_as(
         "WITH decided AS (
              UPDATE checkpoints c SET status = 'completed', decided_at = clock_timestamp(), acked_count = c.task_count,
-                    staged_rows = COALESCE(b.rows, 0), staged_bytes = COALESCE(b.bytes, 0)
+                    staged_rows = COALESCE(b.rows, 0), staged_bytes = COALESCE(b.bytes, 0), carried_after = $4
              -- Every batch its promotion carries: those tagged for aborted
              -- checkpoints since the last decision too.
              FROM (SELECT sum(staged_rows) AS rows, sum(staged_bytes) AS bytes FROM batches
@@ -454,7 +454,11 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
                  status = CASE WHEN complete THEN 'completed' ELSE 'aborted' END,
                  decided_at = CASE WHEN complete THEN clock_timestamp() END,
                  aborted_at = CASE WHEN complete THEN NULL ELSE now() END,
-                 failure_reason = CASE WHEN complete THEN NULL ELSE 'subsumed by ' || $2 END
+                 failure_reason = CASE WHEN complete THEN NULL ELSE 'subsumed by ' || $2 END,
+                 -- Completed with it: its batches are the decided one's.
+                 staged_rows = CASE WHEN complete THEN 0 END,
+                 staged_bytes = CASE WHEN complete THEN 0 END,
+                 carried_after = CASE WHEN complete THEN c.checkpoint_id END
              FROM (SELECT p.checkpoint_id AS id,
                           (SELECT count(*) FROM acks a WHERE a.job_id = p.job_id AND a.checkpoint_id = p.checkpoint_id) >= p.task_count AS complete
                    FROM checkpoints p WHERE p.job_id = $1 AND p.status = 'pending' AND p.checkpoint_id < $2) older

@@ -55,10 +55,10 @@ const SELECT_CHECKPOINT: &str = "
     LEFT JOIN LATERAL (
         SELECT sum(staged_rows) AS rows, sum(staged_bytes) AS bytes FROM batches b
         WHERE b.job_id = c.job_id AND b.epoch = c.epoch AND b.checkpoint_tag <= c.checkpoint_id
-          AND b.checkpoint_tag > CASE WHEN c.status = 'aborted' THEN c.checkpoint_id - 1 ELSE (
+          AND b.checkpoint_tag > CASE WHEN c.status = 'aborted' THEN c.checkpoint_id - 1 ELSE coalesce(c.carried_after, (
               SELECT coalesce(max(p.checkpoint_id), 0) FROM checkpoints p
               WHERE p.job_id = c.job_id AND p.checkpoint_id < c.checkpoint_id
-                AND p.status IN ('completed', 'committed')) END
+                AND p.status IN ('completed', 'committed'))) END
     ) b ON true";
 
 fn millis_between(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> Option<f64> {
@@ -142,8 +142,9 @@ struct TaskAckRow {
     staged_bytes: i64,
 }
 
-/// The tag above which the batches a checkpoint carries start: the decided
-/// checkpoint before it (an aborted one carries only its own tag).
+/// The tag above which the batches a checkpoint carries start: recorded at
+/// its decision; else the decided checkpoint before it (an aborted one
+/// carries only its own tag).
 async fn carried_after(
     conn: &mut PgConnection,
     job_id: &str,
@@ -153,8 +154,11 @@ async fn carried_after(
         return Ok(checkpoint.checkpoint_id - 1);
     }
     Ok(sqlx::query_scalar(
-        "SELECT coalesce(max(checkpoint_id), 0) FROM checkpoints
-         WHERE job_id = $1 AND checkpoint_id < $2 AND status IN ('completed', 'committed')",
+        "SELECT coalesce(
+             (SELECT carried_after FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2),
+             (SELECT max(checkpoint_id) FROM checkpoints
+              WHERE job_id = $1 AND checkpoint_id < $2 AND status IN ('completed', 'committed')),
+             0)",
     )
     .bind(job_id)
     .bind(checkpoint.checkpoint_id)

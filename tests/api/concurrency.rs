@@ -217,7 +217,7 @@ async fn writes_racing_an_attempt_are_aborted_with_their_epoch_or_fenced(
 
 /// Records the last ack as the service's first transaction would, then
 /// "crashes" before the second (the decision).
-async fn record_last_ack_without_deciding(
+pub async fn record_last_ack_without_deciding(
     app: &TestApp,
     job: &str,
     checkpoint: i64,

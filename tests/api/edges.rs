@@ -1108,3 +1108,58 @@ async fn staged_rows_count_what_the_promotion_carries(_: PgPoolOptions, connect:
     assert_eq!(app.count("ev_sink").await, 2);
     app.stop().await;
 }
+
+// A checkpoint completed by a newer one's decision carries nothing of its
+// own: the rows are counted once, by the decided one, and its per-task
+// counts add up to its total.
+#[sqlx::test]
+async fn staged_rows_are_counted_once_when_a_decision_completes_an_older_checkpoint(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let quiet = ServiceOptions {
+        tick: Duration::from_secs(3600),
+        ..options()
+    };
+    let app = TestApp::spawn_with(&connect, quiet).await;
+    app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
+        .await;
+    let response = app
+        .put_job(
+            "ev",
+            json!({"tasks": ["t0"], "sink": {"table": "ev_sink", "mode": "append"},
+                   "checkpointing": {"max_concurrent": 2}}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let epoch = app.epoch("ev").await;
+    app.write("ev", "t0", epoch, "a", events(0, 3)).await;
+    let first = app.checkpoint("ev", epoch).await;
+    crate::concurrency::record_last_ack_without_deciding(&app, "ev", first, "t0", epoch).await;
+    app.write("ev", "t0", epoch, "b", events(3, 2)).await;
+    let second = app.checkpoint("ev", epoch).await;
+    crate::concurrency::record_last_ack_without_deciding(&app, "ev", second, "t0", epoch).await;
+    // The retried ack of the second decides it, and completes the first.
+    assert_eq!(
+        app.ack_ok("ev", second, "t0", epoch, json!({"p": 7})).await,
+        "committed"
+    );
+    assert_eq!(app.count("ev_sink").await, 5);
+    let listed: Value = app
+        .get("/v1/jobs/ev/checkpoints")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let staged: i64 = listed["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|checkpoint| checkpoint["staged_rows"].as_i64().unwrap())
+        .sum();
+    assert_eq!(staged, 5, "{listed}");
+    let details = app.checkpoint_details("ev", second).await;
+    assert_eq!(details["staged_rows"], 5, "{details}");
+    assert_eq!(details["acks"][0]["staged_rows"], 5, "{details}");
+    app.stop().await;
+}
