@@ -126,7 +126,8 @@ pub async fn serve(
         shutdown,
     )
     .await?;
-    pool.close().await;
+    // Connections still held by abandoned requests are not waited for.
+    let _ = tokio::time::timeout(Duration::from_secs(1), pool.close()).await;
     Ok(())
 }
 
@@ -169,19 +170,30 @@ pub async fn run(
     );
     tracing::info!(address = %listener.local_addr()?, "sinkgate listening");
     let stopping = state_stopping;
-    let shutdown = async move {
-        shutdown.await;
-        stopping.cancel();
+    // One drain period for everything, from the moment shutdown begins.
+    let drained_by = std::sync::Arc::new(std::sync::OnceLock::new());
+    let shutdown = {
+        let drained_by = drained_by.clone();
+        async move {
+            shutdown.await;
+            let _ = drained_by.set(tokio::time::Instant::now() + http::serve::DRAIN);
+            stopping.cancel();
+        }
     };
     let served = http::serve::serve(listener, app, options.connections.clone(), shutdown).await;
     // Requests whose client went away are not waited for by the server
-    // loop; their transactions still finish before the pool closes.
+    // loop; their transactions still finish before the pool closes, within
+    // what is left of the drain period.
     requests.close();
-    if tokio::time::timeout(http::serve::DRAIN, requests.wait())
+    let deadline = drained_by
+        .get()
+        .copied()
+        .unwrap_or_else(|| tokio::time::Instant::now() + http::serve::DRAIN);
+    if tokio::time::timeout_at(deadline, requests.wait())
         .await
         .is_err()
     {
-        tracing::warn!("requests still running after the drain period are cut off; their transactions roll back");
+        tracing::warn!("requests still running after the drain period are abandoned; when the process exits, their transactions roll back");
     }
 
     let _ = stop_scheduler.send(true);
