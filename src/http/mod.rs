@@ -315,9 +315,10 @@ pub struct HttpLimits {
 /// echoed in the response, in problem documents, and in the request's log
 /// span.
 ///
-/// The layers, outermost first: request id and tracing; the id stamped into
-/// problem documents; the answer deadline; the request's own task; metrics;
-/// load shedding; authentication; body limit; the handler.
+/// The layers, outermost first: request id and tracing; the id made known
+/// to problem documents; the answer deadline; the request's own task;
+/// metrics; load shedding and body metering; authentication; body limit;
+/// the handler.
 pub fn app(state: AppState, limits: &HttpLimits) -> Router {
     let (router, api) = split();
     let request_id = HeaderName::from_static("x-request-id");
@@ -348,7 +349,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
             limits.request_timeout,
             answer_in_time,
         ))
-        .layer(axum::middleware::from_fn(stamp_problem_with_request_id))
+        .layer(axum::middleware::from_fn(with_request_id))
         .layer(
             ServiceBuilder::new()
                 .layer(axum::middleware::from_fn(drop_unfit_request_id))
@@ -534,7 +535,9 @@ async fn run_to_completion(
     // Dropped with this future when the client goes away (hyper drops it);
     // defused once the answer is here.
     let guard = gone.drop_guard();
-    let work = next.run(request).instrument(tracing::Span::current());
+    // The task of its own keeps the request id for problem documents.
+    let id = problem::REQUEST_ID.try_with(Clone::clone).ok().flatten();
+    let work = problem::REQUEST_ID.scope(id, next.run(request).instrument(tracing::Span::current()));
     let answered = requests.spawn(work).await;
     guard.disarm();
     match answered {
@@ -582,36 +585,18 @@ async fn answer_in_time(
     }
 }
 
-/// Adds the request id to every problem document (`request_id`), so a
-/// user's error report can be found in the service's log.
-async fn stamp_problem_with_request_id(
+/// Makes the request's id known to whatever renders a problem document
+/// for it (see [`problem::REQUEST_ID`]), so a user's error report can be
+/// found in the service's log.
+async fn with_request_id(
     request: Request<Body>,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let id = request.headers().get("x-request-id").cloned();
-    let response = next.run(request).await;
-    let is_problem = response
+    let id = request
         .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes() == b"application/problem+json");
-    let Some(id) = id.filter(|_| is_problem) else {
-        return response;
-    };
-    let (mut parts, body) = response.into_parts();
-    // Problem documents are small; anything odd is passed on untouched.
-    let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
-        return axum::response::Response::from_parts(parts, Body::empty());
-    };
-    let stamped = match serde_json::from_slice::<serde_json::Value>(&bytes) {
-        Ok(serde_json::Value::Object(mut problem)) => {
-            let id = String::from_utf8_lossy(id.as_bytes()).into_owned();
-            problem.insert("request_id".into(), id.into());
-            serde_json::to_vec(&problem).unwrap_or_else(|_| bytes.to_vec())
-        }
-        _ => bytes.to_vec(),
-    };
-    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
-    axum::response::Response::from_parts(parts, Body::from(stamped))
+        .get("x-request-id")
+        .map(|id| String::from_utf8_lossy(id.as_bytes()).into_owned());
+    problem::REQUEST_ID.scope(id, next.run(request)).await
 }
 
 /// Authentication, before any handler runs: who the caller is (a `Caller`

@@ -8,6 +8,13 @@ use crate::error::Error;
 
 pub use crate::model::{Problem, ProblemKind, PROBLEM_TYPE_PREFIX};
 
+tokio::task_local! {
+    /// The id of the request being answered (`x-request-id`), set by the
+    /// middleware for everything that runs on its behalf: every problem
+    /// document rendered meanwhile carries it as `request_id`.
+    pub static REQUEST_ID: Option<String>;
+}
+
 /// The fields every problem has; [`problem_for`] adds the kind's own.
 fn base(error: &Error, status: StatusCode, title: &str) -> Problem {
     Problem {
@@ -111,7 +118,8 @@ impl IntoResponse for Error {
         if let Error::Internal(cause) = &self {
             tracing::error!(error = ?cause, "internal error");
         }
-        let problem = problem_for(&self);
+        let mut problem = problem_for(&self);
+        problem.request_id = REQUEST_ID.try_with(Clone::clone).ok().flatten();
         let status =
             StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let retry_after = problem.retry_after_ms;
