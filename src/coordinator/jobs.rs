@@ -125,92 +125,79 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
     };
     let created = existing.is_none();
     let mut fence = false;
-    match existing {
-        None => {
-            let staging_id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO jobs (job_id, sink_schema, sink_table, sink_mode, sink_key, sink_columns,
-                                   interval_ms, timeout_ms, min_pause_ms, max_concurrent, retained,
-                                   on_promotion_error)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                 ON CONFLICT (job_id) DO NOTHING RETURNING staging_id",
-            )
-            .bind(job_id)
-            .bind(&sink.schema)
-            .bind(&sink.table)
-            .bind(spec.sink.mode)
-            .bind(&spec.sink.key)
-            .bind(&columns)
-            .bind(settings.interval_ms.map(|v| v as i64))
-            .bind(settings.timeout_ms as i64)
-            .bind(settings.min_pause_ms as i64)
-            .bind(settings.max_concurrent as i32)
-            .bind(settings.retained as i32)
-            .bind(spec.sink.on_promotion_error)
-            .fetch_optional(&mut *conn)
+    if let Some(job) = &existing {
+        let sink_moved = job.sink_schema != sink.schema
+            || job.sink_table != sink.table
+            || job.sink_mode != spec.sink.mode
+            || job.sink_key != spec.sink.key;
+        if sink_moved {
+            let staged: bool = sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {})",
+                crate::sink::staging_table(job.staging_id)
+            ))
+            .fetch_one(&mut *conn)
             .await?;
-            let Some(staging_id) = staging_id else {
-                return Err(Error::conflict(format!(
-                    "job {job_id:?} was created concurrently; retry the request"
-                )));
-            };
-            schema::create_staging(&mut *conn, staging_id, &sink.columns).await?;
-        }
-        Some(job) => {
-            let sink_moved = job.sink_schema != sink.schema
-                || job.sink_table != sink.table
-                || job.sink_mode != spec.sink.mode
-                || job.sink_key != spec.sink.key;
-            if sink_moved {
-                let staged: bool = sqlx::query_scalar(&format!(
-                    "SELECT EXISTS (SELECT 1 FROM {})",
-                    crate::sink::staging_table(job.staging_id)
-                ))
-                .fetch_one(&mut *conn)
-                .await?;
-                if staged || job.last_decided_id > job.last_committed_id {
-                    return Err(Error::conflict(
-                        "rows are staged for this job; its sink table, mode or key can change only when nothing is staged (after a commit, or after a new attempt)",
-                    ));
-                }
-                schema::drop_staging(&mut *conn, job.staging_id).await?;
-                schema::create_staging(&mut *conn, job.staging_id, &sink.columns).await?;
-            } else if job.sink_columns.0 != sink.columns {
-                schema::refresh_staging(
-                    &mut *conn,
-                    job.staging_id,
-                    &job.sink_columns.0,
-                    &sink.columns,
-                )
-                .await?;
+            if staged || job.last_decided_id > job.last_committed_id {
+                return Err(Error::conflict(
+                    "rows are staged for this job; its sink table, mode or key can change only when nothing is staged (after a commit, or after a new attempt)",
+                ));
             }
-            let current: Vec<String> =
-                sqlx::query_scalar("SELECT task_id FROM tasks WHERE job_id = $1")
-                    .bind(job_id)
-                    .fetch_all(&mut *conn)
-                    .await?;
-            let current: HashSet<&String> = current.iter().collect();
-            fence = job.epoch > 0 && current != spec.tasks.iter().collect::<HashSet<_>>();
-            sqlx::query(
-                "UPDATE jobs SET sink_schema = $2, sink_table = $3, sink_mode = $4, sink_key = $5,
-                        sink_columns = $6, interval_ms = $7, timeout_ms = $8, min_pause_ms = $9,
-                        max_concurrent = $10, retained = $11, on_promotion_error = $12, updated_at = now()
-                 WHERE job_id = $1",
+            schema::drop_staging(&mut *conn, job.staging_id).await?;
+            schema::create_staging(&mut *conn, job.staging_id, &sink.columns).await?;
+        } else if job.sink_columns.0 != sink.columns {
+            schema::refresh_staging(
+                &mut *conn,
+                job.staging_id,
+                &job.sink_columns.0,
+                &sink.columns,
             )
-            .bind(job_id)
-            .bind(&sink.schema)
-            .bind(&sink.table)
-            .bind(spec.sink.mode)
-            .bind(&spec.sink.key)
-            .bind(&columns)
-            .bind(settings.interval_ms.map(|v| v as i64))
-            .bind(settings.timeout_ms as i64)
-            .bind(settings.min_pause_ms as i64)
-            .bind(settings.max_concurrent as i32)
-            .bind(settings.retained as i32)
-            .bind(spec.sink.on_promotion_error)
-            .execute(&mut *conn)
             .await?;
         }
+        let current: Vec<String> =
+            sqlx::query_scalar("SELECT task_id FROM tasks WHERE job_id = $1")
+                .bind(job_id)
+                .fetch_all(&mut *conn)
+                .await?;
+        let current: HashSet<&String> = current.iter().collect();
+        fence = job.epoch > 0 && current != spec.tasks.iter().collect::<HashSet<_>>();
+    }
+    // One statement creates or updates the row. `inserted` tells a row
+    // created by a concurrent request (its staging is that request's).
+    let (staging_id, inserted): (i64, bool) = sqlx::query_as(
+        "INSERT INTO jobs (job_id, sink_schema, sink_table, sink_mode, sink_key, sink_columns,
+                           interval_ms, timeout_ms, min_pause_ms, max_concurrent, retained,
+                           on_promotion_error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (job_id) DO UPDATE SET
+             sink_schema = EXCLUDED.sink_schema, sink_table = EXCLUDED.sink_table,
+             sink_mode = EXCLUDED.sink_mode, sink_key = EXCLUDED.sink_key,
+             sink_columns = EXCLUDED.sink_columns, interval_ms = EXCLUDED.interval_ms,
+             timeout_ms = EXCLUDED.timeout_ms, min_pause_ms = EXCLUDED.min_pause_ms,
+             max_concurrent = EXCLUDED.max_concurrent, retained = EXCLUDED.retained,
+             on_promotion_error = EXCLUDED.on_promotion_error, updated_at = now()
+         RETURNING staging_id, xmax = 0",
+    )
+    .bind(job_id)
+    .bind(&sink.schema)
+    .bind(&sink.table)
+    .bind(spec.sink.mode)
+    .bind(&spec.sink.key)
+    .bind(&columns)
+    .bind(settings.interval_ms.map(|v| v as i64))
+    .bind(settings.timeout_ms as i64)
+    .bind(settings.min_pause_ms as i64)
+    .bind(settings.max_concurrent as i32)
+    .bind(settings.retained as i32)
+    .bind(spec.sink.on_promotion_error)
+    .fetch_one(&mut *conn)
+    .await?;
+    if created && !inserted {
+        return Err(Error::conflict(format!(
+            "job {job_id:?} was created concurrently; retry the request"
+        )));
+    }
+    if created {
+        schema::create_staging(&mut *conn, staging_id, &sink.columns).await?;
     }
 
     if fence {

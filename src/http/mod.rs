@@ -537,7 +537,8 @@ async fn run_to_completion(
     let guard = gone.drop_guard();
     // The task of its own keeps the request id for problem documents.
     let id = problem::REQUEST_ID.try_with(Clone::clone).ok().flatten();
-    let work = problem::REQUEST_ID.scope(id, next.run(request).instrument(tracing::Span::current()));
+    let work =
+        problem::REQUEST_ID.scope(id, next.run(request).instrument(tracing::Span::current()));
     let answered = requests.spawn(work).await;
     guard.disarm();
     match answered {
