@@ -6,11 +6,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::access::JobCaller;
-use super::extract::{parse_json, read_body, ApiPath};
+use super::extract::{is_json, parse_json, read_body, ApiPath};
 use super::problem::Problem;
 use super::AppState;
 use crate::coordinator;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{Attempt, AttemptRequest, Recovery};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -32,8 +32,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     request_body(content = AttemptRequest, description = "Empty object (or no body)"),
     responses(
         (status = 200, description = "The new epoch and the recovery point", body = Attempt),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The last decided checkpoint's rows cannot be promoted into the sink (`promotion-blocked`, with `checkpoint_id` and `sink_error`); nothing was changed. Retry after the operator fixed the sink", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown field in the body (`validation`)", body = Problem, content_type = "application/problem+json"),
@@ -45,8 +43,19 @@ async fn start_attempt(
     ApiPath(job_id): ApiPath<String>,
     request: Request,
 ) -> Result<Json<Attempt>> {
+    let json = is_json(
+        request
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok()),
+    );
     let body = read_body(request, &()).await?;
     if !body.iter().all(u8::is_ascii_whitespace) {
+        if !json {
+            return Err(Error::UnsupportedMediaType(
+                "send the body as Content-Type: application/json (or send none)".into(),
+            ));
+        }
         parse_json::<AttemptRequest>(&body)?;
     }
     Ok(Json(coordinator::attempt(&state.db, &job_id).await?))

@@ -44,9 +44,6 @@ pub const MAX_WAIT_MS: u64 = 60_000;
     request_body = TriggerRequest,
     responses(
         (status = 201, description = "Triggered; pending", body = Checkpoint),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Fenced epoch (`fenced`), too many pending checkpoints, or no attempt yet (`conflict`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid body (`validation`)", body = Problem, content_type = "application/problem+json"),
@@ -161,9 +158,6 @@ async fn get_checkpoint(
     request_body = AckRequest,
     responses(
         (status = 200, description = "Acked; the checkpoint's status after this ack", body = AckResult),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job or checkpoint (`not-found`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Fenced epoch (`fenced`), aborted checkpoint (`checkpoint-aborted`), a different re-ack or an ack out of order (`conflict`)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:sinkgate:problem:checkpoint-aborted", "title": "Checkpoint aborted", "status": 409,
@@ -195,9 +189,6 @@ async fn ack_checkpoint(
     request_body = DeclineRequest,
     responses(
         (status = 200, description = "The checkpoint, now aborted", body = Checkpoint),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job or checkpoint (`not-found`)", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Fenced epoch (`fenced`), or the checkpoint is already decided (`conflict`)", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown task (`unknown-task`) or invalid body (`validation`)", body = Problem, content_type = "application/problem+json"),
@@ -224,9 +215,6 @@ async fn decline_checkpoint(
     request_body = AbortRequest,
     responses(
         (status = 200, description = "The checkpoint, now aborted", body = Checkpoint),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job or checkpoint (`not-found`)", body = Problem, content_type = "application/problem+json",
          example = json!({"type": "urn:sinkgate:problem:not-found", "title": "Not found", "status": 404,
                           "detail": "checkpoint 9 of job \"word-count\" does not exist"})),

@@ -36,10 +36,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses(
         (status = 201, description = "Job created", body = Job),
         (status = 200, description = "Job updated", body = Job),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Rows staged for a change of the sink's table, mode or key, or staged values that a column's new type cannot hold (`conflict`); or a rescale whose roll forward is blocked (`promotion-blocked`)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid job id, tasks, sink or settings (`validation`, names the field)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:sinkgate:problem:validation", "title": "Invalid request", "status": 422,
                              "detail": "table public.word_counts does not exist (sinkgate never creates sink tables)", "field": "sink.table"})),

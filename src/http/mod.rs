@@ -227,6 +227,14 @@ impl utoipa::Modify for Security {
             ("429", "Too many wrong tokens from this address in the last minute (`too-early`); retry after `Retry-After` seconds"),
             ("503", "Retry after `Retry-After` seconds: too many requests in flight (`overloaded`), no answer within the request timeout (`timeout`; the request may still take effect), or the database is unreachable (`unavailable`)"),
         ];
+        // Every operation with a body can meet these; a handler lists only
+        // what is its own (or says it differently).
+        let body_answers = [
+            ("400", "Malformed JSON (`malformed`)"),
+            ("408", "The body stopped arriving, or arrived slower than the minimum rate (`body-timeout`)"),
+            ("413", "Body too large (`payload-too-large`)"),
+            ("415", "Not JSON (`unsupported-media-type`)"),
+        ];
         for (path, operation) in operations_mut(openapi) {
             if !path.starts_with("/v1/") {
                 continue;
@@ -235,11 +243,15 @@ impl utoipa::Modify for Security {
                 "bearer",
                 Vec::<String>::new(),
             )]);
-            for (status, description) in shared {
+            let with_body = operation.request_body.is_some();
+            let answers = shared
+                .iter()
+                .chain(with_body.then_some(&body_answers).into_iter().flatten());
+            for (status, description) in answers {
                 operation
                     .responses
                     .responses
-                    .entry(status.into())
+                    .entry((*status).into())
                     .or_insert_with(|| problem(description));
             }
         }

@@ -27,12 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     request_body = TokenRequest,
     responses(
         (status = 201, description = "Issued; `token` is not retrievable later", body = IssuedToken),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token (`unauthenticated`)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not the admin token (`forbidden`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid label (`validation`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -52,8 +47,6 @@ async fn issue_token(
     params(("job" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "Tokens, oldest first", body = Vec<TokenInfo>),
-        (status = 401, description = "No or unknown token (`unauthenticated`)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not the admin token (`forbidden`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -71,8 +64,6 @@ async fn list_tokens(
     params(("job" = String, Path, description = "Job id"), ("token_id" = String, Path, description = "Token id")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "No or unknown token (`unauthenticated`)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not the admin token (`forbidden`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such token (`not-found`)", body = Problem, content_type = "application/problem+json"),
     )
 )]

@@ -65,11 +65,9 @@ pub const MAX_JSON_ROWS: usize = 100_000;
     responses(
         (status = 201, description = "Staged", body = WriteResult),
         (status = 200, description = "This batch was staged before; nothing staged again", body = WriteResult),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "An NDJSON body stopped arriving for longer than the idle limit, or arrived slower than the minimum rate (`body-timeout`); nothing was staged", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The epoch is fenced (`fenced`): this instance is a zombie; or this batch id was staged before with different rows (`batch-conflict`)", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor NDJSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A row does not fit the sink (`row-rejected`), an unknown task (`unknown-task`), or a bad field (`validation`; also more than 100000 rows in one JSON batch)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:sinkgate:problem:row-rejected", "title": "Row rejected", "status": 422,
