@@ -159,19 +159,18 @@ impl Service {
         let base = format!("http://{}", listener.local_addr()?);
         let options = ServiceOptions {
             limits: Limits::default(),
-            max_json_body_bytes: 256 << 20,
-            max_json_bytes_in_flight: 1 << 30,
-            max_in_flight: 1024,
-            max_long_polls: 256,
-            max_long_polls_per_job: 64,
-            request_timeout: Duration::from_secs(30),
-            auth: sinkgate::auth::AuthMode::Disabled,
-            tick: Duration::from_millis(200),
+            http: sinkgate::http::HttpLimits {
+                max_json_body_bytes: 256 << 20,
+                max_json_bytes_in_flight: 1 << 30,
+                ..Default::default()
+            },
             connections: sinkgate::http::serve::ConnectionLimits {
                 max_connections: 4096,
                 max_connections_per_address: 4096,
-                header_read_timeout: Duration::from_secs(15),
+                ..Default::default()
             },
+            auth: sinkgate::auth::AuthMode::Disabled,
+            tick: Duration::from_millis(200),
         };
         tokio::spawn(sinkgate::run(
             pool,

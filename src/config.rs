@@ -5,6 +5,29 @@
 
 use std::net::SocketAddr;
 
+/// Every default, in one place: the flags below, the embedding options
+/// (`ServiceOptions` and its parts) and the tests start from these.
+pub mod defaults {
+    pub const MAX_JSON_BODY_BYTES: usize = 64 << 20;
+    pub const MAX_JSON_BYTES_IN_FLIGHT: usize = 256 << 20;
+    pub const MAX_NDJSON_BODY_BYTES: u64 = 16 << 30;
+    pub const BODY_IDLE_TIMEOUT_MS: u64 = 30_000;
+    pub const MIN_BODY_RATE: u64 = 1024;
+    pub const MAX_WRITES_PER_JOB: usize = 8;
+    pub const WRONG_TOKENS_PER_MINUTE: u32 = 20;
+    pub const MAX_INLINE_STATE_BYTES: usize = 64 << 10;
+    pub const MAX_IN_FLIGHT: usize = 1024;
+    pub const MAX_LONG_POLLS: usize = 256;
+    pub const MAX_LONG_POLLS_PER_JOB: usize = 64;
+    pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+    pub const MAX_CONNECTIONS: usize = 2048;
+    pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+    pub const HEADER_READ_TIMEOUT_MS: u64 = 15_000;
+    pub const TICK_MS: u64 = 200;
+    pub const POOL_SIZE: u32 = 32;
+    pub const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
+}
+
 /// How log lines are written.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -29,7 +52,7 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// Largest JSON request body, in bytes (`POST /writes` with a JSON body included).
-    #[arg(long, env = "SINKGATE_MAX_JSON_BODY", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "SINKGATE_MAX_JSON_BODY", default_value_t = defaults::MAX_JSON_BODY_BYTES)]
     pub max_json_body_bytes: usize,
 
     /// Request bodies held in memory at once, in bytes, over all requests,
@@ -37,16 +60,16 @@ pub struct Config {
     /// in-flight limit bounds those). A body that would overrun it is
     /// answered 503 `overloaded`. At least `--max-json-body`. Streamed NDJSON
     /// uploads hold no body in memory.
-    #[arg(long, env = "SINKGATE_MAX_JSON_BYTES_IN_FLIGHT", default_value_t = 256 * 1024 * 1024)]
+    #[arg(long, env = "SINKGATE_MAX_JSON_BYTES_IN_FLIGHT", default_value_t = defaults::MAX_JSON_BYTES_IN_FLIGHT)]
     pub max_json_bytes_in_flight: usize,
 
     /// Largest NDJSON `/writes` body, in bytes. It is streamed, never held whole.
-    #[arg(long, env = "SINKGATE_MAX_NDJSON_BODY", default_value_t = 16 * 1024 * 1024 * 1024)]
+    #[arg(long, env = "SINKGATE_MAX_NDJSON_BODY", default_value_t = defaults::MAX_NDJSON_BODY_BYTES)]
     pub max_ndjson_body_bytes: u64,
 
     /// An NDJSON upload that sends no bytes for this many ms is abandoned
     /// (408 `body-timeout`) and nothing of it is staged.
-    #[arg(long, env = "SINKGATE_BODY_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "SINKGATE_BODY_IDLE_TIMEOUT_MS", default_value_t = defaults::BODY_IDLE_TIMEOUT_MS)]
     pub body_idle_timeout_ms: u64,
 
     /// Slowest average rate, in bytes per second, at which an NDJSON upload
@@ -54,13 +77,13 @@ pub struct Config {
     /// slower is abandoned (408 `body-timeout`). An upload holds a database
     /// connection while it lasts, so a trickle must not hold it for ever.
     /// 0 turns it off.
-    #[arg(long, env = "SINKGATE_MIN_BODY_RATE", default_value_t = 1024)]
+    #[arg(long, env = "SINKGATE_MIN_BODY_RATE", default_value_t = defaults::MIN_BODY_RATE)]
     pub min_body_rate: u64,
 
     /// Writes of one job staged at once by this replica (each holds a
     /// database connection, so one job cannot take the whole pool); more
     /// wait up to 5 s, then get 503 `overloaded`.
-    #[arg(long, env = "SINKGATE_MAX_WRITES_PER_JOB", default_value_t = 8)]
+    #[arg(long, env = "SINKGATE_MAX_WRITES_PER_JOB", default_value_t = defaults::MAX_WRITES_PER_JOB)]
     pub max_writes_per_job: usize,
 
     /// Wrong bearer tokens one client address may send a minute; beyond,
@@ -70,12 +93,12 @@ pub struct Config {
     #[arg(
         long,
         env = "SINKGATE_MAX_WRONG_TOKENS_PER_MINUTE",
-        default_value_t = 20
+        default_value_t = defaults::WRONG_TOKENS_PER_MINUTE
     )]
     pub max_wrong_tokens_per_minute: u32,
 
     /// Largest inline state handle in an ack, in bytes of JSON.
-    #[arg(long, env = "SINKGATE_MAX_INLINE_STATE", default_value_t = 64 * 1024)]
+    #[arg(long, env = "SINKGATE_MAX_INLINE_STATE", default_value_t = defaults::MAX_INLINE_STATE_BYTES)]
     pub max_inline_state_bytes: usize,
 
     /// The admin token: may do everything, including issuing processor
@@ -102,27 +125,27 @@ pub struct Config {
     pub protect_operations: bool,
 
     /// Requests handled at once; more are answered 503 (`overloaded`) at once.
-    #[arg(long, env = "SINKGATE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    #[arg(long, env = "SINKGATE_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT)]
     pub max_in_flight: usize,
 
     /// Long-polls (`GET …/checkpoints/pending`) waiting at once; they do
     /// not take request slots. More get 503 `overloaded`.
-    #[arg(long, env = "SINKGATE_MAX_LONG_POLLS", default_value_t = 256)]
+    #[arg(long, env = "SINKGATE_MAX_LONG_POLLS", default_value_t = defaults::MAX_LONG_POLLS)]
     pub max_long_polls: usize,
 
     /// Long-polls of one job waiting at once.
-    #[arg(long, env = "SINKGATE_MAX_LONG_POLLS_PER_JOB", default_value_t = 64)]
+    #[arg(long, env = "SINKGATE_MAX_LONG_POLLS_PER_JOB", default_value_t = defaults::MAX_LONG_POLLS_PER_JOB)]
     pub max_long_polls_per_job: usize,
 
     /// Longest wait for an answer, in ms; then 503 `timeout`. The work itself
     /// is not cut off: it finishes (or rolls back) on its own. NDJSON uploads
     /// are exempt, and long-polls get their `wait_ms` on top.
-    #[arg(long, env = "SINKGATE_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "SINKGATE_REQUEST_TIMEOUT_MS", default_value_t = defaults::REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
 
     /// Connections open at once; more are answered 503 and closed. Keep it
     /// below the process's file-descriptor limit (`ulimit -n`).
-    #[arg(long, env = "SINKGATE_MAX_CONNECTIONS", default_value_t = 2048)]
+    #[arg(long, env = "SINKGATE_MAX_CONNECTIONS", default_value_t = defaults::MAX_CONNECTIONS)]
     pub max_connections: usize,
 
     /// Connections from one client address open at once; more are answered
@@ -131,7 +154,7 @@ pub struct Config {
     #[arg(
         long,
         env = "SINKGATE_MAX_CONNECTIONS_PER_ADDRESS",
-        default_value_t = 256
+        default_value_t = defaults::MAX_CONNECTIONS_PER_ADDRESS
     )]
     pub max_connections_per_address: usize,
 
@@ -140,12 +163,12 @@ pub struct Config {
     #[arg(
         long,
         env = "SINKGATE_HEADER_READ_TIMEOUT_MS",
-        default_value_t = 15_000
+        default_value_t = defaults::HEADER_READ_TIMEOUT_MS
     )]
     pub header_read_timeout_ms: u64,
 
     /// How often the scheduler (interval triggers, timeouts, promotion retries) runs.
-    #[arg(long, env = "SINKGATE_TICK_MS", default_value_t = 200)]
+    #[arg(long, env = "SINKGATE_TICK_MS", default_value_t = defaults::TICK_MS)]
     pub tick_ms: u64,
 }
 
@@ -161,7 +184,7 @@ pub struct DatabaseConfig {
     pub database_url: String,
 
     /// Maximum connections in the pool.
-    #[arg(long, env = "SINKGATE_POOL_SIZE", default_value_t = 32)]
+    #[arg(long, env = "SINKGATE_POOL_SIZE", default_value_t = defaults::POOL_SIZE)]
     pub pool_size: u32,
 
     /// PostgreSQL ends a sinkgate session that sits idle inside a
@@ -170,7 +193,7 @@ pub struct DatabaseConfig {
     #[arg(
         long,
         env = "SINKGATE_IDLE_IN_TRANSACTION_TIMEOUT_MS",
-        default_value_t = 60_000
+        default_value_t = defaults::IDLE_IN_TRANSACTION_TIMEOUT_MS
     )]
     pub idle_in_transaction_timeout_ms: u64,
 }

@@ -47,28 +47,22 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::coordinator::Limits;
 
-/// Knobs of a running service that are not the database or the listener.
+/// Knobs of a running service that are not the database or the listener,
+/// made from the flags ([`Config`]); each part's `Default` is the flags'
+/// defaults (`config::defaults`).
 #[derive(Debug, Clone)]
 pub struct ServiceOptions {
+    /// What the protocol enforces on request contents and writers.
     pub limits: Limits,
-    pub max_json_body_bytes: usize,
-    /// JSON bodies (above 64 KiB) held at once, in bytes.
-    pub max_json_bytes_in_flight: usize,
-    /// Requests handled at once before shedding with 503.
-    pub max_in_flight: usize,
-    /// Long-polls waiting at once, in all and per job (apart from requests
-    /// in flight).
-    pub max_long_polls: usize,
-    pub max_long_polls_per_job: usize,
-    /// Longest wait for an answer before 503 `timeout` (the work goes on).
-    pub request_timeout: Duration,
+    /// Bodies, requests in flight, long-polls, the answer deadline.
+    pub http: http::HttpLimits,
+    /// Open connections and how long one may take to send a request head
+    /// (or sit idle between requests).
+    pub connections: http::serve::ConnectionLimits,
     /// Who may call what.
     pub auth: auth::AuthMode,
     /// Scheduler period (interval triggers, timeouts, promotion retries).
     pub tick: Duration,
-    /// Open connections and how long one may take to send a request head
-    /// (or sit idle between requests).
-    pub connections: http::serve::ConnectionLimits,
 }
 
 impl From<&Config> for ServiceOptions {
@@ -82,12 +76,19 @@ impl From<&Config> for ServiceOptions {
                 max_writes_per_job: config.max_writes_per_job,
                 wrong_tokens_per_minute: config.max_wrong_tokens_per_minute,
             },
-            max_json_body_bytes: config.max_json_body_bytes,
-            max_json_bytes_in_flight: config.max_json_bytes_in_flight,
-            max_in_flight: config.max_in_flight,
-            max_long_polls: config.max_long_polls,
-            max_long_polls_per_job: config.max_long_polls_per_job,
-            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            http: http::HttpLimits {
+                max_json_body_bytes: config.max_json_body_bytes,
+                max_json_bytes_in_flight: config.max_json_bytes_in_flight,
+                max_in_flight: config.max_in_flight,
+                request_timeout: Duration::from_millis(config.request_timeout_ms),
+                max_long_polls: config.max_long_polls,
+                max_long_polls_per_job: config.max_long_polls_per_job,
+            },
+            connections: http::serve::ConnectionLimits {
+                max_connections: config.max_connections,
+                max_connections_per_address: config.max_connections_per_address,
+                header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
+            },
             auth: match &config.admin_token {
                 Some(token) if !config.insecure_no_auth => auth::AuthMode::Enabled {
                     admin_token: token.clone(),
@@ -96,11 +97,6 @@ impl From<&Config> for ServiceOptions {
                 _ => auth::AuthMode::Disabled,
             },
             tick: Duration::from_millis(config.tick_ms),
-            connections: http::serve::ConnectionLimits {
-                max_connections: config.max_connections,
-                max_connections_per_address: config.max_connections_per_address,
-                header_read_timeout: Duration::from_millis(config.header_read_timeout_ms),
-            },
         }
     }
 }
@@ -157,17 +153,7 @@ pub async fn run(
 
     let requests = state.requests.clone();
     let state_stopping = state.stopping.clone();
-    let app = http::app(
-        state,
-        &http::HttpLimits {
-            max_json_body_bytes: options.max_json_body_bytes,
-            max_json_bytes_in_flight: options.max_json_bytes_in_flight,
-            max_in_flight: options.max_in_flight,
-            request_timeout: options.request_timeout,
-            max_long_polls: options.max_long_polls,
-            max_long_polls_per_job: options.max_long_polls_per_job,
-        },
-    );
+    let app = http::app(state, &options.http);
     tracing::info!(address = %listener.local_addr()?, "sinkgate listening");
     let stopping = state_stopping;
     // One drain period for everything, from the moment shutdown begins.

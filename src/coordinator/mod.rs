@@ -346,13 +346,14 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
+        use crate::config::defaults;
         Limits {
-            max_inline_state_bytes: 64 * 1024,
-            max_ndjson_body_bytes: 16 << 30,
-            body_idle_timeout: std::time::Duration::from_secs(30),
-            min_body_bytes_per_second: 1024,
-            max_writes_per_job: 8,
-            wrong_tokens_per_minute: 20,
+            max_inline_state_bytes: defaults::MAX_INLINE_STATE_BYTES,
+            max_ndjson_body_bytes: defaults::MAX_NDJSON_BODY_BYTES,
+            body_idle_timeout: std::time::Duration::from_millis(defaults::BODY_IDLE_TIMEOUT_MS),
+            min_body_bytes_per_second: defaults::MIN_BODY_RATE,
+            max_writes_per_job: defaults::MAX_WRITES_PER_JOB,
+            wrong_tokens_per_minute: defaults::WRONG_TOKENS_PER_MINUTE,
         }
     }
 }

@@ -321,6 +321,20 @@ pub struct HttpLimits {
     pub max_long_polls_per_job: usize,
 }
 
+impl Default for HttpLimits {
+    fn default() -> Self {
+        use crate::config::defaults;
+        HttpLimits {
+            max_json_body_bytes: defaults::MAX_JSON_BODY_BYTES,
+            max_json_bytes_in_flight: defaults::MAX_JSON_BYTES_IN_FLIGHT,
+            max_in_flight: defaults::MAX_IN_FLIGHT,
+            request_timeout: std::time::Duration::from_millis(defaults::REQUEST_TIMEOUT_MS),
+            max_long_polls: defaults::MAX_LONG_POLLS,
+            max_long_polls_per_job: defaults::MAX_LONG_POLLS_PER_JOB,
+        }
+    }
+}
+
 /// The whole application, ready to serve.
 ///
 /// Every request gets an `x-request-id` (kept when the client sends one),

@@ -40,6 +40,17 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
 }
 
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        use crate::config::defaults;
+        ConnectionLimits {
+            max_connections: defaults::MAX_CONNECTIONS,
+            max_connections_per_address: defaults::MAX_CONNECTIONS_PER_ADDRESS,
+            header_read_timeout: Duration::from_millis(defaults::HEADER_READ_TIMEOUT_MS),
+        }
+    }
+}
+
 /// How long shutdown waits for open connections to finish their requests.
 pub const DRAIN: Duration = Duration::from_secs(30);
 

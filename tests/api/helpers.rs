@@ -29,19 +29,17 @@ pub fn options() -> ServiceOptions {
             max_ndjson_body_bytes: 1 << 30,
             ..Limits::default()
         },
-        max_json_body_bytes: 1 << 20,
-        max_json_bytes_in_flight: 64 << 20,
-        max_in_flight: 1024,
-        max_long_polls: 256,
-        max_long_polls_per_job: 64,
-        request_timeout: Duration::from_secs(30),
+        http: sinkgate::http::HttpLimits {
+            max_json_body_bytes: 1 << 20,
+            max_json_bytes_in_flight: 64 << 20,
+            ..Default::default()
+        },
+        connections: sinkgate::http::serve::ConnectionLimits {
+            max_connections_per_address: 2048,
+            ..Default::default()
+        },
         auth: sinkgate::auth::AuthMode::Disabled,
         tick: Duration::from_millis(50),
-        connections: sinkgate::http::serve::ConnectionLimits {
-            max_connections: 2048,
-            max_connections_per_address: 2048,
-            header_read_timeout: Duration::from_secs(15),
-        },
     }
 }
 

@@ -354,11 +354,15 @@ async fn silent_connections_are_closed_and_cannot_starve_others(
 
 /// Options with few request slots and few long-polls.
 fn few_slots(in_flight: usize, long_polls: usize) -> sinkgate::ServiceOptions {
+    let options = crate::helpers::options();
     sinkgate::ServiceOptions {
-        max_in_flight: in_flight,
-        max_long_polls: long_polls,
-        max_long_polls_per_job: long_polls,
-        ..crate::helpers::options()
+        http: sinkgate::http::HttpLimits {
+            max_in_flight: in_flight,
+            max_long_polls: long_polls,
+            max_long_polls_per_job: long_polls,
+            ..options.http.clone()
+        },
+        ..options
     }
 }
 
@@ -461,7 +465,10 @@ async fn a_json_batch_has_a_row_cap(_: PgPoolOptions, connect: PgConnectOptions)
     let app = TestApp::spawn_with(
         &connect,
         sinkgate::ServiceOptions {
-            max_json_body_bytes: 4 << 20,
+            http: sinkgate::http::HttpLimits {
+                max_json_body_bytes: 4 << 20,
+                ..crate::helpers::options().http
+            },
             ..crate::helpers::options()
         },
     )
@@ -621,8 +628,11 @@ async fn buffered_bodies_share_one_budget(_: PgPoolOptions, connect: PgConnectOp
     let app = TestApp::spawn_with(
         &connect,
         sinkgate::ServiceOptions {
-            max_json_body_bytes: 1 << 20,
-            max_json_bytes_in_flight: 1 << 20,
+            http: sinkgate::http::HttpLimits {
+                max_json_body_bytes: 1 << 20,
+                max_json_bytes_in_flight: 1 << 20,
+                ..crate::helpers::options().http
+            },
             ..crate::helpers::options()
         },
     )
@@ -745,13 +755,11 @@ async fn the_long_poll_cap_of_a_job_holds_for_every_spelling_of_its_id(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let app = TestApp::spawn_with(
-        &connect,
-        sinkgate::ServiceOptions {
-            max_long_polls_per_job: 1,
-            ..few_slots(16, 8)
-        },
-    )
+    let app = TestApp::spawn_with(&connect, {
+        let mut options = few_slots(16, 8);
+        options.http.max_long_polls_per_job = 1;
+        options
+    })
     .await;
     word_count_job(&app, "wc", &["t0"]).await;
     let waiting = tokio::spawn(

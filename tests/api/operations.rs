@@ -179,10 +179,8 @@ async fn a_slow_request_is_answered_503_timeout_and_still_takes_effect(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let options = sinkgate::ServiceOptions {
-        request_timeout: Duration::from_millis(300),
-        ..crate::helpers::options()
-    };
+    let mut options = crate::helpers::options();
+    options.http.request_timeout = Duration::from_millis(300);
     let app = TestApp::spawn_with(&connect, options).await;
     let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
 
@@ -234,10 +232,8 @@ async fn overload_is_shed_with_503_and_the_service_stays_up(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let options = sinkgate::ServiceOptions {
-        max_in_flight: 2,
-        ..crate::helpers::options()
-    };
+    let mut options = crate::helpers::options();
+    options.http.max_in_flight = 2;
     let app = TestApp::spawn_with(&connect, options).await;
     crate::helpers::word_count_job(&app, "wc", &["t0"]).await;
     // Two uploads whose bodies are slow to come hold both slots (long-polls
