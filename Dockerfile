@@ -5,6 +5,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
 COPY src ./src
 COPY migrations ./migrations
+# Descriptions of the compile-time-checked queries: no database at build time.
+COPY .sqlx ./.sqlx
+ENV SQLX_OFFLINE=true
 # Declared in Cargo.toml, so the manifest needs it even for the binary.
 COPY benches ./benches
 RUN cargo build --release --locked --bin sinkgate

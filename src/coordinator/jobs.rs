@@ -264,7 +264,7 @@ pub async fn get(conn: &mut PgConnection, job_id: &str) -> Result<Job> {
 }
 
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<Job>> {
-    let rows: Vec<JobRow> = sqlx::query_as("SELECT * FROM jobs ORDER BY job_id")
+    let rows: Vec<JobRow> = select_job!(" ORDER BY job_id")
         .fetch_all(&mut *conn)
         .await?;
     let mut jobs = Vec::with_capacity(rows.len());

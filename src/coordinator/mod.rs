@@ -31,6 +31,26 @@
 //! and its ack (`FOR UPDATE`) serialize on the task row, which makes the
 //! checkpoint tag a write computes exact.
 
+/// A job's row as a [`JobRow`]: every column named and typed, checked
+/// against the schema at compile time (a migration that changes `jobs`
+/// fails the build, not a request). `$tail` follows `FROM jobs` (the
+/// conditions, a lock); `$arg`s are `$1`, `$2`, ….
+macro_rules! select_job {
+    ($tail:literal $(, $arg:expr)*) => {
+        sqlx::query_as!(
+            crate::coordinator::JobRow,
+            r#"SELECT job_id, sink_schema, sink_table, sink_mode AS "sink_mode: crate::model::SinkMode",
+                      sink_key, sink_columns AS "sink_columns: crate::coordinator::SinkColumns",
+                      staging_id, on_promotion_error AS "on_promotion_error: crate::model::OnPromotionError",
+                      interval_ms, timeout_ms, min_pause_ms, max_concurrent, retained, epoch,
+                      epoch_first_checkpoint, next_checkpoint_id, last_decided_id,
+                      last_committed_id, created_at, updated_at
+               FROM jobs"# + $tail
+            $(, $arg)*
+        )
+    };
+}
+
 pub mod acks;
 pub mod attempts;
 pub mod checkpoints;
@@ -358,15 +378,18 @@ impl Default for Limits {
     }
 }
 
+/// The sink's columns as `jobs.sink_columns` stores them (JSON).
+pub type SinkColumns = Json<Vec<ColumnDef>>;
+
 /// A job's row, as the protocol reads it.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct JobRow {
     pub job_id: String,
     pub sink_schema: String,
     pub sink_table: String,
     pub sink_mode: SinkMode,
     pub sink_key: Vec<String>,
-    pub sink_columns: Json<Vec<ColumnDef>>,
+    pub sink_columns: SinkColumns,
     /// Names the job's staging objects (never the job id: see `sink`).
     pub staging_id: i64,
     pub on_promotion_error: OnPromotionError,
@@ -458,17 +481,30 @@ pub enum JobLock {
 
 /// Loads (and locks) a job's row, or `not-found`.
 pub async fn load_job(conn: &mut PgConnection, job_id: &str, lock: JobLock) -> Result<JobRow> {
-    let suffix = match lock {
-        JobLock::None => "",
-        JobLock::KeyShare => " FOR KEY SHARE",
-        JobLock::NoKeyUpdate => " FOR NO KEY UPDATE",
-        JobLock::Update => " FOR UPDATE",
+    let conn = &mut *conn;
+    let job = match lock {
+        JobLock::None => {
+            select_job!(" WHERE job_id = $1", job_id)
+                .fetch_optional(conn)
+                .await?
+        }
+        JobLock::KeyShare => {
+            select_job!(" WHERE job_id = $1 FOR KEY SHARE", job_id)
+                .fetch_optional(conn)
+                .await?
+        }
+        JobLock::NoKeyUpdate => {
+            select_job!(" WHERE job_id = $1 FOR NO KEY UPDATE", job_id)
+                .fetch_optional(conn)
+                .await?
+        }
+        JobLock::Update => {
+            select_job!(" WHERE job_id = $1 FOR UPDATE", job_id)
+                .fetch_optional(conn)
+                .await?
+        }
     };
-    sqlx::query_as::<_, JobRow>(&format!("SELECT * FROM jobs WHERE job_id = $1{suffix}"))
-        .bind(job_id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| Error::not_found(format!("job {job_id:?} does not exist")))
+    job.ok_or_else(|| Error::not_found(format!("job {job_id:?} does not exist")))
 }
 
 /// Checks that a task belongs to the job and locks its row; returns its last

@@ -16,12 +16,13 @@ pub fn digest(secret: &str) -> Vec<u8> {
 
 /// The job and stored digest of an unrevoked token, by its id.
 pub async fn live_token(pool: &PgPool, token_id: &str) -> Result<Option<(String, Vec<u8>)>> {
-    Ok(sqlx::query_as(
+    let row = sqlx::query!(
         "SELECT job_id, secret_sha256 FROM job_tokens WHERE token_id = $1 AND revoked_at IS NULL",
+        token_id
     )
-    .bind(token_id)
     .fetch_optional(pool)
-    .await?)
+    .await?;
+    Ok(row.map(|row| (row.job_id, row.secret_sha256)))
 }
 
 /// Issues a processor token for a job.
@@ -36,13 +37,13 @@ pub async fn issue(conn: &mut PgConnection, job_id: &str, label: &str) -> Result
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    let created_at: DateTime<Utc> = sqlx::query_scalar(
+    let created_at: DateTime<Utc> = sqlx::query_scalar!(
         "INSERT INTO job_tokens (token_id, job_id, secret_sha256, label) VALUES ($1, $2, $3, $4) RETURNING created_at",
+        token_id,
+        job_id,
+        digest(&secret),
+        label
     )
-    .bind(&token_id)
-    .bind(job_id)
-    .bind(digest(&secret))
-    .bind(label)
     .fetch_one(&mut *conn)
     .await?;
     Ok(IssuedToken {
@@ -56,34 +57,22 @@ pub async fn issue(conn: &mut PgConnection, job_id: &str, label: &str) -> Result
 
 pub async fn list(conn: &mut PgConnection, job_id: &str) -> Result<Vec<TokenInfo>> {
     load_job(&mut *conn, job_id, JobLock::None).await?;
-    type TokenRow = (String, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
-    let rows: Vec<TokenRow> = sqlx::query_as(
+    Ok(sqlx::query_as!(
+        TokenInfo,
         "SELECT token_id, job_id, label, created_at, revoked_at FROM job_tokens WHERE job_id = $1 ORDER BY created_at",
+        job_id
     )
-    .bind(job_id)
     .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(token_id, job_id, label, created_at, revoked_at)| TokenInfo {
-                token_id,
-                job_id,
-                label,
-                created_at,
-                revoked_at,
-            },
-        )
-        .collect())
+    .await?)
 }
 
 /// Revokes a token; revoking twice is fine.
 pub async fn revoke(conn: &mut PgConnection, job_id: &str, token_id: &str) -> Result<()> {
-    let found = sqlx::query(
+    let found = sqlx::query!(
         "UPDATE job_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE job_id = $1 AND token_id = $2",
+        job_id,
+        token_id
     )
-    .bind(job_id)
-    .bind(token_id)
     .execute(&mut *conn)
     .await?;
     if found.rows_affected() == 0 {
@@ -98,10 +87,10 @@ pub async fn revoke(conn: &mut PgConnection, job_id: &str, token_id: &str) -> Re
 /// checked in the write's own transaction, just before it commits, so a
 /// revocation stops an upload in progress from staging anything.
 pub async fn ensure_not_revoked(conn: &mut PgConnection, token_id: &str) -> Result<()> {
-    let live: Option<bool> = sqlx::query_scalar(
-        "SELECT revoked_at IS NULL FROM job_tokens WHERE token_id = $1 FOR SHARE",
+    let live = sqlx::query_scalar!(
+        r#"SELECT revoked_at IS NULL AS "live!" FROM job_tokens WHERE token_id = $1 FOR SHARE"#,
+        token_id
     )
-    .bind(token_id)
     .fetch_optional(&mut *conn)
     .await?;
     if live == Some(true) {

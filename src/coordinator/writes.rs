@@ -78,12 +78,12 @@ where
     // The job row, and this session marked as the job's writer until the
     // transaction ends (so that a fencing attempt can end it if its upload
     // stalls), in one round trip.
-    let job: JobRow = sqlx::query_as(
-        "SELECT j.*, set_config('application_name', $2 || j.staging_id, true) AS marked
-         FROM jobs j WHERE j.job_id = $1 FOR KEY SHARE",
+    let job: JobRow = select_job!(
+        " WHERE job_id = $1 AND set_config('application_name', $2 || staging_id, true) IS NOT NULL
+           FOR KEY SHARE",
+        job_id,
+        super::attempts::WRITER_NAME_PREFIX
     )
-    .bind(job_id)
-    .bind(super::attempts::WRITER_NAME_PREFIX)
     .fetch_optional(&mut *conn)
     .await?
     .ok_or_else(|| Error::not_found(format!("job {job_id:?} does not exist")))?;
