@@ -574,13 +574,13 @@ async fn abort_pending(
             settle(&mut *conn, job_id, checkpoint_id).await?;
         }
         CheckpointStatus::Pending => {
-            sqlx::query(
+            sqlx::query!(
                 "UPDATE checkpoints SET status = 'aborted', aborted_at = now(), failure_reason = $3
                  WHERE job_id = $1 AND checkpoint_id = $2",
+                job_id,
+                checkpoint_id,
+                reason
             )
-            .bind(job_id)
-            .bind(checkpoint_id)
-            .bind(reason)
             .execute(&mut *conn)
             .await?;
             crate::metrics::checkpoints_aborted(job_id, metric_reason, 1);

@@ -50,7 +50,7 @@ pub async fn begin_fence(
                 .await;
         match locked {
             Ok(_) => {
-                sqlx::query("SET LOCAL lock_timeout = DEFAULT")
+                sqlx::query!("SET LOCAL lock_timeout = DEFAULT")
                     .execute(&mut *tx)
                     .await?;
                 return Ok(tx);
@@ -165,26 +165,22 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     abort_orphans(&mut *conn, job.staging_id, &orphan_tags, decided, true).await?;
     // Every batch record is of the old epoch, whose writes are fenced from
     // now on: retries of them can no longer arrive.
-    sqlx::query("DELETE FROM batches WHERE job_id = $1")
-        .bind(job_id)
+    sqlx::query!("DELETE FROM batches WHERE job_id = $1", job_id)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM ack_floors WHERE job_id = $1")
-        .bind(job_id)
+    sqlx::query!("DELETE FROM ack_floors WHERE job_id = $1", job_id)
         .execute(&mut *conn)
         .await?;
 
-    sqlx::query(
-        "UPDATE jobs SET epoch = $2, epoch_first_checkpoint = next_checkpoint_id, updated_at = now() WHERE job_id = $1",
-    )
-    .bind(job_id)
-    .bind(new_epoch)
+    sqlx::query!("UPDATE jobs SET epoch = $2, epoch_first_checkpoint = next_checkpoint_id, updated_at = now() WHERE job_id = $1", job_id, new_epoch)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE tasks SET last_acked_id = NULL WHERE job_id = $1")
-        .bind(job_id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE tasks SET last_acked_id = NULL WHERE job_id = $1",
+        job_id
+    )
+    .execute(&mut *conn)
+    .await?;
     tracing::info!(
         job = job_id,
         epoch = new_epoch,

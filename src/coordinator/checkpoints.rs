@@ -297,26 +297,26 @@ pub async fn trigger(
         }
     }
     let checkpoint_id = job.next_checkpoint_id;
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO checkpoints (job_id, checkpoint_id, epoch, status, trigger_kind, task_count)
          SELECT $1, $2, $3, 'pending', $4, count(*) FROM tasks WHERE job_id = $1",
+        &job.job_id,
+        checkpoint_id,
+        job.epoch,
+        kind.as_str()
     )
-    .bind(&job.job_id)
-    .bind(checkpoint_id)
-    .bind(job.epoch)
-    .bind(kind)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE jobs SET next_checkpoint_id = $2 WHERE job_id = $1")
-        .bind(&job.job_id)
-        .bind(checkpoint_id + 1)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "UPDATE jobs SET next_checkpoint_id = $2 WHERE job_id = $1",
+        &job.job_id,
+        checkpoint_id + 1
+    )
+    .execute(&mut *conn)
+    .await?;
     job.next_checkpoint_id = checkpoint_id + 1;
     crate::metrics::checkpoint_triggered(&job.job_id, kind);
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(NOTIFY_CHANNEL)
-        .bind(&job.job_id)
+    sqlx::query!("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, &job.job_id)
         .execute(&mut *conn)
         .await?;
     get(&mut *conn, &job.job_id, checkpoint_id).await

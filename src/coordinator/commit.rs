@@ -78,7 +78,7 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
     // Deferred constraints of the sink are checked by the promotion itself,
     // under its savepoint, not at the decision's COMMIT (where a failure
     // would take the decision down with it).
-    sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+    sqlx::query!("SET CONSTRAINTS ALL IMMEDIATE")
         .execute(&mut *savepoint)
         .await?;
     let mut outcome = promote(&mut savepoint, &job.sink_target(), committed, decided).await;
@@ -87,7 +87,7 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
             // The failed statement spoiled the savepoint; start over in a new one.
             savepoint.rollback().await?;
             savepoint = conn.begin().await?;
-            sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+            sqlx::query!("SET CONSTRAINTS ALL IMMEDIATE")
                 .execute(&mut *savepoint)
                 .await?;
             outcome = promote_with_dead_letters(
@@ -122,13 +122,8 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
             };
             tracing::warn!(job = %job.job_id, checkpoint = decided, error = %message, "promotion failed; will retry");
             crate::metrics::promotion_failed(&job.job_id);
-            sqlx::query(
-                "UPDATE checkpoints SET promotion_error = $3, promotion_attempts = promotion_attempts + 1
-                 WHERE job_id = $1 AND checkpoint_id = $2",
-            )
-            .bind(&job.job_id)
-            .bind(decided)
-            .bind(&message)
+            sqlx::query!("UPDATE checkpoints SET promotion_error = $3, promotion_attempts = promotion_attempts + 1
+                 WHERE job_id = $1 AND checkpoint_id = $2", &job.job_id, decided, &message)
             .execute(&mut *conn)
             .await?;
             return Ok(CommitOutcome::Failed {
@@ -263,11 +258,10 @@ async fn mark_committed(
 ) -> Result<()> {
     // `horizon` reads the statement's snapshot, where `decided` is already
     // `completed`: it counts among the retained either way.
-    sqlx::query(
-        "WITH marked AS (
+    sqlx::query!("WITH marked AS (
              UPDATE checkpoints SET status = 'committed', committed_at = clock_timestamp(), promotion_error = NULL,
-                    promoted_rows = CASE WHEN checkpoint_id = $3 THEN $4 ELSE 0 END,
-                    promotion_ms = CASE WHEN checkpoint_id = $3 THEN $5 END,
+                    promoted_rows = CASE WHEN checkpoint_id = $3 THEN $4::bigint ELSE 0 END,
+                    promotion_ms = CASE WHEN checkpoint_id = $3 THEN $5::float8 END,
                     promotion_attempts = promotion_attempts + 1
              WHERE job_id = $1 AND status = 'completed' AND checkpoint_id > $2 AND checkpoint_id <= $3
          ), moved AS (
@@ -281,15 +275,8 @@ async fn mark_committed(
          ), pruned_acks AS (
              DELETE FROM acks WHERE job_id = $1 AND checkpoint_id < (SELECT checkpoint_id FROM horizon)
          )
-         SELECT 1",
-    )
-    .bind(&job.job_id)
-    .bind(committed)
-    .bind(decided)
-    .bind(promoted.rows as i64)
-    .bind(promoted.millis)
-    .bind(job.retained as i64)
-    .execute(&mut *conn)
+         SELECT 1 AS done", &job.job_id, committed, decided, promoted.rows as i64, promoted.millis, job.retained as i64)
+    .fetch_one(&mut *conn)
     .await?;
     job.last_committed_id = Some(decided);
     Ok(())

@@ -206,18 +206,16 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
         attempts::start(&mut *conn, job_id).await?;
     }
     // Tasks: keep the acks of tasks that stay, add new ones, drop removed ones.
-    sqlx::query("DELETE FROM tasks WHERE job_id = $1 AND NOT (task_id = ANY ($2))")
-        .bind(job_id)
-        .bind(&spec.tasks)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO tasks (job_id, task_id, ordinal)
-         SELECT $1, task_id, ordinal::int FROM unnest($2::text[]) WITH ORDINALITY AS t(task_id, ordinal)
-         ON CONFLICT (job_id, task_id) DO UPDATE SET ordinal = EXCLUDED.ordinal",
+    sqlx::query!(
+        "DELETE FROM tasks WHERE job_id = $1 AND NOT (task_id = ANY ($2))",
+        job_id,
+        &spec.tasks
     )
-    .bind(job_id)
-    .bind(&spec.tasks)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!("INSERT INTO tasks (job_id, task_id, ordinal)
+         SELECT $1, task_id, ordinal::int FROM unnest($2::text[]) WITH ORDINALITY AS t(task_id, ordinal)
+         ON CONFLICT (job_id, task_id) DO UPDATE SET ordinal = EXCLUDED.ordinal", job_id, &spec.tasks)
     .execute(&mut *conn)
     .await?;
 
@@ -278,8 +276,7 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<Job>> {
 pub async fn delete(conn: &mut PgConnection, job_id: &str) -> Result<()> {
     let job = load_job(&mut *conn, job_id, JobLock::Update).await?;
     schema::drop_staging(&mut *conn, job.staging_id).await?;
-    sqlx::query("DELETE FROM jobs WHERE job_id = $1")
-        .bind(job_id)
+    sqlx::query!("DELETE FROM jobs WHERE job_id = $1", job_id)
         .execute(&mut *conn)
         .await?;
     Ok(())

@@ -73,9 +73,8 @@ async fn try_lead(pool: &PgPool) -> Option<PoolConnection<Postgres>> {
 }
 
 async fn release(conn: &mut PgConnection) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(SCHEDULER_LOCK_KEY)
-        .execute(conn)
+    sqlx::query_scalar!("SELECT pg_advisory_unlock($1)", SCHEDULER_LOCK_KEY)
+        .fetch_one(conn)
         .await?;
     Ok(())
 }

@@ -151,17 +151,17 @@ where
         rows,
     )
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "UPDATE batches SET staged_rows = $5, staged_bytes = $6, digest = $7
          WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
+        job_id,
+        key.epoch,
+        key.task_id,
+        key.batch_id,
+        staged.rows as i64,
+        staged.bytes as i64,
+        &staged.digest[..]
     )
-    .bind(job_id)
-    .bind(key.epoch)
-    .bind(key.task_id)
-    .bind(key.batch_id)
-    .bind(staged.rows as i64)
-    .bind(staged.bytes as i64)
-    .bind(&staged.digest[..])
     .execute(&mut *conn)
     .await?;
     crate::metrics::staged(job_id, staged.rows, staged.bytes);
