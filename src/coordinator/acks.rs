@@ -321,12 +321,13 @@ pub struct RecordedAck {
 }
 
 pub async fn count_acks(conn: &mut PgConnection, job_id: &str, checkpoint_id: i64) -> Result<i32> {
-    let count: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM acks WHERE job_id = $1 AND checkpoint_id = $2")
-            .bind(job_id)
-            .bind(checkpoint_id)
-            .fetch_one(&mut *conn)
-            .await?;
+    let count: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM acks WHERE job_id = $1 AND checkpoint_id = $2"#,
+        job_id,
+        checkpoint_id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     Ok(count as i32)
 }
 
@@ -397,13 +398,10 @@ pub async fn settle(
 /// (a decision lost to a crash between an ack's two transactions); the
 /// decision subsumes the older pending ones.
 pub async fn decide_newest_complete(conn: &mut PgConnection, job_id: &str) -> Result<()> {
-    let complete: Option<i64> = sqlx::query_scalar(
-        "SELECT c.checkpoint_id FROM checkpoints c
+    let complete: Option<i64> = sqlx::query_scalar!("SELECT c.checkpoint_id FROM checkpoints c
          WHERE c.job_id = $1 AND c.status = 'pending'
            AND (SELECT count(*) FROM acks a WHERE a.job_id = c.job_id AND a.checkpoint_id = c.checkpoint_id) >= c.task_count
-         ORDER BY c.checkpoint_id DESC LIMIT 1",
-    )
-    .bind(job_id)
+         ORDER BY c.checkpoint_id DESC LIMIT 1", job_id)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(checkpoint_id) = complete {

@@ -43,11 +43,12 @@ pub async fn begin_fence(
         sqlx::query(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_WAIT}'"))
             .execute(&mut *tx)
             .await?;
-        let locked: std::result::Result<Option<i64>, sqlx::Error> =
-            sqlx::query_scalar("SELECT staging_id FROM jobs WHERE job_id = $1 FOR UPDATE")
-                .bind(job_id)
-                .fetch_optional(&mut *tx)
-                .await;
+        let locked: std::result::Result<Option<i64>, sqlx::Error> = sqlx::query_scalar!(
+            "SELECT staging_id FROM jobs WHERE job_id = $1 FOR UPDATE",
+            job_id
+        )
+        .fetch_optional(&mut *tx)
+        .await;
         match locked {
             Ok(_) => {
                 sqlx::query!("SET LOCAL lock_timeout = DEFAULT")
@@ -64,21 +65,20 @@ pub async fn begin_fence(
             {
                 drop(tx);
                 let staging_id: Option<i64> =
-                    sqlx::query_scalar("SELECT staging_id FROM jobs WHERE job_id = $1")
-                        .bind(job_id)
+                    sqlx::query_scalar!("SELECT staging_id FROM jobs WHERE job_id = $1", job_id)
                         .fetch_optional(pool)
                         .await?;
                 if let Some(staging_id) = staging_id {
                     // Materialized first, so that only the job's writers
                     // ever reach pg_terminate_backend.
-                    let ended: Vec<i32> = sqlx::query_scalar(
-                        "WITH writers AS MATERIALIZED (
+                    let ended: Vec<i32> = sqlx::query_scalar!(
+                        r#"WITH writers AS MATERIALIZED (
                              SELECT pid FROM pg_stat_activity
                              WHERE datname = current_database() AND application_name = $1
                                AND pid <> pg_backend_pid())
-                         SELECT pid FROM writers WHERE pg_terminate_backend(pid)",
+                         SELECT pid AS "pid!" FROM writers WHERE pg_terminate_backend(pid)"#,
+                        writer_name(staging_id)
                     )
-                    .bind(writer_name(staging_id))
                     .fetch_all(pool)
                     .await?;
                     if !ended.is_empty() {
@@ -117,7 +117,7 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     let mut job = load_job(&mut *conn, job_id, JobLock::None).await?;
     // Above every epoch any job ever had (one sequence for all): a job
     // deleted and registered again cannot reissue a zombie's epoch.
-    let new_epoch: i64 = sqlx::query_scalar("SELECT nextval('epoch_seq')")
+    let new_epoch: i64 = sqlx::query_scalar!(r#"SELECT nextval('epoch_seq') AS "epoch!""#)
         .fetch_one(&mut *conn)
         .await?;
 
@@ -125,13 +125,13 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
         CommitOutcome::Committed { .. } | CommitOutcome::Nothing => {
             // Committed by this attempt: here, or by the decision of a
             // complete checkpoint just above.
-            sqlx::query_scalar(
+            sqlx::query_scalar!(
                 "SELECT checkpoint_id FROM checkpoints
                  WHERE job_id = $1 AND status = 'committed' AND checkpoint_id > $2
                  ORDER BY checkpoint_id",
+                job_id,
+                before.last_committed_id.unwrap_or(0)
             )
-            .bind(job_id)
-            .bind(before.last_committed_id.unwrap_or(0))
             .fetch_all(&mut *conn)
             .await?
         }
@@ -148,12 +148,8 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
         }
     };
 
-    let aborted: Vec<i64> = sqlx::query_scalar(
-        "UPDATE checkpoints SET status = 'aborted', aborted_at = now(), failure_reason = 'fenced by epoch ' || $2
-         WHERE job_id = $1 AND status = 'pending' RETURNING checkpoint_id",
-    )
-    .bind(job_id)
-    .bind(new_epoch)
+    let aborted: Vec<i64> = sqlx::query_scalar!("UPDATE checkpoints SET status = 'aborted', aborted_at = now(), failure_reason = 'fenced by epoch ' || $2::bigint
+         WHERE job_id = $1 AND status = 'pending' RETURNING checkpoint_id", job_id, new_epoch)
     .fetch_all(&mut *conn)
     .await?;
     crate::metrics::checkpoints_aborted(job_id, AbortReason::Fenced, aborted.len() as u64);
@@ -203,11 +199,11 @@ async fn ensure_promoted(conn: &mut PgConnection, job: &JobRow) -> Result<()> {
         return Ok(());
     }
     let checkpoint_id = job.last_decided_id.unwrap_or_default();
-    let error: Option<String> = sqlx::query_scalar(
+    let error: Option<String> = sqlx::query_scalar!(
         "SELECT promotion_error FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2",
+        &job.job_id,
+        checkpoint_id
     )
-    .bind(&job.job_id)
-    .bind(checkpoint_id)
     .fetch_optional(&mut *conn)
     .await?
     .flatten();

@@ -153,15 +153,15 @@ async fn carried_after(
     if checkpoint.status == CheckpointStatus::Aborted {
         return Ok(checkpoint.checkpoint_id - 1);
     }
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce(
+    Ok(sqlx::query_scalar!(
+        r#"SELECT coalesce(
              (SELECT carried_after FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2),
              (SELECT max(checkpoint_id) FROM checkpoints
               WHERE job_id = $1 AND checkpoint_id < $2 AND status IN ('completed', 'committed')),
-             0)",
+             0) AS "carried_after!""#,
+        job_id,
+        checkpoint.checkpoint_id
     )
-    .bind(job_id)
-    .bind(checkpoint.checkpoint_id)
     .fetch_one(&mut *conn)
     .await?)
 }
@@ -221,27 +221,23 @@ pub async fn details(
 /// otherwise. The rows are locked first and the acks counted in a second
 /// statement, whose snapshot sees every ack that held a row's share lock.
 pub async fn abort_timed_out(conn: &mut PgConnection, job: &JobRow) -> Result<Vec<i64>> {
-    let expired: Vec<i64> = sqlx::query_scalar(
+    let expired: Vec<i64> = sqlx::query_scalar!(
         "SELECT checkpoint_id FROM checkpoints
          WHERE job_id = $1 AND status = 'pending'
            AND triggered_at + make_interval(secs => $2::double precision / 1000) < now()
          ORDER BY checkpoint_id FOR UPDATE",
+        &job.job_id,
+        job.timeout_ms as f64
     )
-    .bind(&job.job_id)
-    .bind(job.timeout_ms as f64)
     .fetch_all(&mut *conn)
     .await?;
     if expired.is_empty() {
         return Ok(expired);
     }
-    let ids = sqlx::query_scalar(
-        "UPDATE checkpoints c SET status = 'aborted', aborted_at = now(), failure_reason = 'timeout'
+    let ids = sqlx::query_scalar!("UPDATE checkpoints c SET status = 'aborted', aborted_at = now(), failure_reason = 'timeout'
          WHERE c.job_id = $1 AND c.checkpoint_id = ANY ($2) AND c.status = 'pending'
            AND (SELECT count(*) FROM acks a WHERE a.job_id = c.job_id AND a.checkpoint_id = c.checkpoint_id) < c.task_count
-         RETURNING checkpoint_id",
-    )
-    .bind(&job.job_id)
-    .bind(&expired)
+         RETURNING checkpoint_id", &job.job_id, &expired)
     .fetch_all(&mut *conn)
     .await?;
     crate::metrics::checkpoints_aborted(&job.job_id, AbortReason::Timeout, ids.len() as u64);
@@ -265,10 +261,10 @@ pub async fn trigger(
         ));
     }
     abort_timed_out(&mut *conn, job).await?;
-    let pending: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM checkpoints WHERE job_id = $1 AND status = 'pending'",
+    let pending: i64 = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM checkpoints WHERE job_id = $1 AND status = 'pending'"#,
+        &job.job_id
     )
-    .bind(&job.job_id)
     .fetch_one(&mut *conn)
     .await?;
     if pending >= job.max_concurrent as i64 {
@@ -278,12 +274,8 @@ pub async fn trigger(
         )));
     }
     if job.min_pause_ms > 0 {
-        let wait_ms: Option<f64> = sqlx::query_scalar(
-            "SELECT (extract(epoch FROM (max(decided_at) + make_interval(secs => $2::double precision / 1000) - now())) * 1000)::float8
-             FROM checkpoints WHERE job_id = $1 AND decided_at IS NOT NULL",
-        )
-        .bind(&job.job_id)
-        .bind(job.min_pause_ms as f64)
+        let wait_ms: Option<f64> = sqlx::query_scalar!("SELECT (extract(epoch FROM (max(decided_at) + make_interval(secs => $2::double precision / 1000) - now())) * 1000)::float8
+             FROM checkpoints WHERE job_id = $1 AND decided_at IS NOT NULL", &job.job_id, job.min_pause_ms as f64)
         .fetch_one(&mut *conn)
         .await?;
         if let Some(wait_ms) = wait_ms.filter(|wait| *wait > 0.0) {

@@ -231,14 +231,14 @@ pub async fn staged_tags(
     after: i64,
     upto: Option<i64>,
 ) -> Result<Vec<i64>> {
-    let tags = sqlx::query_scalar(
+    let tags = sqlx::query_scalar!(
         "SELECT DISTINCT checkpoint_tag FROM batches
          WHERE job_id = $1 AND checkpoint_tag > $2 AND ($3::bigint IS NULL OR checkpoint_tag <= $3)
            AND staged_rows > 0",
+        job_id,
+        after,
+        upto
     )
-    .bind(job_id)
-    .bind(after)
-    .bind(upto)
     .fetch_all(&mut *conn)
     .await?;
     Ok(tags)

@@ -154,8 +154,7 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
             .await?;
         }
         let current: Vec<String> =
-            sqlx::query_scalar("SELECT task_id FROM tasks WHERE job_id = $1")
-                .bind(job_id)
+            sqlx::query_scalar!("SELECT task_id FROM tasks WHERE job_id = $1", job_id)
                 .fetch_all(&mut *conn)
                 .await?;
         let current: HashSet<&String> = current.iter().collect();
@@ -224,15 +223,13 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
 
 /// The public view of a job.
 pub async fn view(conn: &mut PgConnection, job: JobRow) -> Result<Job> {
-    let tasks: Vec<String> =
-        sqlx::query_scalar("SELECT task_id FROM tasks WHERE job_id = $1 ORDER BY ordinal")
-            .bind(&job.job_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let pending: Vec<i64> = sqlx::query_scalar(
-        "SELECT checkpoint_id FROM checkpoints WHERE job_id = $1 AND status = 'pending' ORDER BY checkpoint_id",
+    let tasks: Vec<String> = sqlx::query_scalar!(
+        "SELECT task_id FROM tasks WHERE job_id = $1 ORDER BY ordinal",
+        &job.job_id
     )
-    .bind(&job.job_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let pending: Vec<i64> = sqlx::query_scalar!("SELECT checkpoint_id FROM checkpoints WHERE job_id = $1 AND status = 'pending' ORDER BY checkpoint_id", &job.job_id)
     .fetch_all(&mut *conn)
     .await?;
     Ok(Job {

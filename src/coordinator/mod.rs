@@ -254,11 +254,11 @@ pub async fn ack(
         // Acks were missing: timed out, declined, aborted or fenced between
         // this ack's two transactions. Say which.
         let mut conn = pool.acquire().await?;
-        let reason: Option<String> = sqlx::query_scalar(
+        let reason: Option<String> = sqlx::query_scalar!(
             "SELECT failure_reason FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2",
+            job_id,
+            checkpoint_id
         )
-        .bind(job_id)
-        .bind(checkpoint_id)
         .fetch_optional(&mut *conn)
         .await?
         .flatten();

@@ -59,11 +59,13 @@ pub async fn run(pool: PgPool, tick: Duration, mut shutdown: watch::Receiver<boo
 
 async fn try_lead(pool: &PgPool) -> Option<PoolConnection<Postgres>> {
     let mut conn = pool.acquire().await.ok()?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(SCHEDULER_LOCK_KEY)
-        .fetch_one(&mut *conn)
-        .await
-        .ok()?;
+    let locked: bool = sqlx::query_scalar!(
+        r#"SELECT pg_try_advisory_lock($1) AS "locked!""#,
+        SCHEDULER_LOCK_KEY
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .ok()?;
     if locked {
         tracing::info!("this replica runs the checkpoint scheduler");
         Some(conn)
@@ -83,12 +85,10 @@ async fn release(conn: &mut PgConnection) -> Result<()> {
 pub async fn tick_once(pool: &PgPool, last_retry: &mut HashMap<String, Instant>) -> Result<()> {
     // Only jobs with something to do: an interval, pending checkpoints, or an
     // unpromoted decision.
-    let jobs: Vec<String> = sqlx::query_scalar(
-        "SELECT j.job_id FROM jobs j WHERE j.epoch > 0 AND (
+    let jobs: Vec<String> = sqlx::query_scalar!("SELECT j.job_id FROM jobs j WHERE j.epoch > 0 AND (
              j.interval_ms IS NOT NULL
              OR j.last_decided_id > coalesce(j.last_committed_id, 0)
-             OR EXISTS (SELECT 1 FROM checkpoints c WHERE c.job_id = j.job_id AND c.status = 'pending'))",
-    )
+             OR EXISTS (SELECT 1 FROM checkpoints c WHERE c.job_id = j.job_id AND c.status = 'pending'))")
     .fetch_all(pool)
     .await?;
     for job_id in jobs {
@@ -131,11 +131,7 @@ async fn tick_job(
         }
     }
     if let Some(interval_ms) = job.interval_ms {
-        let last_trigger: Option<f64> = sqlx::query_scalar(
-            "SELECT (extract(epoch FROM now() - max(triggered_at)) * 1000)::float8 FROM checkpoints WHERE job_id = $1 AND epoch = $2",
-        )
-        .bind(job_id)
-        .bind(job.epoch)
+        let last_trigger: Option<f64> = sqlx::query_scalar!("SELECT (extract(epoch FROM now() - max(triggered_at)) * 1000)::float8 FROM checkpoints WHERE job_id = $1 AND epoch = $2", job_id, job.epoch)
         .fetch_one(&mut *tx)
         .await?;
         if last_trigger.is_none_or(|elapsed| elapsed >= interval_ms as f64) {
@@ -155,8 +151,8 @@ async fn tick_job(
 
 /// Promotes every decided-but-unpromoted checkpoint (start-up roll forward).
 pub async fn roll_forward_all(pool: &PgPool) -> Result<()> {
-    let jobs: Vec<String> = sqlx::query_scalar(
-        "SELECT job_id FROM jobs WHERE last_decided_id > coalesce(last_committed_id, 0)",
+    let jobs: Vec<String> = sqlx::query_scalar!(
+        "SELECT job_id FROM jobs WHERE last_decided_id > coalesce(last_committed_id, 0)"
     )
     .fetch_all(pool)
     .await?;

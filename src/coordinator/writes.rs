@@ -102,16 +102,9 @@ where
     // Claim the batch id first: a concurrent retry of the same batch waits on
     // this row and then finds it taken. Batch records live as long as their
     // epoch (see `attempts`), so a retry, however late, is recognised.
-    let batch_seq: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO batches (job_id, epoch, task_id, batch_id, checkpoint_tag, batch_seq, staged_rows, staged_bytes)
+    let batch_seq: Option<i64> = sqlx::query_scalar!("INSERT INTO batches (job_id, epoch, task_id, batch_id, checkpoint_tag, batch_seq, staged_rows, staged_bytes)
          VALUES ($1, $2, $3, $4, $5, nextval('batch_seq'), 0, 0)
-         ON CONFLICT DO NOTHING RETURNING batch_seq",
-    )
-    .bind(job_id)
-    .bind(key.epoch)
-    .bind(key.task_id)
-    .bind(key.batch_id)
-    .bind(tag)
+         ON CONFLICT DO NOTHING RETURNING batch_seq", job_id, key.epoch, key.task_id, key.batch_id, tag)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(batch_seq) = batch_seq else {
