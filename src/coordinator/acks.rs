@@ -50,7 +50,6 @@ fn validate_ack(request: &AckRequest, limits: &Limits) -> Result<()> {
 
 /// What the database holds that decides an ack's fate, loaded (and
 /// locked) in one round trip by [`record_ack`].
-#[derive(sqlx::FromRow)]
 struct AckContext {
     epoch: i64,
     last_acked_id: Option<i64>,
@@ -78,7 +77,6 @@ impl AckContext {
 }
 
 /// This task's stored ack of the checkpoint.
-#[derive(sqlx::FromRow)]
 struct StoredAck {
     epoch: i64,
     offsets: Json<BTreeMap<String, i64>>,
@@ -177,24 +175,27 @@ pub async fn record_ack(
     validate_ack(request, limits)?;
     // Job, task and checkpoint, locked in that order, and the offset
     // floors, in one round trip.
-    let partitions: Vec<&String> = request.offsets.keys().collect();
-    let context: Option<AckContext> = sqlx::query_as(
-        "SELECT j.epoch, t.last_acked_id, c.status, c.failure_reason, c.task_count,
+    let partitions: Vec<String> = request.offsets.keys().cloned().collect();
+    let context = sqlx::query_as!(
+        AckContext,
+        r#"SELECT j.epoch, t.last_acked_id, c.status AS "status: CheckpointStatus",
+                c.failure_reason, c.task_count,
                 c.status = 'pending'
-                  AND c.triggered_at + make_interval(secs => j.timeout_ms::double precision / 1000) < now() AS expired,
+                  AND c.triggered_at + make_interval(secs => j.timeout_ms::double precision / 1000) < now()
+                  AS "expired!",
                 (SELECT coalesce(jsonb_agg(jsonb_build_array(f.source_partition, f.next_offset)), '[]')
                  FROM committed_offsets f
-                 WHERE f.job_id = $1 AND f.source_partition = ANY ($4)) AS floors
+                 WHERE f.job_id = $1 AND f.source_partition = ANY ($4)) AS "floors!: Json<Vec<(String, i64)>>"
          FROM jobs j
          JOIN tasks t ON t.job_id = j.job_id AND t.task_id = $3
          JOIN checkpoints c ON c.job_id = j.job_id AND c.checkpoint_id = $2
          WHERE j.job_id = $1
-         FOR KEY SHARE OF j FOR UPDATE OF t FOR SHARE OF c",
+         FOR KEY SHARE OF j FOR UPDATE OF t FOR SHARE OF c"#,
+        job_id,
+        checkpoint_id,
+        request.task_id,
+        &partitions
     )
-    .bind(job_id)
-    .bind(checkpoint_id)
-    .bind(&request.task_id)
-    .bind(&partitions)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(context) = context else {
@@ -214,12 +215,15 @@ pub async fn record_ack(
         total_tasks: context.task_count,
     };
     let previous: Option<StoredAck> = if context.late_or_again(checkpoint_id) {
-        sqlx::query_as(
-            "SELECT epoch, offsets, state FROM acks WHERE job_id = $1 AND checkpoint_id = $2 AND task_id = $3",
+        sqlx::query_as!(
+            StoredAck,
+            r#"SELECT epoch, offsets AS "offsets: Json<BTreeMap<String, i64>>",
+                      state AS "state: Json<StateHandle>"
+               FROM acks WHERE job_id = $1 AND checkpoint_id = $2 AND task_id = $3"#,
+            job_id,
+            checkpoint_id,
+            request.task_id
         )
-        .bind(job_id)
-        .bind(checkpoint_id)
-        .bind(&request.task_id)
         .fetch_optional(&mut *conn)
         .await?
     } else {
@@ -239,8 +243,8 @@ pub async fn record_ack(
     // what the floor was), and, only if every claim held, record the ack;
     // one statement. A regression is found in its answer and rolls it all
     // back.
-    let (claimed, regression): (i64, Option<Json<(String, i64)>>) = sqlx::query_as(
-        "WITH floors AS (
+    let recorded = sqlx::query!(
+        r#"WITH floors AS (
              INSERT INTO ack_floors AS f (job_id, source_partition, epoch, next_offset)
              SELECT $1, o.key, $4, o.value::bigint FROM jsonb_each_text($5) AS o ORDER BY o.key
              ON CONFLICT (job_id, source_partition) DO UPDATE SET
@@ -263,20 +267,21 @@ pub async fn record_ack(
              UPDATE tasks SET last_acked_id = $2
              WHERE job_id = $1 AND task_id = $3 AND (SELECT ok FROM complete)
          )
-         SELECT (SELECT count(*) FROM claimed),
+         SELECT (SELECT count(*) FROM claimed) AS "claimed!",
                 (SELECT jsonb_build_array(f.source_partition, f.previous_offset)
                  FROM floors f WHERE f.previous_offset > ($5 ->> f.source_partition)::bigint
-                 ORDER BY f.source_partition LIMIT 1)",
+                 ORDER BY f.source_partition LIMIT 1) AS "regression: Json<(String, i64)>""#,
+        job_id,
+        checkpoint_id,
+        request.task_id,
+        request.epoch,
+        Json(&request.offsets) as _,
+        request.state.as_ref().map(Json) as _,
+        &partitions
     )
-    .bind(job_id)
-    .bind(checkpoint_id)
-    .bind(&request.task_id)
-    .bind(request.epoch)
-    .bind(Json(&request.offsets))
-    .bind(request.state.as_ref().map(Json))
-    .bind(&partitions)
     .fetch_one(&mut *conn)
     .await?;
+    let (claimed, regression) = (recorded.claimed, recorded.regression);
     if let Some(Json((partition, floor))) = regression {
         // Rolled back by the caller.
         return Err(Error::OffsetRegression {
@@ -287,17 +292,18 @@ pub async fn record_ack(
     }
     if (claimed as usize) < partitions.len() {
         // Rolled back by the caller; say who holds the partition.
-        let (partition, task): (String, String) = sqlx::query_as(
+        let holder = sqlx::query!(
             "SELECT source_partition, task_id FROM ack_partitions
              WHERE job_id = $1 AND checkpoint_id = $2 AND source_partition = ANY ($3) AND task_id <> $4
              ORDER BY source_partition LIMIT 1",
+            job_id,
+            checkpoint_id,
+            &partitions,
+            request.task_id
         )
-        .bind(job_id)
-        .bind(checkpoint_id)
-        .bind(&partitions)
-        .bind(&request.task_id)
         .fetch_one(&mut *conn)
         .await?;
+        let (partition, task) = (holder.source_partition, holder.task_id);
         return Err(Error::validation(
             format!("offsets.{partition}"),
             format!("partition {partition:?} is already claimed by task {task:?} in checkpoint {checkpoint_id}"),
@@ -349,21 +355,22 @@ pub async fn settle(
     // The checkpoint and every older pending one, locked in id order (as
     // the timeout sweep locks them): a decision may complete the older
     // ones too (see `decide`).
-    let locked: Vec<(i64, CheckpointStatus, i32, bool)> = sqlx::query_as(
-        "SELECT c.checkpoint_id, c.status, c.task_count,
-                c.triggered_at + make_interval(secs => $3::double precision / 1000) < now()
+    let locked = sqlx::query!(
+        r#"SELECT c.checkpoint_id, c.status AS "status: CheckpointStatus", c.task_count,
+                c.triggered_at + make_interval(secs => $3::double precision / 1000) < now() AS "expired!"
          FROM checkpoints c
          WHERE c.job_id = $1 AND (c.checkpoint_id = $2 OR (c.status = 'pending' AND c.checkpoint_id < $2))
-         ORDER BY c.checkpoint_id FOR UPDATE",
+         ORDER BY c.checkpoint_id FOR UPDATE"#,
+        job_id,
+        checkpoint_id,
+        job.timeout_ms as f64
     )
-    .bind(job_id)
-    .bind(checkpoint_id)
-    .bind(job.timeout_ms as f64)
     .fetch_all(&mut *conn)
     .await?;
-    let (_, mut status, task_count, expired) = locked
+    let (mut status, task_count, expired) = locked
         .into_iter()
-        .find(|(id, ..)| *id == checkpoint_id)
+        .find(|row| row.checkpoint_id == checkpoint_id)
+        .map(|row| (row.status, row.task_count, row.expired))
         .ok_or_else(|| {
             Error::not_found(format!(
                 "checkpoint {checkpoint_id} of job {job_id:?} does not exist"
@@ -416,13 +423,15 @@ async fn lock_checkpoint(
     job_id: &str,
     checkpoint_id: i64,
 ) -> Result<(CheckpointStatus, i32)> {
-    sqlx::query_as(
-        "SELECT status, task_count FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE",
+    sqlx::query!(
+        r#"SELECT status AS "status: CheckpointStatus", task_count
+           FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2 FOR UPDATE"#,
+        job_id,
+        checkpoint_id
     )
-    .bind(job_id)
-    .bind(checkpoint_id)
     .fetch_optional(&mut *conn)
     .await?
+    .map(|row| (row.status, row.task_count))
     .ok_or_else(|| {
         Error::not_found(format!(
             "checkpoint {checkpoint_id} of job {job_id:?} does not exist"
@@ -437,8 +446,8 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
     // Older pending checkpoints were locked by the caller (`settle`) before
     // their acks are counted here: one whose acks are all in is decided
     // with this one, never reported aborted.
-    let (decide_seconds, subsumed): (f64, i64) = sqlx::query_as(
-        "WITH decided AS (
+    let decided = sqlx::query!(
+        r#"WITH decided AS (
              UPDATE checkpoints c SET status = 'completed', decided_at = clock_timestamp(), acked_count = c.task_count,
                     staged_rows = COALESCE(b.rows, 0), staged_bytes = COALESCE(b.bytes, 0), carried_after = $4
              -- Every batch its promotion carries: those tagged for aborted
@@ -452,7 +461,7 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
                  status = CASE WHEN complete THEN 'completed' ELSE 'aborted' END,
                  decided_at = CASE WHEN complete THEN clock_timestamp() END,
                  aborted_at = CASE WHEN complete THEN NULL ELSE now() END,
-                 failure_reason = CASE WHEN complete THEN NULL ELSE 'subsumed by ' || $2 END,
+                 failure_reason = CASE WHEN complete THEN NULL ELSE 'subsumed by ' || $2::bigint END,
                  -- Completed with it: its batches are the decided one's.
                  staged_rows = CASE WHEN complete THEN 0 END,
                  staged_bytes = CASE WHEN complete THEN 0 END,
@@ -477,14 +486,16 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
          ), moved AS (
              UPDATE jobs SET last_decided_id = $2 WHERE job_id = $1
          )
-         SELECT (SELECT seconds FROM decided), (SELECT count(*) FROM subsumed WHERE status = 'aborted')",
+         SELECT (SELECT seconds FROM decided) AS "seconds!",
+                (SELECT count(*) FROM subsumed WHERE status = 'aborted') AS "subsumed!""#,
+        job.job_id,
+        checkpoint_id,
+        job.epoch,
+        job.last_decided_id.unwrap_or(0)
     )
-    .bind(&job.job_id)
-    .bind(checkpoint_id)
-    .bind(job.epoch)
-    .bind(job.last_decided_id.unwrap_or(0))
     .fetch_one(&mut *conn)
     .await?;
+    let (decide_seconds, subsumed) = (decided.seconds, decided.subsumed);
     crate::metrics::checkpoint_completed(
         &job.job_id,
         std::time::Duration::from_secs_f64(decide_seconds.max(0.0)),

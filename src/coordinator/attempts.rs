@@ -213,7 +213,6 @@ async fn ensure_promoted(conn: &mut PgConnection, job: &JobRow) -> Result<()> {
     })
 }
 
-#[derive(sqlx::FromRow)]
 struct RecoveryAck {
     task_id: String,
     offsets: Json<BTreeMap<String, i64>>,
@@ -235,26 +234,33 @@ pub async fn recovery(conn: &mut PgConnection, job_id: &str) -> Result<Recovery>
             offsets: BTreeMap::new(),
         });
     };
-    let (epoch, status): (i64, CheckpointStatus) = sqlx::query_as(
-        "SELECT epoch, status FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2",
+    let decided = sqlx::query!(
+        r#"SELECT epoch, status AS "status: CheckpointStatus"
+           FROM checkpoints WHERE job_id = $1 AND checkpoint_id = $2"#,
+        job_id,
+        checkpoint_id
     )
-    .bind(job_id)
-    .bind(checkpoint_id)
     .fetch_one(&mut *conn)
     .await?;
-    let acks: Vec<RecoveryAck> = sqlx::query_as(
-        "SELECT task_id, offsets, state FROM acks WHERE job_id = $1 AND checkpoint_id = $2",
+    let (epoch, status) = (decided.epoch, decided.status);
+    let acks = sqlx::query_as!(
+        RecoveryAck,
+        r#"SELECT task_id, offsets AS "offsets: Json<BTreeMap<String, i64>>",
+                  state AS "state: Json<StateHandle>"
+           FROM acks WHERE job_id = $1 AND checkpoint_id = $2"#,
+        job_id,
+        checkpoint_id
     )
-    .bind(job_id)
-    .bind(checkpoint_id)
     .fetch_all(&mut *conn)
     .await?;
-    let offsets: Vec<(String, i64)> = sqlx::query_as(
+    let offsets = sqlx::query!(
         "SELECT source_partition, next_offset FROM committed_offsets WHERE job_id = $1",
+        job_id
     )
-    .bind(job_id)
     .fetch_all(&mut *conn)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|row| (row.source_partition, row.next_offset));
     Ok(Recovery {
         checkpoint_id: Some(checkpoint_id),
         epoch: Some(epoch),

@@ -18,7 +18,6 @@ use crate::model::{
 /// long-polls on every replica wake at once.
 pub const NOTIFY_CHANNEL: &str = "sinkgate_checkpoints";
 
-#[derive(sqlx::FromRow)]
 struct CheckpointRow {
     checkpoint_id: i64,
     epoch: i64,
@@ -38,19 +37,26 @@ struct CheckpointRow {
     staged_bytes: i64,
 }
 
-/// Checkpoint columns plus staged volume: recorded at decision, summed from
+/// Checkpoint columns plus staged volume, as a [`CheckpointRow`] (checked
+/// against the schema at compile time): recorded at decision, summed from
 /// the batch records while pending. A checkpoint carries the batches tagged
 /// since the decided one before it (those of aborted checkpoints between
-/// too); an aborted one counts only its own tag.
-const SELECT_CHECKPOINT: &str = "
-    SELECT c.checkpoint_id, c.epoch, c.status, c.trigger_kind, c.task_count,
+/// too); an aborted one counts only its own tag. `$tail` follows the
+/// `FROM` (conditions, order); `$arg`s are `$1`, `$2`, ….
+macro_rules! select_checkpoint {
+    ($tail:literal $(, $arg:expr)*) => {
+        sqlx::query_as!(
+            CheckpointRow,
+            r#"
+    SELECT c.checkpoint_id, c.epoch, c.status AS "status: CheckpointStatus",
+           c.trigger_kind AS "trigger_kind: TriggerKind", c.task_count,
            CASE WHEN c.status IN ('completed', 'committed') THEN c.task_count
                 ELSE (SELECT count(*) FROM acks a WHERE a.job_id = c.job_id AND a.checkpoint_id = c.checkpoint_id)::int
-           END AS acked_count,
+           END AS "acked_count!",
            c.triggered_at, c.decided_at, c.committed_at, c.aborted_at, c.failure_reason,
            c.promoted_rows, c.promotion_ms, c.promotion_error,
-           COALESCE(c.staged_rows, b.rows, 0)::bigint AS staged_rows,
-           COALESCE(c.staged_bytes, b.bytes, 0)::bigint AS staged_bytes
+           COALESCE(c.staged_rows, b.rows, 0)::bigint AS "staged_rows!",
+           COALESCE(c.staged_bytes, b.bytes, 0)::bigint AS "staged_bytes!"
     FROM checkpoints c
     LEFT JOIN LATERAL (
         SELECT sum(staged_rows) AS rows, sum(staged_bytes) AS bytes FROM batches b
@@ -59,7 +65,11 @@ const SELECT_CHECKPOINT: &str = "
               SELECT coalesce(max(p.checkpoint_id), 0) FROM checkpoints p
               WHERE p.job_id = c.job_id AND p.checkpoint_id < c.checkpoint_id
                 AND p.status IN ('completed', 'committed'))) END
-    ) b ON true";
+    ) b ON true"# + $tail
+            $(, $arg)*
+        )
+    };
+}
 
 fn millis_between(from: DateTime<Utc>, to: Option<DateTime<Utc>>) -> Option<f64> {
     to.map(|to| (to - from).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3)
@@ -94,11 +104,11 @@ impl From<CheckpointRow> for Checkpoint {
 
 /// One checkpoint, or `not-found`.
 pub async fn get(conn: &mut PgConnection, job_id: &str, checkpoint_id: i64) -> Result<Checkpoint> {
-    sqlx::query_as::<_, CheckpointRow>(&format!(
-        "{SELECT_CHECKPOINT} WHERE c.job_id = $1 AND c.checkpoint_id = $2"
-    ))
-    .bind(job_id)
-    .bind(checkpoint_id)
+    select_checkpoint!(
+        " WHERE c.job_id = $1 AND c.checkpoint_id = $2",
+        job_id,
+        checkpoint_id
+    )
     .fetch_optional(&mut *conn)
     .await?
     .map(Checkpoint::from)
@@ -117,22 +127,20 @@ pub async fn list(
 ) -> Result<Vec<Checkpoint>> {
     let limit = super::page_limit(query.limit)?;
     load_job(&mut *conn, job_id, JobLock::None).await?;
-    let rows: Vec<CheckpointRow> = sqlx::query_as(&format!(
-        "{SELECT_CHECKPOINT}
-         WHERE c.job_id = $1 AND ($2::bigint IS NULL OR c.checkpoint_id < $2)
-           AND ($3::text IS NULL OR c.status = $3)
-         ORDER BY c.checkpoint_id DESC LIMIT $4"
-    ))
-    .bind(job_id)
-    .bind(query.before)
-    .bind(query.status.map(CheckpointStatus::as_str))
-    .bind(limit)
+    let rows: Vec<CheckpointRow> = select_checkpoint!(
+        " WHERE c.job_id = $1 AND ($2::bigint IS NULL OR c.checkpoint_id < $2)
+            AND ($3::text IS NULL OR c.status = $3)
+          ORDER BY c.checkpoint_id DESC LIMIT $4",
+        job_id,
+        query.before,
+        query.status.map(CheckpointStatus::as_str),
+        limit
+    )
     .fetch_all(&mut *conn)
     .await?;
     Ok(rows.into_iter().map(Checkpoint::from).collect())
 }
 
-#[derive(sqlx::FromRow)]
 struct TaskAckRow {
     task_id: String,
     acked_at: Option<DateTime<Utc>>,
@@ -173,9 +181,14 @@ pub async fn details(
     checkpoint_id: i64,
 ) -> Result<CheckpointDetails> {
     let checkpoint = get(&mut *conn, job_id, checkpoint_id).await?;
-    let rows: Vec<TaskAckRow> = sqlx::query_as(
-        "SELECT t.task_id, a.acked_at, a.offsets, a.state,
-                COALESCE(b.rows, 0)::bigint AS staged_rows, COALESCE(b.bytes, 0)::bigint AS staged_bytes
+    let carried_after = carried_after(&mut *conn, job_id, &checkpoint).await?;
+    let rows = sqlx::query_as!(
+        TaskAckRow,
+        r#"SELECT t.task_id, a.acked_at AS "acked_at?",
+                a.offsets AS "offsets?: Json<BTreeMap<String, i64>>",
+                a.state AS "state?: Json<StateHandle>",
+                COALESCE(b.rows, 0)::bigint AS "staged_rows!",
+                COALESCE(b.bytes, 0)::bigint AS "staged_bytes!"
          FROM tasks t
          LEFT JOIN acks a ON a.job_id = t.job_id AND a.checkpoint_id = $2 AND a.task_id = t.task_id
          LEFT JOIN LATERAL (
@@ -184,12 +197,12 @@ pub async fn details(
                AND b.checkpoint_tag <= $2 AND b.checkpoint_tag > $4
          ) b ON true
          WHERE t.job_id = $1
-         ORDER BY t.ordinal",
+         ORDER BY t.ordinal"#,
+        job_id,
+        checkpoint_id,
+        checkpoint.epoch,
+        carried_after
     )
-    .bind(job_id)
-    .bind(checkpoint_id)
-    .bind(checkpoint.epoch)
-    .bind(carried_after(&mut *conn, job_id, &checkpoint).await?)
     .fetch_all(&mut *conn)
     .await?;
     let acked_all = matches!(
@@ -320,21 +333,15 @@ pub async fn first_pending(
     job_id: &str,
     after: i64,
 ) -> Result<Option<PendingCheckpoint>> {
-    let row: Option<(i64, i64, DateTime<Utc>)> = sqlx::query_as(
+    Ok(sqlx::query_as!(
+        PendingCheckpoint,
         "SELECT c.checkpoint_id, c.epoch, c.triggered_at FROM checkpoints c JOIN jobs j USING (job_id)
          WHERE c.job_id = $1 AND c.status = 'pending' AND c.checkpoint_id > $2
            AND c.triggered_at + make_interval(secs => j.timeout_ms::double precision / 1000) >= now()
          ORDER BY c.checkpoint_id LIMIT 1",
+        job_id,
+        after
     )
-    .bind(job_id)
-    .bind(after)
     .fetch_optional(&mut *conn)
-    .await?;
-    Ok(
-        row.map(|(checkpoint_id, epoch, triggered_at)| PendingCheckpoint {
-            checkpoint_id,
-            epoch,
-            triggered_at,
-        }),
-    )
+    .await?)
 }

@@ -176,7 +176,6 @@ impl CommitOutcome {
     }
 }
 
-#[derive(sqlx::FromRow)]
 struct DeadLetterRow {
     dead_letter_id: i64,
     checkpoint_id: i64,
@@ -196,16 +195,18 @@ pub async fn dead_letters(
 ) -> Result<DeadLetterList> {
     let limit = super::page_limit(query.limit)?;
     load_job(&mut *conn, job_id, JobLock::None).await?;
-    let rows: Vec<DeadLetterRow> = sqlx::query_as(
-        "SELECT dead_letter_id, checkpoint_id, task_id, row, error, sqlstate, created_at
-         FROM dead_letters WHERE job_id = $1 AND dead_letter_id > $2
-           AND ($3::bigint IS NULL OR checkpoint_id = $3)
-         ORDER BY dead_letter_id LIMIT $4",
+    let rows = sqlx::query_as!(
+        DeadLetterRow,
+        r#"SELECT dead_letter_id, checkpoint_id, task_id, row AS "row: Json<serde_json::Value>",
+                  error, sqlstate, created_at
+           FROM dead_letters WHERE job_id = $1 AND dead_letter_id > $2
+             AND ($3::bigint IS NULL OR checkpoint_id = $3)
+           ORDER BY dead_letter_id LIMIT $4"#,
+        job_id,
+        query.after.unwrap_or(0),
+        query.checkpoint_id,
+        limit
     )
-    .bind(job_id)
-    .bind(query.after.unwrap_or(0))
-    .bind(query.checkpoint_id)
-    .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
     Ok(DeadLetterList {

@@ -162,8 +162,8 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
     }
     // One statement creates or updates the row. `inserted` tells a row
     // created by a concurrent request (its staging is that request's).
-    let (staging_id, inserted): (i64, bool) = sqlx::query_as(
-        "INSERT INTO jobs (job_id, sink_schema, sink_table, sink_mode, sink_key, sink_columns,
+    let row = sqlx::query!(
+        r#"INSERT INTO jobs (job_id, sink_schema, sink_table, sink_mode, sink_key, sink_columns,
                            interval_ms, timeout_ms, min_pause_ms, max_concurrent, retained,
                            on_promotion_error)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
@@ -174,22 +174,23 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
              timeout_ms = EXCLUDED.timeout_ms, min_pause_ms = EXCLUDED.min_pause_ms,
              max_concurrent = EXCLUDED.max_concurrent, retained = EXCLUDED.retained,
              on_promotion_error = EXCLUDED.on_promotion_error, updated_at = now()
-         RETURNING staging_id, xmax = 0",
+         RETURNING staging_id, xmax = 0 AS "inserted!""#,
+        job_id,
+        sink.schema,
+        sink.table,
+        spec.sink.mode.as_str(),
+        &spec.sink.key,
+        columns as _,
+        settings.interval_ms.map(|v| v as i64),
+        settings.timeout_ms as i64,
+        settings.min_pause_ms as i64,
+        settings.max_concurrent as i32,
+        settings.retained as i32,
+        spec.sink.on_promotion_error.as_str()
     )
-    .bind(job_id)
-    .bind(&sink.schema)
-    .bind(&sink.table)
-    .bind(spec.sink.mode)
-    .bind(&spec.sink.key)
-    .bind(&columns)
-    .bind(settings.interval_ms.map(|v| v as i64))
-    .bind(settings.timeout_ms as i64)
-    .bind(settings.min_pause_ms as i64)
-    .bind(settings.max_concurrent as i32)
-    .bind(settings.retained as i32)
-    .bind(spec.sink.on_promotion_error)
     .fetch_one(&mut *conn)
     .await?;
+    let (staging_id, inserted) = (row.staging_id, row.inserted);
     if created && !inserted {
         return Err(Error::conflict(format!(
             "job {job_id:?} was created concurrently; retry the request"

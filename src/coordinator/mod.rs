@@ -335,13 +335,16 @@ pub async fn revoke_token(pool: &PgPool, job_id: &str, token_id: &str) -> Result
 
 /// Pending checkpoints per job (for `/metrics`).
 pub async fn pending_per_job(pool: &PgPool) -> Result<Vec<(String, i64)>> {
-    Ok(sqlx::query_as(
-        "SELECT j.job_id, count(c.checkpoint_id) FROM jobs j
-         LEFT JOIN checkpoints c ON c.job_id = j.job_id AND c.status = 'pending'
-         GROUP BY j.job_id",
+    Ok(sqlx::query!(
+        r#"SELECT j.job_id, count(c.checkpoint_id) AS "pending!" FROM jobs j
+           LEFT JOIN checkpoints c ON c.job_id = j.job_id AND c.status = 'pending'
+           GROUP BY j.job_id"#
     )
     .fetch_all(pool)
-    .await?)
+    .await?
+    .into_iter()
+    .map(|row| (row.job_id, row.pending))
+    .collect())
 }
 
 /// Limits that the coordinator enforces on request contents.
@@ -515,16 +518,24 @@ pub async fn lock_task(
     task_id: &str,
     exclusive: bool,
 ) -> Result<Option<i64>> {
-    let lock = if exclusive { "FOR UPDATE" } else { "FOR SHARE" };
-    let row: Option<(Option<i64>,)> = sqlx::query_as(&format!(
-        "SELECT last_acked_id FROM tasks WHERE job_id = $1 AND task_id = $2 {lock}"
-    ))
-    .bind(job_id)
-    .bind(task_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.map(|(last,)| last)
-        .ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
+    let row = if exclusive {
+        sqlx::query_scalar!(
+            "SELECT last_acked_id FROM tasks WHERE job_id = $1 AND task_id = $2 FOR UPDATE",
+            job_id,
+            task_id
+        )
+        .fetch_optional(&mut *conn)
+        .await?
+    } else {
+        sqlx::query_scalar!(
+            "SELECT last_acked_id FROM tasks WHERE job_id = $1 AND task_id = $2 FOR SHARE",
+            job_id,
+            task_id
+        )
+        .fetch_optional(&mut *conn)
+        .await?
+    };
+    row.ok_or_else(|| Error::UnknownTask(task_id.to_owned()))
 }
 
 /// The `limit` of a paged listing: 100 when absent, 1 to 1000.

@@ -108,17 +108,22 @@ where
     .fetch_optional(&mut *conn)
     .await?;
     let Some(batch_seq) = batch_seq else {
-        let (checkpoint_id, staged_rows, staged_bytes, digest): (i64, i64, i64, Option<Vec<u8>>) =
-            sqlx::query_as(
-                "SELECT checkpoint_tag, staged_rows, staged_bytes, digest FROM batches
-                 WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
-            )
-            .bind(job_id)
-            .bind(key.epoch)
-            .bind(key.task_id)
-            .bind(key.batch_id)
-            .fetch_one(&mut *conn)
-            .await?;
+        let seen = sqlx::query!(
+            "SELECT checkpoint_tag, staged_rows, staged_bytes, digest FROM batches
+             WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
+            job_id,
+            key.epoch,
+            key.task_id,
+            key.batch_id
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        let (checkpoint_id, staged_rows, staged_bytes, digest) = (
+            seen.checkpoint_tag,
+            seen.staged_rows,
+            seen.staged_bytes,
+            seen.digest,
+        );
         return Ok(Staged::Seen {
             answer: WriteResult {
                 task_id: key.task_id.to_owned(),
