@@ -333,6 +333,52 @@ pub async fn revoke_token(pool: &PgPool, job_id: &str, token_id: &str) -> Result
     tokens::revoke(&mut *pool.acquire().await?, job_id, token_id).await
 }
 
+/// The periodic work on one job, in one transaction under its row lock:
+/// decides a checkpoint whose decision was lost (every ack in), aborts
+/// checkpoints past their deadline, promotes a decided checkpoint when
+/// `retry_promotion` (a failed promotion is retried by this), and triggers
+/// one when `interval_ms` has passed. Answers whether it tried a promotion.
+pub async fn sweep(pool: &PgPool, job_id: &str, retry_promotion: bool) -> Result<bool> {
+    let mut tx = pool.begin().await?;
+    match load_job(&mut tx, job_id, JobLock::NoKeyUpdate).await {
+        Ok(_) => {}
+        Err(Error::NotFound(_)) => return Ok(false),
+        Err(error) => return Err(error),
+    };
+    // An ack whose decision was lost to a crash: decide it before any timeout.
+    acks::decide_newest_complete(&mut tx, job_id).await?;
+    let mut job = load_job(&mut tx, job_id, JobLock::NoKeyUpdate).await?;
+    let aborted = checkpoints::abort_timed_out(&mut tx, &job).await?;
+    if !aborted.is_empty() {
+        tracing::info!(job = %job_id, ?aborted, "checkpoints timed out");
+    }
+    let promoting = retry_promotion && job.last_decided_id > job.last_committed_id;
+    if promoting {
+        commit::commit_decided(&mut tx, &mut job).await?;
+    }
+    if let Some(interval_ms) = job.interval_ms {
+        let since_last: Option<f64> = sqlx::query_scalar!(
+            "SELECT (extract(epoch FROM now() - max(triggered_at)) * 1000)::float8 FROM checkpoints WHERE job_id = $1 AND epoch = $2",
+            job_id,
+            job.epoch
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if since_last.is_none_or(|elapsed| elapsed >= interval_ms as f64) {
+            match checkpoints::trigger(&mut tx, &mut job, TriggerKind::Interval).await {
+                Ok(checkpoint) => {
+                    tracing::debug!(job = %job_id, checkpoint = checkpoint.checkpoint_id, "interval trigger")
+                }
+                // Too many pending, or within min_pause: try again next tick.
+                Err(Error::Conflict(_) | Error::TooEarly { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    tx.commit().await?;
+    Ok(promoting)
+}
+
 /// Pending checkpoints per job (for `/metrics`).
 pub async fn pending_per_job(pool: &PgPool) -> Result<Vec<(String, i64)>> {
     Ok(sqlx::query!(

@@ -14,12 +14,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::acks::decide_newest_complete;
-use super::checkpoints::{abort_timed_out, trigger};
-use super::commit::commit_decided;
-use super::{load_job, JobLock};
 use crate::error::{Error, Result};
-use crate::model::TriggerKind;
 
 /// Key of the advisory lock that elects the scheduling replica.
 pub const SCHEDULER_LOCK_KEY: i64 = 0x5349_4e4b_4741_5445; // "SINKGATE"
@@ -102,50 +97,19 @@ pub async fn tick_once(pool: &PgPool, last_retry: &mut HashMap<String, Instant>)
     Ok(())
 }
 
-/// The scheduler's work on one job, in one transaction.
+/// The scheduler's work on one job: one [`super::sweep`], with a blocked
+/// promotion retried at most every [`PROMOTION_RETRY`].
 async fn tick_job(
     pool: &PgPool,
     job_id: &str,
     last_retry: &mut HashMap<String, Instant>,
 ) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    match load_job(&mut tx, job_id, JobLock::NoKeyUpdate).await {
-        Ok(_) => {}
-        Err(Error::NotFound(_)) => return Ok(()),
-        Err(error) => return Err(error),
-    };
-    // An ack whose decision was lost to a crash: decide it before any timeout.
-    decide_newest_complete(&mut tx, job_id).await?;
-    let mut job = load_job(&mut tx, job_id, JobLock::NoKeyUpdate).await?;
-    let aborted = abort_timed_out(&mut tx, &job).await?;
-    if !aborted.is_empty() {
-        tracing::info!(job = %job_id, ?aborted, "checkpoints timed out");
+    let retry_due = last_retry
+        .get(job_id)
+        .is_none_or(|last| last.elapsed() >= PROMOTION_RETRY);
+    if super::sweep(pool, job_id, retry_due).await? {
+        last_retry.insert(job_id.to_owned(), Instant::now());
     }
-    if job.last_decided_id > job.last_committed_id {
-        let due = last_retry
-            .get(job_id)
-            .is_none_or(|last| last.elapsed() >= PROMOTION_RETRY);
-        if due {
-            last_retry.insert(job_id.to_owned(), Instant::now());
-            commit_decided(&mut tx, &mut job).await?;
-        }
-    }
-    if let Some(interval_ms) = job.interval_ms {
-        let last_trigger: Option<f64> = sqlx::query_scalar!("SELECT (extract(epoch FROM now() - max(triggered_at)) * 1000)::float8 FROM checkpoints WHERE job_id = $1 AND epoch = $2", job_id, job.epoch)
-        .fetch_one(&mut *tx)
-        .await?;
-        if last_trigger.is_none_or(|elapsed| elapsed >= interval_ms as f64) {
-            match trigger(&mut tx, &mut job, TriggerKind::Interval).await {
-                Ok(checkpoint) => {
-                    tracing::debug!(job = %job_id, checkpoint = checkpoint.checkpoint_id, "interval trigger")
-                }
-                // Too many pending, or within min_pause: try again next tick.
-                Err(Error::Conflict(_) | Error::TooEarly { .. }) => {}
-                Err(error) => return Err(error),
-            }
-        }
-    }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -157,16 +121,8 @@ pub async fn roll_forward_all(pool: &PgPool) -> Result<()> {
     .fetch_all(pool)
     .await?;
     for job_id in jobs {
-        let rolled = async {
-            let mut tx = pool.begin().await?;
-            let mut job = load_job(&mut tx, &job_id, JobLock::NoKeyUpdate).await?;
-            let outcome = commit_decided(&mut tx, &mut job).await?;
-            tx.commit().await?;
-            Ok::<_, Error>(outcome)
-        }
-        .await;
-        match rolled {
-            Ok(outcome) => tracing::info!(job = %job_id, ?outcome, "start-up roll forward"),
+        match super::promote(pool, &job_id).await {
+            Ok(promoted) => tracing::info!(job = %job_id, ?promoted, "start-up roll forward"),
             Err(Error::Unavailable) => return Err(Error::Unavailable),
             Err(error) => {
                 tracing::warn!(job = %job_id, %error, "start-up roll forward failed; the scheduler retries")
