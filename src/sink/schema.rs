@@ -91,14 +91,47 @@ struct CatalogColumn {
 
 /// Looks the sink up and validates it against the spec.
 pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTable> {
-    let (schema, table) = match spec.table.split_once('.') {
+    let (schema, table, oid) = locate(&mut *conn, &spec.table).await?;
+    let columns = writable_columns(&mut *conn, oid).await?;
+    if columns.is_empty() {
+        return Err(Error::validation(
+            "sink.table",
+            format!("{schema}.{table} has no writable columns"),
+        ));
+    }
+    match spec.mode {
+        SinkMode::Append => {
+            if !spec.key.is_empty() {
+                return Err(Error::validation(
+                    "sink.key",
+                    "a key is only used in upsert mode; remove it or use mode \"upsert\"",
+                ));
+            }
+        }
+        SinkMode::Upsert => check_upsert_key(&mut *conn, oid, &columns, &spec.key).await?,
+    }
+    Ok(SinkTable {
+        schema,
+        table,
+        columns,
+    })
+}
+
+/// The sink named `table` or `schema.table` (the current schema when
+/// none): an existing table (plain or partitioned) that is neither in the
+/// staging schema nor one of sinkgate's own. Answers schema, name and oid.
+async fn locate(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<(String, String, sqlx::postgres::types::Oid)> {
+    let (schema, table) = match name.split_once('.') {
         Some((schema, table)) => (Some(schema.to_owned()), table.to_owned()),
-        None => (None, spec.table.clone()),
+        None => (None, name.to_owned()),
     };
     if table.is_empty() || schema.as_deref() == Some("") || table.contains('.') {
         return Err(Error::validation(
             "sink.table",
-            format!("{:?} is not `table` or `schema.table`", spec.table),
+            format!("{name:?} is not `table` or `schema.table`"),
         ));
     }
     let schema = match schema {
@@ -109,7 +142,6 @@ pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTab
                 .await?
         }
     };
-
     let relation: Option<(sqlx::postgres::types::Oid, String)> = sqlx::query_as(
         "SELECT c.oid, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = $1 AND c.relname = $2",
@@ -151,7 +183,15 @@ pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTab
             format!("{schema}.{table} is one of sinkgate's own tables and cannot be a sink"),
         ));
     }
+    Ok((schema, table, oid))
+}
 
+/// The columns rows may set, in table order: all but generated ones (and
+/// identity `ALWAYS`), each with what encoding and promotion need.
+async fn writable_columns(
+    conn: &mut PgConnection,
+    oid: sqlx::postgres::types::Oid,
+) -> Result<Vec<ColumnDef>> {
     let catalog: Vec<CatalogColumn> = sqlx::query_as(
         "SELECT a.attname::text AS name,
                 format_type(a.atttypid, a.atttypmod) AS data_type,
@@ -171,7 +211,6 @@ pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTab
     .bind(oid)
     .fetch_all(&mut *conn)
     .await?;
-
     let mut columns = Vec::new();
     for column in catalog {
         if column.generated {
@@ -186,49 +225,31 @@ pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTab
                 ),
             ));
         }
-        let kind = match (column.type_category.as_str(), column.type_name.as_str()) {
-            ("A", _) => ColumnKind::Array,
-            (_, "bool") => ColumnKind::Bool,
-            (_, "int2") => ColumnKind::Int2,
-            (_, "int4") => ColumnKind::Int4,
-            (_, "int8") => ColumnKind::Int8,
-            (_, "float4" | "float8") => ColumnKind::Float,
-            (_, "json" | "jsonb") => ColumnKind::Json,
-            (_, "text" | "varchar" | "bpchar" | "name" | "citext") => ColumnKind::Text,
-            _ => ColumnKind::Other,
-        };
         columns.push(ColumnDef {
+            kind: column_kind(&column.type_category, &column.type_name),
             name: column.name,
             data_type: column.data_type,
-            kind,
             nullable: column.nullable,
             default_expr: column.default_expr,
         });
     }
-    if columns.is_empty() {
-        return Err(Error::validation(
-            "sink.table",
-            format!("{schema}.{table} has no writable columns"),
-        ));
-    }
+    Ok(columns)
+}
 
-    match spec.mode {
-        SinkMode::Append => {
-            if !spec.key.is_empty() {
-                return Err(Error::validation(
-                    "sink.key",
-                    "a key is only used in upsert mode; remove it or use mode \"upsert\"",
-                ));
-            }
-        }
-        SinkMode::Upsert => check_upsert_key(&mut *conn, oid, &columns, &spec.key).await?,
+/// How a column's values are checked and encoded, by its type's category
+/// and name (`pg_type.typcategory`, `typname`).
+fn column_kind(category: &str, type_name: &str) -> ColumnKind {
+    match (category, type_name) {
+        ("A", _) => ColumnKind::Array,
+        (_, "bool") => ColumnKind::Bool,
+        (_, "int2") => ColumnKind::Int2,
+        (_, "int4") => ColumnKind::Int4,
+        (_, "int8") => ColumnKind::Int8,
+        (_, "float4" | "float8") => ColumnKind::Float,
+        (_, "json" | "jsonb") => ColumnKind::Json,
+        (_, "text" | "varchar" | "bpchar" | "name" | "citext") => ColumnKind::Text,
+        _ => ColumnKind::Other,
     }
-
-    Ok(SinkTable {
-        schema,
-        table,
-        columns,
-    })
 }
 
 /// An upsert key must be exactly the key columns of a unique index or
