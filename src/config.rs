@@ -72,11 +72,12 @@ pub struct Config {
     #[arg(long, env = "SINKGATE_BODY_IDLE_TIMEOUT_MS", default_value_t = defaults::BODY_IDLE_TIMEOUT_MS)]
     pub body_idle_timeout_ms: u64,
 
-    /// Slowest average rate, in bytes per second, at which an NDJSON upload
-    /// may arrive once its first `--body-idle-timeout-ms` have passed;
-    /// slower is abandoned (408 `body-timeout`). An upload holds a database
-    /// connection while it lasts, so a trickle must not hold it for ever.
-    /// 0 turns it off.
+    /// Slowest rate, in bytes per second, at which a request body may
+    /// arrive: every `--body-idle-timeout-ms` spent waiting for it must
+    /// bring at least this rate's worth, or it is abandoned (408
+    /// `body-timeout`). An upload holds a database connection and a buffered
+    /// body holds memory while they last, so a trickle must not hold them for
+    /// ever. 0 turns it off (then only the idle limit applies).
     #[arg(long, env = "SINKGATE_MIN_BODY_RATE", default_value_t = defaults::MIN_BODY_RATE)]
     pub min_body_rate: u64,
 

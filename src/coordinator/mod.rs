@@ -401,9 +401,9 @@ pub struct Limits {
     /// An NDJSON upload whose body sends nothing for this long is abandoned
     /// (408 `body-timeout`) and rolled back.
     pub body_idle_timeout: std::time::Duration,
-    /// Slowest an NDJSON upload may arrive, in bytes per second on average
-    /// (after a first `body_idle_timeout` of grace); slower is 408
-    /// `body-timeout`. 0 turns it off.
+    /// Slowest a body may arrive, in bytes per second, over each
+    /// `body_idle_timeout` of waiting for it; slower is 408 `body-timeout`.
+    /// 0 turns it off.
     pub min_body_bytes_per_second: u64,
     /// Writes of one job staged at once on this replica (each holds a
     /// database connection); more wait, then get 503 `overloaded`.

@@ -107,10 +107,13 @@ async fn tick_job(
     let retry_due = last_retry
         .get(job_id)
         .is_none_or(|last| last.elapsed() >= PROMOTION_RETRY);
-    if super::sweep(pool, job_id, retry_due).await? {
+    let swept = super::sweep(pool, job_id, retry_due).await;
+    // A promotion tried, or a pass that failed (it may have been the
+    // promotion): the next try waits its turn.
+    if retry_due && !matches!(swept, Ok(false)) {
         last_retry.insert(job_id.to_owned(), Instant::now());
     }
-    Ok(())
+    swept.map(|_| ())
 }
 
 /// Promotes every decided-but-unpromoted checkpoint (start-up roll forward).

@@ -51,7 +51,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 /// Whether every embedded migration is applied (for `/readyz`).
 pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
     let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        sqlx::query_scalar!("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
             .fetch_all(pool)
             .await?;
     Ok(MIGRATOR

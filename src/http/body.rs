@@ -28,10 +28,11 @@ pub struct Pace {
 }
 
 /// Ends a body stream with 408 `body-timeout` when no bytes arrive for
-/// `pace.idle`, or when, after a first `pace.idle` of grace, fewer bytes have
-/// arrived than `pace.min_bytes_per_second` allows on average. (The
-/// allowance grows with every byte, as Apache's `mod_reqtimeout` `MinRate`
-/// does.)
+/// `pace.idle`, or when fewer than `pace.min_bytes_per_second × idle` bytes
+/// arrive in any `idle` of waiting for them. The windows are consecutive
+/// (a fast start banks nothing for a trickle later), and only time spent
+/// waiting for the client counts (not the server's own waits for a write
+/// slot or a lock between reads).
 pub fn paced(
     body: impl Stream<Item = Result<Bytes>> + Send + Unpin + 'static,
     pace: Pace,
@@ -40,30 +41,33 @@ pub fn paced(
         idle,
         min_bytes_per_second,
     } = pace;
-    let started = tokio::time::Instant::now();
-    futures::stream::unfold(Some((body, 0u64)), move |state| async move {
-        let (mut body, received) = state?;
-        // The latest moment the next byte may come while the average holds.
-        let allowance = match min_bytes_per_second {
-            0 => Duration::MAX,
-            rate => idle + Duration::from_secs_f64(received as f64 / rate as f64),
-        };
-        let until_too_slow = (started + allowance.min(Duration::from_secs(1 << 40)))
-            .saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(idle.min(until_too_slow), body.next()).await {
+    let per_window = (min_bytes_per_second as f64 * idle.as_secs_f64()) as u64;
+    let window = Window::default();
+    futures::stream::unfold(Some((body, window)), move |state| async move {
+        let (mut body, mut window) = state?;
+        // Time left in this window before its bytes must be in.
+        let short = per_window > 0 && window.bytes < per_window;
+        let window_left = idle.saturating_sub(window.waited);
+        let wait = if short { idle.min(window_left) } else { idle };
+        let asked = tokio::time::Instant::now();
+        match tokio::time::timeout(wait, body.next()).await {
             Ok(Some(Ok(chunk))) => {
-                let received = received + chunk.len() as u64;
-                Some((Ok(chunk), Some((body, received))))
+                window.waited += asked.elapsed();
+                window.bytes += chunk.len() as u64;
+                if window.waited >= idle {
+                    if per_window > 0 && window.bytes < per_window {
+                        return Some((Err(too_slow(min_bytes_per_second, &window)), None));
+                    }
+                    window = Window::default();
+                }
+                Some((Ok(chunk), Some((body, window))))
             }
             Ok(Some(Err(error))) => Some((Err(error), None)),
             Ok(None) => None,
-            Err(_) if until_too_slow < idle => Some((
-                Err(Error::BodyTimeout(format!(
-                    "the body arrived slower than {min_bytes_per_second} bytes/s on average ({received} bytes in {} ms)",
-                    started.elapsed().as_millis()
-                ))),
-                None,
-            )),
+            Err(_) if short && wait == window_left => {
+                window.waited += wait;
+                Some((Err(too_slow(min_bytes_per_second, &window)), None))
+            }
             Err(_) => Some((
                 Err(Error::BodyTimeout(format!(
                     "no body bytes arrived for {} ms",
@@ -73,6 +77,21 @@ pub fn paced(
             )),
         }
     })
+}
+
+/// Bytes received, and time spent waiting for them, in the current window.
+#[derive(Default)]
+struct Window {
+    bytes: u64,
+    waited: Duration,
+}
+
+fn too_slow(min_bytes_per_second: u64, window: &Window) -> Error {
+    Error::BodyTimeout(format!(
+        "the body arrived slower than {min_bytes_per_second} bytes/s ({} bytes in {} ms)",
+        window.bytes,
+        window.waited.as_millis()
+    ))
 }
 
 /// Bodies up to this size are not counted against the budget: the

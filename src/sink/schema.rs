@@ -78,7 +78,6 @@ pub struct SinkTable {
     pub columns: Vec<ColumnDef>,
 }
 
-#[derive(sqlx::FromRow)]
 struct CatalogColumn {
     name: String,
     data_type: String,
@@ -137,19 +136,21 @@ async fn locate(
     let schema = match schema {
         Some(schema) => schema,
         None => {
-            sqlx::query_scalar::<_, String>("SELECT current_schema()")
+            sqlx::query_scalar!(r#"SELECT current_schema() AS "schema!""#)
                 .fetch_one(&mut *conn)
                 .await?
         }
     };
-    let relation: Option<(sqlx::postgres::types::Oid, String)> = sqlx::query_as(
-        "SELECT c.oid, c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = $1 AND c.relname = $2",
+    let relation = sqlx::query!(
+        r#"SELECT c.oid, c.relkind::text AS "relkind!"
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = $1 AND c.relname = $2"#,
+        schema,
+        table
     )
-    .bind(&schema)
-    .bind(&table)
     .fetch_optional(&mut *conn)
-    .await?;
+    .await?
+    .map(|row| (row.oid, row.relkind));
     let Some((oid, relkind)) = relation else {
         return Err(Error::validation(
             "sink.table",
@@ -170,11 +171,12 @@ async fn locate(
     }
     // sinkgate's own metadata, as its queries resolve it: a job that could
     // insert into `job_tokens` could mint tokens for other jobs.
-    let own: bool = sqlx::query_scalar(
-        "SELECT $1 = ANY (ARRAY(SELECT to_regclass(name)::oid FROM unnest($2::text[]) AS name))",
+    let own_tables: Vec<String> = OWN_TABLES.iter().map(|name| (*name).to_owned()).collect();
+    let own = sqlx::query_scalar!(
+        r#"SELECT $1 = ANY (ARRAY(SELECT to_regclass(name)::oid FROM unnest($2::text[]) AS name)) AS "own!""#,
+        oid,
+        &own_tables
     )
-    .bind(oid)
-    .bind(&OWN_TABLES[..])
     .fetch_one(&mut *conn)
     .await?;
     if own {
@@ -192,23 +194,24 @@ async fn writable_columns(
     conn: &mut PgConnection,
     oid: sqlx::postgres::types::Oid,
 ) -> Result<Vec<ColumnDef>> {
-    let catalog: Vec<CatalogColumn> = sqlx::query_as(
-        "SELECT a.attname::text AS name,
-                format_type(a.atttypid, a.atttypmod) AS data_type,
-                t.typname::text AS type_name,
-                t.typcategory::text AS type_category,
-                NOT a.attnotnull AS nullable,
+    let catalog = sqlx::query_as!(
+        CatalogColumn,
+        r#"SELECT a.attname::text AS "name!",
+                format_type(a.atttypid, a.atttypmod) AS "data_type!",
+                t.typname::text AS "type_name!",
+                t.typcategory::text AS "type_category!",
+                NOT a.attnotnull AS "nullable!",
                 CASE WHEN a.attidentity = 'd'
-                     THEN format('nextval(%L::regclass)', pg_get_serial_sequence($1::regclass::text, a.attname))
+                     THEN format('nextval(%L::regclass)', pg_get_serial_sequence($1::oid::regclass::text, a.attname))
                      ELSE pg_get_expr(d.adbin, d.adrelid) END AS default_expr,
-                (a.attgenerated <> '' OR a.attidentity = 'a') AS generated
+                (a.attgenerated <> '' OR a.attidentity = 'a') AS "generated!"
          FROM pg_attribute a
          JOIN pg_type t ON t.oid = a.atttypid
          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-         WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-         ORDER BY a.attnum",
+         WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped
+         ORDER BY a.attnum"#,
+        oid
     )
-    .bind(oid)
     .fetch_all(&mut *conn)
     .await?;
     let mut columns = Vec::new();
@@ -292,13 +295,13 @@ async fn check_upsert_key(
     // DISTINCT ON groups by the staging column's collation, which is the
     // type's default: a key that compares case-insensitively in the sink
     // would keep two rows for what the index calls one key.
-    let nondeterministic: Option<String> = sqlx::query_scalar(
-        "SELECT a.attname::text FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
-         WHERE a.attrelid = $1 AND a.attname = ANY ($2) AND NOT c.collisdeterministic
-         ORDER BY a.attnum LIMIT 1",
+    let nondeterministic = sqlx::query_scalar!(
+        r#"SELECT a.attname::text AS "name!" FROM pg_attribute a JOIN pg_collation c ON c.oid = a.attcollation
+           WHERE a.attrelid = $1 AND a.attname = ANY ($2) AND NOT c.collisdeterministic
+           ORDER BY a.attnum LIMIT 1"#,
+        oid,
+        key as &[String]
     )
-    .bind(oid)
-    .bind(key)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(name) = nondeterministic {
@@ -309,8 +312,8 @@ async fn check_upsert_key(
         ));
     }
     // Key columns only (the first indnkeyatts), not INCLUDE columns.
-    let unique_indexes: Vec<Vec<String>> = sqlx::query_scalar(
-        "SELECT array_agg(a.attname::text ORDER BY a.attname)
+    let unique_indexes: Vec<Vec<String>> = sqlx::query_scalar!(
+        r#"SELECT array_agg(a.attname::text ORDER BY a.attname) AS "key!"
          FROM pg_index i
          JOIN pg_attribute a ON a.attrelid = i.indrelid
               AND a.attnum = ANY ((i.indkey::int2[])[0:i.indnkeyatts - 1])
@@ -318,9 +321,9 @@ async fn check_upsert_key(
            AND i.indpred IS NULL AND i.indexprs IS NULL
            AND NOT EXISTS (SELECT 1 FROM pg_collation c
                            WHERE c.oid = ANY (i.indcollation::oid[]) AND NOT c.collisdeterministic)
-         GROUP BY i.indexrelid",
+         GROUP BY i.indexrelid"#,
+        oid
     )
-    .bind(oid)
     .fetch_all(&mut *conn)
     .await?;
     let mut wanted: Vec<String> = key.to_vec();

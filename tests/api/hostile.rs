@@ -783,3 +783,56 @@ async fn the_long_poll_cap_of_a_job_holds_for_every_spelling_of_its_id(
     waiting.abort();
     app.kill().await;
 }
+
+// A body that arrives fast, then trickles, is cut off in the first slow
+// window: a fast start banks no credit for hours of trickling (a buffered
+// body holds memory of the shared budget meanwhile).
+#[sqlx::test]
+async fn a_fast_start_banks_nothing_for_a_trickle(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn_with(
+        &connect,
+        sinkgate::ServiceOptions {
+            limits: sinkgate::coordinator::Limits {
+                body_idle_timeout: std::time::Duration::from_millis(1000),
+                min_body_bytes_per_second: 1000,
+                ..crate::helpers::options().limits
+            },
+            ..crate::helpers::options()
+        },
+    )
+    .await;
+    crate::helpers::event_job(&app, "ev", &["t0"]).await;
+    let (sender, body) = crate::helpers::held_body();
+    let held = {
+        let request = app
+            .http
+            .post(app.url("/v1/jobs/ev/checkpoints"))
+            .header("content-type", "application/json")
+            .body(body);
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    sender.send(Ok(vec![b' '; 200 << 10])).await.unwrap();
+    let trickler = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            if sender.send(Ok(b" ".to_vec())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), held)
+        .await
+        .expect("a trickle after a fast start was never cut off")
+        .unwrap();
+    let problem =
+        crate::helpers::problem(answer, StatusCode::REQUEST_TIMEOUT, "body-timeout").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("slower than 1000 bytes/s"),
+        "{problem}"
+    );
+    trickler.abort();
+    app.stop().await;
+}

@@ -360,6 +360,8 @@ pub struct Checkpoint {
     pub staged_rows: i64,
     pub staged_bytes: i64,
     /// Rows moved into the sink by its promotion (including rows of aborted checkpoints before it).
+    /// One promotion can commit several decided checkpoints (after a blocked one): the newest
+    /// reports all the rows it moved, the older ones 0.
     pub promoted_rows: Option<i64>,
     pub promotion_ms: Option<f64>,
     /// The last promotion failure, while it is `completed` and retried.
