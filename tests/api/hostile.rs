@@ -352,6 +352,15 @@ async fn silent_connections_are_closed_and_cannot_starve_others(
     app.stop().await;
 }
 
+/// A service whose bodies must keep arriving: silent at most `idle_ms`,
+/// and at least `rate` bytes/s over each such window.
+async fn paced_app(connect: &PgConnectOptions, idle_ms: u64, rate: u64) -> TestApp {
+    let mut options = crate::helpers::options();
+    options.limits.body_idle_timeout = std::time::Duration::from_millis(idle_ms);
+    options.limits.min_body_bytes_per_second = rate;
+    TestApp::spawn_with(connect, options).await
+}
+
 /// Options with few request slots and few long-polls.
 fn few_slots(in_flight: usize, long_polls: usize) -> sinkgate::ServiceOptions {
     let options = crate::helpers::options();
@@ -532,18 +541,7 @@ async fn a_trickling_upload_is_cut_off_at_the_minimum_rate(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let app = TestApp::spawn_with(
-        &connect,
-        sinkgate::ServiceOptions {
-            limits: sinkgate::coordinator::Limits {
-                body_idle_timeout: std::time::Duration::from_millis(1500),
-                min_body_bytes_per_second: 1000,
-                ..crate::helpers::options().limits
-            },
-            ..crate::helpers::options()
-        },
-    )
-    .await;
+    let app = paced_app(&connect, 1500, 1000).await;
     let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
     let upload = |batch: &str, body: reqwest::Body| {
         let request = app.ndjson_request("ev", "t0", epoch, batch, body);
@@ -713,17 +711,7 @@ async fn a_declared_length_over_the_limit_is_refused_at_once(
 // abandoned like a streamed one: 408, nothing staged.
 #[sqlx::test]
 async fn a_stalled_json_body_is_abandoned(_: PgPoolOptions, connect: PgConnectOptions) {
-    let app = TestApp::spawn_with(
-        &connect,
-        sinkgate::ServiceOptions {
-            limits: sinkgate::coordinator::Limits {
-                body_idle_timeout: std::time::Duration::from_millis(800),
-                ..crate::helpers::options().limits
-            },
-            ..crate::helpers::options()
-        },
-    )
-    .await;
+    let app = paced_app(&connect, 800, sinkgate::config::defaults::MIN_BODY_RATE).await;
     let epoch = crate::helpers::event_job(&app, "ev", &["t0"]).await;
     let (sender, body) = crate::helpers::held_body();
     let stalled = {
@@ -789,18 +777,7 @@ async fn the_long_poll_cap_of_a_job_holds_for_every_spelling_of_its_id(
 // body holds memory of the shared budget meanwhile).
 #[sqlx::test]
 async fn a_fast_start_banks_nothing_for_a_trickle(_: PgPoolOptions, connect: PgConnectOptions) {
-    let app = TestApp::spawn_with(
-        &connect,
-        sinkgate::ServiceOptions {
-            limits: sinkgate::coordinator::Limits {
-                body_idle_timeout: std::time::Duration::from_millis(1000),
-                min_body_bytes_per_second: 1000,
-                ..crate::helpers::options().limits
-            },
-            ..crate::helpers::options()
-        },
-    )
-    .await;
+    let app = paced_app(&connect, 1000, 1000).await;
     crate::helpers::event_job(&app, "ev", &["t0"]).await;
     let (sender, body) = crate::helpers::held_body();
     let held = {
