@@ -129,13 +129,19 @@ pub async fn attempt(pool: &PgPool, job_id: &str) -> Result<Attempt> {
 /// the checkpoint, its acks and the merged offsets belong to one decision;
 /// `promotion-blocked` while its rows are not in the sink.
 pub async fn recovery(pool: &PgPool, job_id: &str) -> Result<Recovery> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = snapshot(pool).await?;
     let recovery = attempts::recovery(&mut tx, job_id).await?;
     tx.commit().await?;
     Ok(recovery)
+}
+
+/// A read-only transaction whose statements all see one snapshot.
+async fn snapshot(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// Stages a batch (the pre-commit), or answers as before for a batch id
@@ -194,13 +200,18 @@ pub async fn checkpoints(
     checkpoints::list(&mut *pool.acquire().await?, job_id, query).await
 }
 
-/// One checkpoint with its per-task acks.
+/// One checkpoint with its per-task acks, read in one snapshot (a decision
+/// between its statements cannot pair a pending status with decided
+/// counts).
 pub async fn checkpoint(
     pool: &PgPool,
     job_id: &str,
     checkpoint_id: i64,
 ) -> Result<CheckpointDetails> {
-    checkpoints::details(&mut *pool.acquire().await?, job_id, checkpoint_id).await
+    let mut tx = snapshot(pool).await?;
+    let details = checkpoints::details(&mut tx, job_id, checkpoint_id).await?;
+    tx.commit().await?;
+    Ok(details)
 }
 
 /// The first pending checkpoint above `after`, waiting up to `wait` for one
