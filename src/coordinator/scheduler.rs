@@ -27,6 +27,19 @@ pub async fn run(pool: PgPool, tick: Duration, mut shutdown: watch::Receiver<boo
     let mut leader: Option<PoolConnection<Postgres>> = None;
     let mut last_retry: HashMap<String, Instant> = HashMap::new();
     loop {
+        // The lock lives as long as its session: if that ended (a database
+        // restart, a failover, a killed backend), another replica may hold
+        // it now, so this one stops acting until it wins an election again.
+        if let Some(conn) = leader.as_mut() {
+            if sqlx::query_scalar!("SELECT 1 AS alive")
+                .fetch_one(&mut **conn)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the scheduler's lock session ended; electing again");
+                leader = None;
+            }
+        }
         if leader.is_none() {
             leader = try_lead(&pool).await;
         }

@@ -377,3 +377,54 @@ async fn metrics_follow_a_checkpoints_life(_: PgPoolOptions, connect: PgConnectO
     assert!(text.contains("sinkgate_db_pool_connections{state=\"idle\"}"));
     app.stop().await;
 }
+
+/// The backend holding the scheduler's advisory lock in this database.
+async fn scheduler_lock_holder(app: &TestApp) -> Option<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_optional(&app.db)
+    .await
+    .unwrap()
+}
+
+// When the scheduler's lock session ends (a killed backend, a restarted or
+// failed-over database), the scheduler notices and wins the lock again
+// instead of acting without it beside a replica that took it.
+#[sqlx::test]
+async fn the_scheduler_takes_its_lock_again_when_its_session_ends(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    let mut first = None;
+    for _ in 0..100 {
+        first = scheduler_lock_holder(&app).await;
+        if first.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = first.expect("the scheduler took its lock");
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    let mut again = None;
+    for _ in 0..150 {
+        again = scheduler_lock_holder(&app)
+            .await
+            .filter(|pid| *pid != first);
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        again.is_some(),
+        "the lock was not taken again after its session ended"
+    );
+    app.stop().await;
+}
