@@ -164,13 +164,26 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 Error::Unavailable
             }
-            // Deadlock, serialization failure, lock timeout, or a session
-            // ended by a fencing attempt: nothing was changed; a retry succeeds.
+            // Nothing was changed and a retry succeeds: a deadlock, a
+            // serialization failure, a lock timeout, a session ended (by a
+            // fencing attempt, an idle-in-transaction timeout, a shutdown or
+            // crash of the server), a server still starting, too many
+            // connections, or a broken connection (class 08).
             sqlx::Error::Database(db)
-                if matches!(
-                    db.code().as_deref(),
-                    Some("40P01") | Some("40001") | Some("55P03") | Some("57P01") | Some("25P03")
-                ) =>
+                if db.code().is_some_and(|code| {
+                    code.starts_with("08")
+                        || matches!(
+                            code.as_ref(),
+                            "40P01"
+                                | "40001"
+                                | "55P03"
+                                | "25P03"
+                                | "57P01"
+                                | "57P02"
+                                | "57P03"
+                                | "53300"
+                        )
+                }) =>
             {
                 Error::Unavailable
             }
