@@ -164,11 +164,13 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 Error::Unavailable
             }
-            // Nothing was changed and a retry succeeds: a deadlock, a
-            // serialization failure, a lock timeout, a session ended (by a
-            // fencing attempt, an idle-in-transaction timeout, a shutdown or
-            // crash of the server), a server still starting, too many
-            // connections, or a broken connection (class 08).
+            // Worth a retry: a deadlock, a serialization failure, a lock
+            // timeout, a session ended (by a fencing attempt, an
+            // idle-in-transaction timeout, a shutdown or crash of the
+            // server), a server still starting, too many connections, or a
+            // broken connection (class 08). Mostly nothing was changed; a
+            // connection lost around COMMIT leaves the outcome unknown, and
+            // the retry finds it (writes and acks are idempotent).
             sqlx::Error::Database(db)
                 if db.code().is_some_and(|code| {
                     code.starts_with("08")
