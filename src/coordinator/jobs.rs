@@ -95,8 +95,8 @@ fn validate_tasks(tasks: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Creates or updates a job; the caller holds its row `FOR UPDATE` if it
-/// exists. Returns the job and whether it was created.
+/// Creates or updates a job whose id the caller validated; the caller
+/// holds its row `FOR UPDATE` if it exists. Returns the job and whether it was created.
 ///
 /// - A change of the sink's table, mode or key is refused (409) while rows
 ///   are staged or a decided checkpoint is not promoted: the staging table
@@ -112,7 +112,6 @@ fn validate_tasks(tasks: &[String]) -> Result<()> {
 ///   without its offsets, nor staged twice by the task that takes its
 ///   partitions over.
 pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Result<(Job, bool)> {
-    validate_job_id(job_id)?;
     validate_tasks(&spec.tasks)?;
     let settings = checkpointing_settings(spec.checkpointing.as_ref())?;
     let sink = schema::resolve(&mut *conn, &spec.sink).await?;

@@ -111,6 +111,12 @@ async fn wait_for_pending(
             format!("wait_ms must be at most {MAX_WAIT_MS}"),
         ));
     }
+    // The job's share of the long-poll budget, by its id as decoded
+    // (however the path spells it).
+    let _slot = state
+        .long_poll_slots
+        .try_acquire(&job_id)
+        .ok_or(Error::Overloaded)?;
     let found = coordinator::wait_for_pending(
         &state.db,
         &state.notifier,

@@ -51,6 +51,9 @@ pub struct AppState {
     pub stopping: tokio_util::sync::CancellationToken,
     /// Bounds the writes of one job staged at once.
     pub write_slots: KeyedSlots,
+    /// Bounds the long-polls of one job waiting at once (taken by the
+    /// handler, keyed by the job id as decoded from the path).
+    pub long_poll_slots: KeyedSlots,
     /// Slows down guessing of tokens.
     pub wrong_tokens: WrongTokens,
 }
@@ -346,12 +349,15 @@ impl Default for HttpLimits {
 /// metrics; load shedding and body metering; authentication; body limit;
 /// the handler.
 pub fn app(state: AppState, limits: &HttpLimits) -> Router {
+    let state = AppState {
+        long_poll_slots: KeyedSlots::new(limits.max_long_polls_per_job),
+        ..state
+    };
     let (router, api) = split();
     let request_id = HeaderName::from_static("x-request-id");
     let admission = Admission {
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
         long_polls: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_long_polls.max(1))),
-        long_polls_per_job: KeyedSlots::new(limits.max_long_polls_per_job),
         body_budget: body::Budget::new(
             limits
                 .max_json_bytes_in_flight
@@ -425,7 +431,6 @@ async fn drop_unfit_request_id(
 struct Admission {
     in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     long_polls: std::sync::Arc<tokio::sync::Semaphore>,
-    long_polls_per_job: KeyedSlots,
     /// Buffered body bytes, all requests together.
     body_budget: body::Budget,
     max_json_body_bytes: usize,
@@ -444,16 +449,10 @@ impl Admission {
     ) -> Result<(Request<Body>, Option<body::Held>), Error> {
         use axum::http::header;
         use futures::TryStreamExt;
-        let headers = request.headers();
-        let upload = request.uri().path().ends_with("/writes")
-            && extract::is_ndjson(
-                headers
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|value| value.to_str().ok()),
-            );
-        if upload {
+        if is_upload(&request) {
             return Ok((request, None));
         }
+        let headers = request.headers();
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
@@ -483,49 +482,54 @@ impl Admission {
 /// Load shedding: beyond the limit, 503 `overloaded` at once, never a queue.
 ///
 /// A long-poll (`GET …/checkpoints/pending`) waits for up to a minute
-/// doing nothing, so long-polls have a budget of their own (in all, and per
-/// job) instead of holding request slots: however many a caller opens,
-/// health checks, administration and the protocol's own requests are still
-/// admitted.
+/// doing nothing, so long-polls have a budget of their own (in all here;
+/// per job in the handler, which knows the decoded job id) instead of
+/// holding request slots: however many a caller opens, health checks,
+/// administration and the protocol's own requests are still admitted.
+/// Requests are told apart by the route they matched, never by their path.
 async fn admit(
     State(admission): State<Admission>,
     request: Request<Body>,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let path = request.uri().path();
-    // Keyed by the job id as the handler reads it: `%65v` is `ev`.
-    let long_poll_job = path
-        .strip_prefix("/v1/jobs/")
-        .and_then(|rest| rest.strip_suffix("/checkpoints/pending"))
-        .filter(|job| !job.contains('/'))
-        .map(|job| {
-            percent_encoding::percent_decode_str(job)
-                .decode_utf8_lossy()
-                .into_owned()
-        });
+    let slots = if is_long_poll(&request) {
+        &admission.long_polls
+    } else {
+        &admission.in_flight
+    };
+    let Ok(_slot) = slots.clone().try_acquire_owned() else {
+        return Error::Overloaded.into_response();
+    };
     let (request, _held) = match admission.meter_body(request) {
         Ok(metered) => metered,
         Err(error) => return error.into_response(),
     };
-    let _permits = match long_poll_job {
-        Some(job) => {
-            let Ok(all) = admission.long_polls.clone().try_acquire_owned() else {
-                return Error::Overloaded.into_response();
-            };
-            let Some(one_job) = admission.long_polls_per_job.try_acquire(&job) else {
-                return Error::Overloaded.into_response();
-            };
-            (all, Some(one_job))
-        }
-        None => {
-            let Ok(slot) = admission.in_flight.clone().try_acquire_owned() else {
-                return Error::Overloaded.into_response();
-            };
-            (slot, None)
-        }
-    };
     next.run(request).await
+}
+
+/// The route template a request matched (`/v1/jobs/{job}/writes`), if any.
+fn route(request: &Request<Body>) -> Option<&str> {
+    request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|path| path.as_str())
+}
+
+/// A streamed NDJSON upload: `POST /writes` as `application/x-ndjson`.
+fn is_upload(request: &Request<Body>) -> bool {
+    route(request) == Some("/v1/jobs/{job}/writes")
+        && extract::is_ndjson(
+            request
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|value| value.to_str().ok()),
+        )
+}
+
+/// A long-poll for the next checkpoint.
+fn is_long_poll(request: &Request<Body>) -> bool {
+    route(request) == Some("/v1/jobs/{job}/checkpoints/pending")
 }
 
 /// Cancelled when the client of a request has gone (its connection closed
@@ -590,18 +594,10 @@ async fn answer_in_time(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     // Only uploads to `/writes` are exempt, whatever else claims NDJSON.
-    let ndjson_upload = request.uri().path().ends_with("/writes")
-        && extract::is_ndjson(
-            request
-                .headers()
-                .get(axum::http::header::CONTENT_TYPE)
-                .and_then(|value| value.to_str().ok()),
-        );
-    if ndjson_upload {
+    if is_upload(&request) {
         return next.run(request).await;
     }
-    let long_poll = request.uri().path().ends_with("/checkpoints/pending");
-    let limit = if long_poll {
+    let limit = if is_long_poll(&request) {
         limit + std::time::Duration::from_millis(checkpoints::MAX_WAIT_MS)
     } else {
         limit
@@ -716,6 +712,7 @@ impl AppState {
 pub fn state(db: PgPool, limits: Limits, auth: AuthMode) -> AppState {
     AppState {
         write_slots: KeyedSlots::new(limits.max_writes_per_job),
+        long_poll_slots: KeyedSlots::new(crate::config::defaults::MAX_LONG_POLLS_PER_JOB),
         wrong_tokens: WrongTokens::new(limits.wrong_tokens_per_minute),
         db,
         limits,
