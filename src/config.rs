@@ -26,6 +26,7 @@ pub mod defaults {
     pub const TICK_MS: u64 = 200;
     pub const POOL_SIZE: u32 = 32;
     pub const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
+    pub const DB_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
 }
 
 /// How log lines are written.
@@ -187,6 +188,17 @@ pub struct DatabaseConfig {
     /// Maximum connections in the pool.
     #[arg(long, env = "SINKGATE_POOL_SIZE", default_value_t = defaults::POOL_SIZE)]
     pub pool_size: u32,
+
+    /// A request waits at most this many ms for a database connection
+    /// (the pool full, or the database down or restarting: sinkgate keeps
+    /// trying to reconnect meanwhile), then is answered 503 `unavailable`
+    /// with Retry-After.
+    #[arg(
+        long,
+        env = "SINKGATE_DB_ACQUIRE_TIMEOUT_MS",
+        default_value_t = defaults::DB_ACQUIRE_TIMEOUT_MS
+    )]
+    pub db_acquire_timeout_ms: u64,
 
     /// PostgreSQL ends a sinkgate session that sits idle inside a
     /// transaction for this many ms (`idle_in_transaction_session_timeout`),

@@ -10,12 +10,13 @@ use crate::config::DatabaseConfig;
 /// The service's own migrations, compiled into the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Opens the pool. Connections fail fast rather than queue forever.
+/// Opens the pool. Connections fail fast rather than queue forever; while
+/// the database is down, each acquire keeps reconnecting until its timeout.
 pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = config.database_url.parse()?;
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms))
         .connect_with(session_options(
             options,
             Duration::from_millis(config.idle_in_transaction_timeout_ms),

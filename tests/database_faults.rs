@@ -1,0 +1,333 @@
+//! The database's own failures, against the real binary and the Python
+//! example processor (as in `tests/chaos.rs`): PostgreSQL crashed and
+//! restarted mid-run (during promotions too), connections between sinkgate
+//! and PostgreSQL reset or stalled at random points (right after a `COMMIT`
+//! reached the server among them), and a failover to a synchronous standby.
+//! After each, the sink holds every event exactly once and the committed
+//! offsets are the ends of the log; the service recovered without a restart.
+//!
+//! The crash and failover scenarios run on clusters of their own
+//! (`scripts/pg-cluster.sh`); the connection faults go through a proxy in
+//! the test (`tests/support/proxy.rs`). Bounded by default; a soak is one
+//! variable away, as for the chaos tests:
+//! `DATABASE_URL=$(scripts/postgres.sh) CHAOS_ITERATIONS=40 CHAOS_SEED=7 cargo test --test database_faults -- --nocapture`.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use tokio::process::Child;
+
+use support::cluster::Cluster;
+use support::proxy::{Faults, Proxy};
+use support::*;
+
+/// One scenario at a time: each starts services and a processor, and the
+/// machine has two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A request waits this long for a connection while the database is down,
+/// then gets its 503 (the default is 5 s).
+const ACQUIRE_TIMEOUT: [&str; 2] = ["--db-acquire-timeout-ms", "1000"];
+
+/// A pool for the test's own queries, which reconnects after an outage.
+async fn test_pool(url: &str) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(url)
+        .await
+        .unwrap()
+}
+
+/// Every statement that writes the sink takes 300 ms, so that a crash can
+/// be aimed at a promotion in progress.
+async fn slow_promotions(db: &PgPool) {
+    sqlx::raw_sql(
+        "CREATE FUNCTION slow_statement() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;
+         CREATE TRIGGER slow_statement AFTER INSERT ON chaos_sink
+           FOR EACH STATEMENT EXECUTE FUNCTION slow_statement();",
+    )
+    .execute(db)
+    .await
+    .unwrap();
+}
+
+/// Waits (up to `within`) until a promotion is running: a backend sits in
+/// the sink's slow trigger.
+async fn promotion_running(db: &PgPool, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        let sleeping: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(db)
+        .await
+        .unwrap_or(0);
+        if sleeping > 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+/// While the database is down: a request is answered 503 `unavailable`
+/// with Retry-After, and the service says it is not ready.
+async fn assert_outage_answers(service_url: &str) {
+    let response = reqwest::get(format!("{service_url}/v1/jobs/{JOB}/recovery"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(
+        response.headers().contains_key("retry-after"),
+        "503 without Retry-After"
+    );
+    let problem: Value = response.json().await.unwrap();
+    assert!(
+        problem["type"].as_str().unwrap().ends_with(":unavailable"),
+        "{problem}"
+    );
+    let ready = reqwest::get(format!("{service_url}/readyz")).await.unwrap();
+    assert_eq!(
+        ready.status(),
+        503,
+        "/readyz says ready while the database is down"
+    );
+}
+
+/// Waits until the service answers ready again, by itself.
+async fn wait_ready(service_url: &str, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Ok(response) = reqwest::get(format!("{service_url}/readyz")).await {
+            if response.status().is_success() {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{service_url} not ready again {within:?} after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sessions holding the scheduler's advisory lock (the only advisory lock
+/// sinkgate takes).
+async fn scheduler_lock_holders(db: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// Exactly one replica takes the scheduler's lock again, and keeps it alone.
+async fn assert_one_scheduler(db: &PgPool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while scheduler_lock_holders(db).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no replica took the scheduler's lock again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(scheduler_lock_holders(db).await, 1);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+}
+
+/// Answers 500 the service gave, from its own metrics: a database failure
+/// must be a 503 the processor retries, never an internal error.
+async fn internal_errors(service_url: &str) -> u64 {
+    let text = reqwest::get(format!("{service_url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|line| {
+            line.starts_with("sinkgate_http_requests_total") && line.contains("status=\"500\"")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// When the processor finished the log: checks it and starts another run.
+async fn next_processor(
+    child: Child,
+    runs: &mut Runs,
+    db: &PgPool,
+    urls: &[String],
+    log: &tempfile::TempDir,
+    pause_ms: u64,
+    what: &str,
+) -> Child {
+    let mut child = child;
+    if let Ok(Some(status)) = child.try_wait() {
+        assert!(status.success(), "processor exited with {status}");
+        runs.check_if_done(db, &urls[0], what).await;
+        child = processor(urls, log.path(), pause_ms);
+    }
+    child
+}
+
+#[tokio::test]
+async fn postgres_crashes_and_restarts_mid_run() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::create("sinkgate-crash", free_port());
+    let db = test_pool(&cluster.url()).await;
+    let replicas = [
+        Service::start_with(&cluster.url(), free_port(), &ACQUIRE_TIMEOUT).await,
+        Service::start_with(&cluster.url(), free_port(), &ACQUIRE_TIMEOUT).await,
+    ];
+    let urls: Vec<String> = replicas.iter().map(Service::url).collect();
+    let log = setup(&db, &urls[0]).await;
+    slow_promotions(&db).await;
+    let mut rng = Rng::from_env(11);
+    let mut runs = Runs::default();
+    let mut during_promotion = 0;
+    // Unpaced: requests are in flight whenever the database goes down.
+    let mut child = processor(&urls, log.path(), 0);
+    for crash in 1..=iterations() {
+        // Every other crash is aimed at a promotion in progress.
+        if crash % 2 == 0 && promotion_running(&db, Duration::from_secs(10)).await {
+            during_promotion += 1;
+        } else {
+            tokio::time::sleep(rng.millis(100, 1500)).await;
+        }
+        cluster.crash();
+        assert_outage_answers(&urls[crash % 2]).await;
+        tokio::time::sleep(rng.millis(0, 500)).await;
+        cluster.start();
+        for url in &urls {
+            wait_ready(url, Duration::from_secs(30)).await;
+        }
+        assert_one_scheduler(&db).await;
+        let what = format!("after database crash {crash}");
+        child = next_processor(child, &mut runs, &db, &urls, &log, 0, &what).await;
+    }
+    wait_success(child, Duration::from_secs(180)).await;
+    for url in &urls {
+        assert_eq!(internal_errors(url).await, 0, "{url} answered 500");
+    }
+    let what = format!(
+        "{} database crashes ({during_promotion} during a promotion), 2 replicas, {} runs completed between them",
+        iterations(),
+        runs.complete
+    );
+    assert_exactly_once(&db, &urls[0], &what).await;
+    drop(replicas);
+    db.close().await;
+}
+
+#[sqlx::test]
+async fn connections_to_postgres_reset_and_stalled_at_random_points(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let _serial = SERIAL.lock().await;
+    let db = pool(&connect).await;
+    let proxy = Proxy::start(connect.get_port(), 21).await;
+    let service = Service::start_with(
+        &proxy.url(&database_url(&connect)),
+        free_port(),
+        &ACQUIRE_TIMEOUT,
+    )
+    .await;
+    let urls = vec![service.url()];
+    let log = setup(&db, &urls[0]).await;
+    proxy.set_faults(Faults {
+        reset: 0.003,
+        cut_after_commit: 0.08,
+        stall: 0.003,
+        stall_ms: (100, 2500),
+    });
+    let mut runs = Runs::default();
+    let mut child = processor(&urls, log.path(), 20);
+    for round in 1..=iterations() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let what = format!("connection faults, round {round}");
+        child = next_processor(child, &mut runs, &db, &urls, &log, 20, &what).await;
+    }
+    // The faults stop; the run in progress completes.
+    proxy.set_faults(Faults::default());
+    wait_success(child, Duration::from_secs(180)).await;
+    let injected = proxy.injected();
+    let (resets, cuts, stalls) = (
+        injected.resets.load(Ordering::Relaxed),
+        injected.commit_cuts.load(Ordering::Relaxed),
+        injected.stalls.load(Ordering::Relaxed),
+    );
+    assert!(
+        resets > 0 && cuts > 0,
+        "no fault was injected: {injected:?}"
+    );
+    assert_eq!(internal_errors(&urls[0]).await, 0, "answered 500");
+    let what = format!(
+        "{resets} connection resets, {cuts} answers to COMMIT lost, {stalls} stalls over {} connections, {} runs completed between them",
+        injected.connections.load(Ordering::Relaxed),
+        runs.complete
+    );
+    assert_exactly_once(&db, &urls[0], &what).await;
+    drop(service);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn failover_to_a_synchronous_standby_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut primary = Cluster::create("sinkgate-failover-a", free_port());
+    let mut standby = Some(Cluster::standby_of(
+        &primary,
+        "sinkgate-failover-b",
+        free_port(),
+    ));
+    // sinkgate reaches whichever is primary through the proxy, as clients
+    // reach a failover address (a virtual IP, a DNS name, a pooler).
+    let proxy = Proxy::start(primary.port, 31).await;
+    let service =
+        Service::start_with(&proxy.url(&primary.url()), free_port(), &ACQUIRE_TIMEOUT).await;
+    let urls = vec![service.url()];
+    let db = test_pool(&proxy.url(&primary.url())).await;
+    let log = setup(&db, &urls[0]).await;
+    let mut rng = Rng::from_env(31);
+    let mut runs = Runs::default();
+    let mut child = processor(&urls, log.path(), 20);
+    let failovers = iterations().div_ceil(2);
+    for failover in 1..=failovers {
+        tokio::time::sleep(rng.millis(300, 2000)).await;
+        // The primary dies at once; the standby takes over.
+        primary.kill();
+        let promoted = standby.as_mut().unwrap();
+        promoted.promote();
+        proxy.retarget(promoted.port);
+        proxy.reset_all();
+        std::mem::swap(&mut primary, promoted);
+        wait_ready(&urls[0], Duration::from_secs(30)).await;
+        assert_one_scheduler(&db).await;
+        // A new standby of the new primary, where the old one was.
+        let dead = standby.take().unwrap();
+        let (name, port) = (dead.name.clone(), dead.port);
+        drop(dead); // its files go
+        standby = Some(Cluster::standby_of(&primary, &name, port));
+        let what = format!("after failover {failover}");
+        child = next_processor(child, &mut runs, &db, &urls, &log, 20, &what).await;
+    }
+    wait_success(child, Duration::from_secs(180)).await;
+    assert_eq!(internal_errors(&urls[0]).await, 0, "answered 500");
+    let what = format!(
+        "{failovers} failovers to a synchronous standby, {} runs completed between them",
+        runs.complete
+    );
+    assert_exactly_once(&db, &urls[0], &what).await;
+    drop(service);
+    db.close().await;
+}
