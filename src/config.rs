@@ -27,6 +27,8 @@ pub mod defaults {
     pub const POOL_SIZE: u32 = 32;
     pub const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
     pub const DB_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
+    pub const DB_STATEMENT_TIMEOUT_MS: u64 = 60_000;
+    pub const DB_LOCK_TIMEOUT_MS: u64 = 10_000;
 }
 
 /// How log lines are written.
@@ -209,6 +211,29 @@ pub struct DatabaseConfig {
         default_value_t = defaults::IDLE_IN_TRANSACTION_TIMEOUT_MS
     )]
     pub idle_in_transaction_timeout_ms: u64,
+
+    /// PostgreSQL cancels a sinkgate statement that runs longer
+    /// (`statement_timeout`); the request is answered 503 and its
+    /// transaction rolled back. Promotions and the `COPY` of an upload are
+    /// exempt: they last as long as their data. 0 turns it off.
+    #[arg(
+        long,
+        env = "SINKGATE_DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = defaults::DB_STATEMENT_TIMEOUT_MS
+    )]
+    pub db_statement_timeout_ms: u64,
+
+    /// A sinkgate statement waits at most this long for a lock
+    /// (`lock_timeout`): a job or sink table locked by someone else (a long
+    /// transaction, an `ALTER TABLE`) gets its requests answered 503 and its
+    /// promotion retried, instead of holding connections until it ends.
+    /// 0 turns it off.
+    #[arg(
+        long,
+        env = "SINKGATE_DB_LOCK_TIMEOUT_MS",
+        default_value_t = defaults::DB_LOCK_TIMEOUT_MS
+    )]
+    pub db_lock_timeout_ms: u64,
 }
 
 /// Shortest admin token accepted: a short one falls to guessing.

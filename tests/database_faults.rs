@@ -331,3 +331,153 @@ async fn failover_to_a_synchronous_standby_loses_nothing() {
     drop(service);
     db.close().await;
 }
+
+/// `POST` of a JSON body to the job, with how long the answer took.
+async fn post(service_url: &str, path: &str, body: Value) -> (u16, Value, Duration) {
+    let started = tokio::time::Instant::now();
+    let response = reqwest::Client::new()
+        .post(format!("{service_url}/v1/jobs/{JOB}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body, started.elapsed())
+}
+
+/// sinkgate's sessions that have been waiting on a lock, running or
+/// sitting in a transaction for more than `for_seconds`.
+async fn stuck_sinkgate_sessions(db: &PgPool, for_seconds: f64) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name LIKE 'sinkgate%'
+           AND (wait_event_type = 'Lock' OR state IN ('active', 'idle in transaction'))
+           AND now() - state_change > make_interval(secs => $1)",
+    )
+    .bind(for_seconds)
+    .fetch_one(db)
+    .await
+    .unwrap()
+}
+
+/// Issue "database failures", slow database: a lock held by someone else
+/// (a long transaction on the job's row, a migration holding the sink)
+/// gets requests answered 503 in bounded time, far inside the request
+/// deadline; nothing waits on in the pool; a refused write left nothing
+/// behind; the blocked promotion lands once the lock goes.
+#[sqlx::test]
+async fn a_lock_held_elsewhere_gets_answers_in_bounded_time_and_leaves_the_pool_clean(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let _serial = SERIAL.lock().await;
+    let db = pool(&connect).await;
+    let service = Service::start_with(
+        &database_url(&connect),
+        free_port(),
+        &["--db-lock-timeout-ms", "500"],
+    )
+    .await;
+    let url = service.url();
+    let _log = setup(&db, &url).await;
+    let (status, attempt, _) = post(&url, "/attempts", serde_json::json!({})).await;
+    assert_eq!(status, 200, "{attempt}");
+    let epoch = attempt["epoch"].as_i64().unwrap();
+    let write = serde_json::json!({"task_id": "task-0", "epoch": epoch, "batch_id": "b1",
+        "rows": [{"id": 1, "partition": 0, "offset": 0, "payload": "one"}]});
+
+    // A transaction elsewhere holds the job's row.
+    let mut holder = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobs WHERE job_id = $1 FOR UPDATE")
+        .bind(JOB)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    for (path, body) in [
+        ("/writes", write.clone()),
+        ("/checkpoints", serde_json::json!({"epoch": epoch})),
+    ] {
+        let (status, problem, took) = post(&url, path, body).await;
+        assert_eq!(status, 503, "{path}: {problem}");
+        assert!(
+            problem["type"].as_str().unwrap().ends_with(":unavailable"),
+            "{problem}"
+        );
+        // The request deadline is 30 s; the lock wait is bounded at 0.5 s.
+        assert!(took < Duration::from_secs(5), "{path} took {took:?}");
+    }
+    // Nothing waits on after its answer.
+    assert_eq!(stuck_sinkgate_sessions(&db, 0.0).await, 0);
+    holder.rollback().await.unwrap();
+    let (status, staged, _) = post(&url, "/writes", write).await;
+    assert_eq!(status, 201, "{staged}");
+    assert_eq!(staged["duplicate"], false, "the refused write left a trace");
+
+    // A migration holds the sink: the checkpoint is decided, its
+    // promotion waits for the lock no longer than the limit and is retried.
+    let mut migration = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE chaos_sink IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *migration)
+        .await
+        .unwrap();
+    let (status, checkpoint, _) =
+        post(&url, "/checkpoints", serde_json::json!({"epoch": epoch})).await;
+    assert_eq!(status, 201, "{checkpoint}");
+    let id = checkpoint["checkpoint_id"].as_i64().unwrap();
+    for task in ["task-0", "task-1"] {
+        let offsets = if task == "task-0" {
+            serde_json::json!({"0": 1})
+        } else {
+            serde_json::json!({})
+        };
+        let (status, answer, took) = post(
+            &url,
+            &format!("/checkpoints/{id}/acks"),
+            serde_json::json!({"task_id": task, "epoch": epoch, "offsets": offsets}),
+        )
+        .await;
+        assert!(status < 300, "{answer}");
+        assert!(took < Duration::from_secs(5), "ack took {took:?}");
+    }
+    let details: Value = reqwest::get(format!("{url}/v1/jobs/{JOB}/checkpoints/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(details["status"], "completed", "{details}");
+    assert!(
+        details["promotion_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("lock")),
+        "{details}"
+    );
+    // The scheduler's retries wait for the lock, each no longer than the limit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stuck_sinkgate_sessions(&db, 1.0).await, 0);
+    migration.rollback().await.unwrap();
+    // The scheduler retries the promotion (every 2 s at most).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM chaos_sink")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        if rows == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never promoted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let details: Value = reqwest::get(format!("{url}/v1/jobs/{JOB}/checkpoints/{id}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(details["status"], "committed", "{details}");
+    assert_eq!(stuck_sinkgate_sessions(&db, 0.0).await, 0);
+    drop(service);
+    db.close().await;
+}

@@ -75,21 +75,14 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
     // A savepoint, so that a failed promotion rolls back only itself and the
     // decision (made earlier in this transaction) still commits.
     let mut savepoint = conn.begin().await?;
-    // Deferred constraints of the sink are checked by the promotion itself,
-    // under its savepoint, not at the decision's COMMIT (where a failure
-    // would take the decision down with it).
-    sqlx::query!("SET CONSTRAINTS ALL IMMEDIATE")
-        .execute(&mut *savepoint)
-        .await?;
+    promotion_settings(&mut savepoint).await?;
     let mut outcome = promote(&mut savepoint, &job.sink_target(), committed, decided).await;
     if let Err(error) = &outcome {
         if job.on_promotion_error == OnPromotionError::DeadLetter && is_row_error(error) {
             // The failed statement spoiled the savepoint; start over in a new one.
             savepoint.rollback().await?;
             savepoint = conn.begin().await?;
-            sqlx::query!("SET CONSTRAINTS ALL IMMEDIATE")
-                .execute(&mut *savepoint)
-                .await?;
+            promotion_settings(&mut savepoint).await?;
             outcome = promote_with_dead_letters(
                 &mut savepoint,
                 &job.sink_target(),
@@ -174,6 +167,22 @@ impl CommitOutcome {
             }),
         }
     }
+}
+
+/// Settings of a promotion's savepoint. Deferred constraints of the sink
+/// are checked by the promotion itself, under its savepoint, not at the
+/// decision's COMMIT (where a failure would take the decision down with
+/// it). A promotion lasts as long as its checkpoint's data: the session's
+/// statement timeout does not apply to it (its lock waits stay bounded, so
+/// a sink locked by someone else fails the promotion, which is retried).
+async fn promotion_settings(savepoint: &mut PgConnection) -> Result<()> {
+    // Two statements in one round trip (the simple query protocol).
+    sqlx::Executor::execute(
+        savepoint,
+        "SET CONSTRAINTS ALL IMMEDIATE; SET LOCAL statement_timeout = 0",
+    )
+    .await?;
+    Ok(())
 }
 
 struct DeadLetterRow {

@@ -77,9 +77,12 @@ where
     require_name("batch_id", key.batch_id, 200)?;
     // The job row, and this session marked as the job's writer until the
     // transaction ends (so that a fencing attempt can end it if its upload
-    // stalls), in one round trip.
+    // stalls), in one round trip. An upload's `COPY` lasts as long as its
+    // body (bounded by the body's pace and size, not by a statement
+    // timeout); its lock waits stay bounded.
     let job: JobRow = select_job!(
         " WHERE job_id = $1 AND set_config('application_name', $2 || staging_id, true) IS NOT NULL
+           AND set_config('statement_timeout', '0', true) IS NOT NULL
            FOR KEY SHARE",
         job_id,
         super::attempts::WRITER_NAME_PREFIX

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 
 use crate::config::DatabaseConfig;
 
@@ -17,35 +17,74 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms))
-        .connect_with(session_options(
-            options,
-            Duration::from_millis(config.idle_in_transaction_timeout_ms),
-        ))
+        .connect_with(session_options(options, &SessionLimits::from(config)))
         .await?;
     Ok(pool)
 }
 
-/// How sinkgate's sessions present themselves and what the server enforces
-/// on them: named `sinkgate` (for `pg_stat_activity`), and a transaction
-/// left idle for `idle_in_transaction` (a bug, a request cancelled half-way)
-/// is ended by PostgreSQL, releasing its locks, instead of blocking the
-/// job's fence and the sink's VACUUM for ever. 0 turns that off.
+/// What PostgreSQL enforces on every sinkgate session, so that neither a
+/// bug nor a slow or locked database can hold a connection for ever.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// A transaction left idle this long (a bug, a request cancelled
+    /// half-way) is ended, releasing its locks, instead of blocking the
+    /// job's fence and the sink's VACUUM.
+    pub idle_in_transaction: Duration,
+    /// A statement running this long is cancelled. Promotions and upload
+    /// `COPY`s lift it for their own transaction.
+    pub statement: Duration,
+    /// A lock waited for this long is given up.
+    pub lock: Duration,
+}
+
+impl From<&DatabaseConfig> for SessionLimits {
+    fn from(config: &DatabaseConfig) -> Self {
+        SessionLimits {
+            idle_in_transaction: Duration::from_millis(config.idle_in_transaction_timeout_ms),
+            statement: Duration::from_millis(config.db_statement_timeout_ms),
+            lock: Duration::from_millis(config.db_lock_timeout_ms),
+        }
+    }
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        use crate::config::defaults;
+        SessionLimits {
+            idle_in_transaction: Duration::from_millis(defaults::IDLE_IN_TRANSACTION_TIMEOUT_MS),
+            statement: Duration::from_millis(defaults::DB_STATEMENT_TIMEOUT_MS),
+            lock: Duration::from_millis(defaults::DB_LOCK_TIMEOUT_MS),
+        }
+    }
+}
+
+/// How sinkgate's sessions present themselves (`application_name`
+/// `sinkgate`, for `pg_stat_activity`) and the [`SessionLimits`] the server
+/// enforces on them; a zero duration turns that limit off.
 ///
 /// sinkgate never waits on a client inside a transaction between
 /// statements: an upload streams into a `COPY`, which is not idle.
-pub fn session_options(
-    options: PgConnectOptions,
-    idle_in_transaction: Duration,
-) -> PgConnectOptions {
-    options.application_name("sinkgate").options([(
-        "idle_in_transaction_session_timeout",
-        format!("{}ms", idle_in_transaction.as_millis()),
-    )])
+pub fn session_options(options: PgConnectOptions, limits: &SessionLimits) -> PgConnectOptions {
+    let ms = |limit: Duration| format!("{}ms", limit.as_millis());
+    options.application_name("sinkgate").options([
+        (
+            "idle_in_transaction_session_timeout",
+            ms(limits.idle_in_transaction),
+        ),
+        ("statement_timeout", ms(limits.statement)),
+        ("lock_timeout", ms(limits.lock)),
+    ])
 }
 
-/// Applies pending migrations; a no-op when all are applied.
+/// Applies pending migrations; a no-op when all are applied. They run
+/// without the sessions' statement and lock limits (a migration may rewrite
+/// a large table, or wait for the tables it alters), on a connection that
+/// is closed afterwards rather than returned to the pool with them lifted.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await?;
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::Executor::execute(&mut conn, "SET statement_timeout = 0; SET lock_timeout = 0").await?;
+    MIGRATOR.run(&mut conn).await?;
+    conn.close().await?;
     Ok(())
 }
 

@@ -49,7 +49,7 @@ pub async fn pool(connect: &PgConnectOptions) -> PgPool {
         .max_connections(16)
         .connect_with(sinkgate::db::session_options(
             connect.clone(),
-            Duration::from_secs(60),
+            &sinkgate::db::SessionLimits::default(),
         ))
         .await
         .expect("connect to the test database")

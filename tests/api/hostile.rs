@@ -594,7 +594,10 @@ async fn a_session_idle_in_a_transaction_is_ended_by_the_server(
         .max_connections(1)
         .connect_with(sinkgate::db::session_options(
             connect.clone(),
-            std::time::Duration::from_millis(500),
+            &sinkgate::db::SessionLimits {
+                idle_in_transaction: std::time::Duration::from_millis(500),
+                ..Default::default()
+            },
         ))
         .await
         .unwrap();
