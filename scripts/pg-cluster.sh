@@ -8,8 +8,10 @@
 #
 #   pg-cluster.sh create NAME PORT            a new primary (replaces NAME), started,
 #                                             with role and database `sinkgate`
-#   pg-cluster.sh standby NAME PORT PRIMARY   a synchronous standby of the cluster on
-#                                             port PRIMARY (replaces NAME), started
+#   pg-cluster.sh standby NAME PORT UPSTREAM [async]
+#                                             a standby streaming from the primary reached
+#                                             on port UPSTREAM (a proxy may sit between),
+#                                             synchronous unless `async` (replaces NAME)
 #   pg-cluster.sh start NAME                  start (waits until it accepts logins)
 #   pg-cluster.sh crash NAME                  `pg_ctl stop -m immediate`: no shutdown
 #                                             checkpoint, crash recovery on start
@@ -113,7 +115,7 @@ case "$command" in
       -c "CREATE ROLE sinkgate LOGIN CREATEDB" -c "CREATE DATABASE sinkgate OWNER sinkgate" >/dev/null
     ;;
   standby)
-    name=$2 port=$3 primary=$4
+    name=$2 port=$3 primary=$4 mode=${5:-sync}
     prepare_root
     destroy "$name"
     dir=$(data_dir "$name")
@@ -121,19 +123,24 @@ case "$command" in
     as_owner "$BIN/pg_basebackup" -h 127.0.0.1 -p "$primary" -U postgres -D "$dir" \
       -R -X stream --checkpoint=fast -d "application_name=$name"
     # The base backup carries the primary's settings: this one's own port
-    # and socket directory come last and win.
+    # comes last and wins.
     configure "$dir" "$port"
     start "$name"
-    # Commits on the primary now wait until this standby has flushed them.
-    "$BIN/psql" -h 127.0.0.1 -p "$primary" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt \
-      -c "ALTER SYSTEM SET synchronous_standby_names = '\"$name\"'" -c "SELECT pg_reload_conf()" >/dev/null
+    if [ "$mode" = sync ]; then
+      # Commits on the primary now wait until this standby has flushed them.
+      "$BIN/psql" -h 127.0.0.1 -p "$primary" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt \
+        -c "ALTER SYSTEM SET synchronous_standby_names = '\"$name\"'" -c "SELECT pg_reload_conf()" >/dev/null
+      wanted=sync
+    else
+      wanted=async
+    fi
     for _ in $(seq 1 120); do
       state=$("$BIN/psql" -h 127.0.0.1 -p "$primary" -U postgres -d postgres -qAt \
         -c "SELECT sync_state FROM pg_stat_replication WHERE application_name = '$name'")
-      [ "$state" = sync ] && exit 0
+      [ "$state" = "$wanted" ] && exit 0
       sleep 0.25
     done
-    log "standby $name did not become synchronous"
+    log "standby $name is not streaming ($wanted)"
     exit 1
     ;;
   start)

@@ -19,6 +19,16 @@ pub enum Error {
     #[error("epoch {sent} is fenced: the job's current epoch is {current}")]
     Fenced { sent: i64, current: i64 },
 
+    /// The database failed over (its timeline moved) since the epoch began:
+    /// what the old primary committed last may be missing. The processor
+    /// must stop and start a new attempt.
+    #[error("epoch {sent} began before the database failed over (timeline {epoch_timeline}, now {server_timeline}): what the old primary committed last may be missing; start a new attempt (POST /attempts), which resumes from what the new primary holds")]
+    FencedByFailover {
+        sent: i64,
+        epoch_timeline: i64,
+        server_timeline: i64,
+    },
+
     /// The checkpoint was aborted; acks for it are refused.
     #[error("checkpoint {checkpoint_id} was aborted ({reason})")]
     CheckpointAborted { checkpoint_id: i64, reason: String },
@@ -134,7 +144,7 @@ impl Error {
     pub fn kind(&self) -> ProblemKind {
         match self {
             Error::NotFound(_) => ProblemKind::NotFound,
-            Error::Fenced { .. } => ProblemKind::Fenced,
+            Error::Fenced { .. } | Error::FencedByFailover { .. } => ProblemKind::Fenced,
             Error::CheckpointAborted { .. } => ProblemKind::CheckpointAborted,
             Error::UnknownTask(_) => ProblemKind::UnknownTask,
             Error::RowRejected { .. } => ProblemKind::RowRejected,

@@ -281,7 +281,73 @@ async fn connections_to_postgres_reset_and_stalled_at_random_points(
     db.close().await;
 }
 
-#[tokio::test]
+/// Processors after a failover: every epoch begun before it is fenced, so
+/// each processor stops and, as its supervisor would, the test starts a new
+/// one (a new attempt, from the recovery point the new primary holds).
+#[derive(Default)]
+struct Supervisor {
+    runs: Runs,
+    /// Processors that stopped short of the log's end (fenced: exit 3).
+    restarts: usize,
+}
+
+impl Supervisor {
+    async fn tend(
+        &mut self,
+        mut child: Child,
+        db: &PgPool,
+        urls: &[String],
+        log: &tempfile::TempDir,
+        pause_ms: u64,
+        what: &str,
+    ) -> Child {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => {
+                self.runs.check_if_done(db, &urls[0], what).await;
+                processor(urls, log.path(), pause_ms)
+            }
+            Ok(Some(_)) => {
+                self.restarts += 1;
+                processor(urls, log.path(), pause_ms)
+            }
+            _ => child,
+        }
+    }
+
+    /// Until a processor has copied the whole log.
+    async fn finish(&mut self, mut child: Child, urls: &[String], log: &tempfile::TempDir) {
+        for _ in 0..10 {
+            let status = tokio::time::timeout(Duration::from_secs(180), child.wait())
+                .await
+                .expect("processor did not finish in time")
+                .unwrap();
+            if status.success() {
+                return;
+            }
+            self.restarts += 1;
+            child = processor(urls, log.path(), 0);
+        }
+        panic!("the processor kept failing");
+    }
+}
+
+/// Committed offsets of the job, summed over partitions.
+async fn committed_events(service_url: &str) -> i64 {
+    let recovery: Value = reqwest::get(format!("{service_url}/v1/jobs/{JOB}/recovery"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    recovery["offsets"]
+        .as_object()
+        .map(|offsets| offsets.values().filter_map(Value::as_i64).sum())
+        .unwrap_or(0)
+}
+
+// Multi-threaded: the cluster script blocks its thread while the proxy
+// (on another) carries the standby's replication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_a_synchronous_standby_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let mut primary = Cluster::create("sinkgate-failover-a", free_port());
@@ -299,7 +365,7 @@ async fn failover_to_a_synchronous_standby_loses_nothing() {
     let db = test_pool(&proxy.url(&primary.url())).await;
     let log = setup(&db, &urls[0]).await;
     let mut rng = Rng::from_env(31);
-    let mut runs = Runs::default();
+    let mut supervisor = Supervisor::default();
     let mut child = processor(&urls, log.path(), 20);
     let failovers = iterations().div_ceil(2);
     for failover in 1..=failovers {
@@ -319,17 +385,104 @@ async fn failover_to_a_synchronous_standby_loses_nothing() {
         drop(dead); // its files go
         standby = Some(Cluster::standby_of(&primary, &name, port));
         let what = format!("after failover {failover}");
-        child = next_processor(child, &mut runs, &db, &urls, &log, 20, &what).await;
+        child = supervisor.tend(child, &db, &urls, &log, 20, &what).await;
     }
-    wait_success(child, Duration::from_secs(180)).await;
+    supervisor.finish(child, &urls, &log).await;
     assert_eq!(internal_errors(&urls[0]).await, 0, "answered 500");
     let what = format!(
-        "{failovers} failovers to a synchronous standby, {} runs completed between them",
-        runs.complete
+        "{failovers} failovers to a synchronous standby, {} processors fenced and restarted, {} runs completed between them",
+        supervisor.restarts, supervisor.runs.complete
     );
     assert_exactly_once(&db, &urls[0], &what).await;
     drop(service);
     db.close().await;
+}
+
+/// An asynchronous standby loses what had not reached it: here every
+/// checkpoint decided after its replication was cut. sinkgate must then
+/// report the recovery point the new primary holds, and fence the
+/// processors that went on from the lost ones; they resume from that
+/// recovery point and the sink ends up exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_a_lagging_asynchronous_standby_fences_and_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let mut rng = Rng::from_env(41);
+    let mut supervisor = Supervisor::default();
+    let rounds = iterations().div_ceil(4);
+    let mut lost_in_all = 0;
+    for round in 1..=rounds {
+        let primary = Cluster::create("sinkgate-async-a", free_port());
+        // The standby streams through a proxy, so the test can make it lag.
+        let replication = Proxy::start(primary.port, 41).await;
+        let standby = Cluster::async_standby("sinkgate-async-b", free_port(), replication.port);
+        let proxy = Proxy::start(primary.port, 42).await;
+        let service =
+            Service::start_with(&proxy.url(&primary.url()), free_port(), &ACQUIRE_TIMEOUT).await;
+        let urls = vec![service.url()];
+        let db = test_pool(&proxy.url(&primary.url())).await;
+        let log = setup(&db, &urls[0]).await;
+        let mut child = processor(&urls, log.path(), 150);
+        tokio::time::sleep(rng.millis(300, 800)).await;
+        // From here on, the standby hears nothing.
+        replication.cut_off();
+        let at_cut = committed_events(&urls[0]).await;
+        let epoch = reqwest::get(format!("{}/v1/jobs/{JOB}", urls[0]))
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()["epoch"]
+            .as_i64()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let at_failover = committed_events(&urls[0]).await;
+        assert!(
+            at_failover > at_cut,
+            "no checkpoint was decided while the standby lagged ({at_cut} events committed)"
+        );
+        primary.kill();
+        standby.promote();
+        proxy.retarget(standby.port);
+        proxy.reset_all();
+        wait_ready(&urls[0], Duration::from_secs(30)).await;
+        // The recovery point is the new primary's: the lost checkpoints are
+        // not reported.
+        let after = committed_events(&urls[0]).await;
+        assert!(
+            after < at_failover,
+            "recovery point {after} events, the lost primary had {at_failover}"
+        );
+        lost_in_all += at_failover - after;
+        // The epoch the processor was in is fenced, naming the failover.
+        let (status, problem, _) = post(
+            &urls[0],
+            "/writes",
+            serde_json::json!({"task_id": "task-0", "epoch": epoch, "batch_id": "late",
+                               "rows": [{"id": 0, "partition": 0, "offset": 0, "payload": "x"}]}),
+        )
+        .await;
+        assert_eq!(status, 409, "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("failed over"),
+            "{problem}"
+        );
+        child = supervisor
+            .tend(child, &db, &urls, &log, 0, "after an asynchronous failover")
+            .await;
+        supervisor.finish(child, &urls, &log).await;
+        assert_eq!(internal_errors(&urls[0]).await, 0, "answered 500");
+        let what = format!(
+            "asynchronous failover {round}: the new primary lacked {} committed events, processors fenced and restarted",
+            at_failover - after
+        );
+        assert_exactly_once(&db, &urls[0], &what).await;
+        drop(service);
+        db.close().await;
+    }
+    eprintln!(
+        "chaos: {rounds} asynchronous failovers, {lost_in_all} committed events missing on the new primaries, {} processor restarts, each run exactly once",
+        supervisor.restarts
+    );
 }
 
 /// `POST` of a JSON body to the job, with how long the answer took.

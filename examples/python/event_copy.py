@@ -194,7 +194,7 @@ def main():
     try:
         return run(args)
     except Fenced as fenced:
-        print(f"fenced: this instance is a zombie, stopping ({fenced})", file=sys.stderr, flush=True)
+        print(f"fenced: a newer attempt, or a database failover, ended this epoch; stopping (start again to resume): {fenced}", file=sys.stderr, flush=True)
         return 3
 
 

@@ -52,6 +52,8 @@ fn validate_ack(request: &AckRequest, limits: &Limits) -> Result<()> {
 /// locked) in one round trip by [`record_ack`].
 struct AckContext {
     epoch: i64,
+    epoch_timeline: i64,
+    server_timeline: i64,
     last_acked_id: Option<i64>,
     status: CheckpointStatus,
     failure_reason: Option<String>,
@@ -178,7 +180,7 @@ pub async fn record_ack(
     let partitions: Vec<String> = request.offsets.keys().cloned().collect();
     let context = sqlx::query_as!(
         AckContext,
-        r#"SELECT j.epoch, t.last_acked_id, c.status AS "status: CheckpointStatus",
+        r#"SELECT j.epoch, j.epoch_timeline, sinkgate_timeline() AS "server_timeline!", t.last_acked_id, c.status AS "status: CheckpointStatus",
                 c.failure_reason, c.task_count,
                 c.status = 'pending'
                   AND c.triggered_at + make_interval(secs => j.timeout_ms::double precision / 1000) < now()
@@ -207,7 +209,11 @@ pub async fn record_ack(
             "checkpoint {checkpoint_id} of job {job_id:?} does not exist"
         )));
     };
-    super::check_epoch(job_id, context.epoch, request.epoch)?;
+    let timelines = super::Timelines {
+        epoch: context.epoch_timeline,
+        server: context.server_timeline,
+    };
+    super::check_epoch(job_id, context.epoch, timelines, request.epoch)?;
     let answer = |acked_tasks| AckResult {
         checkpoint_id,
         status: context.status,
@@ -625,6 +631,8 @@ mod tests {
     fn pending() -> AckContext {
         AckContext {
             epoch: 3,
+            epoch_timeline: 1,
+            server_timeline: 1,
             last_acked_id: Some(4),
             status: CheckpointStatus::Pending,
             failure_reason: None,

@@ -116,10 +116,20 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     decide_newest_complete(&mut *conn, job_id).await?;
     let mut job = load_job(&mut *conn, job_id, JobLock::None).await?;
     // Above every epoch any job ever had (one sequence for all): a job
-    // deleted and registered again cannot reissue a zombie's epoch.
-    let new_epoch: i64 = sqlx::query_scalar!(r#"SELECT nextval('epoch_seq') AS "epoch!""#)
-        .fetch_one(&mut *conn)
-        .await?;
+    // deleted and registered again cannot reissue a zombie's epoch. The
+    // first attempt on a new server timeline (after a failover) moves the
+    // sequence 2^32 ahead, past epochs the old primary issued and the new
+    // one never heard of (migration 0006).
+    let new_epoch: i64 = sqlx::query_scalar!(
+        r#"WITH moved AS (
+             UPDATE last_epoch_timeline SET timeline = sinkgate_timeline()
+             WHERE timeline <> sinkgate_timeline() RETURNING 1)
+           SELECT CASE WHEN EXISTS (SELECT FROM moved)
+                       THEN setval('epoch_seq', nextval('epoch_seq') + 4294967296)
+                       ELSE nextval('epoch_seq') END AS "epoch!""#
+    )
+    .fetch_one(&mut *conn)
+    .await?;
 
     let rolled_forward = match commit_decided(&mut *conn, &mut job).await? {
         CommitOutcome::Committed { .. } | CommitOutcome::Nothing => {
@@ -168,7 +178,8 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
         .execute(&mut *conn)
         .await?;
 
-    sqlx::query!("UPDATE jobs SET epoch = $2, epoch_first_checkpoint = next_checkpoint_id, updated_at = now() WHERE job_id = $1", job_id, new_epoch)
+    sqlx::query!("UPDATE jobs SET epoch = $2, epoch_timeline = sinkgate_timeline(), epoch_first_checkpoint = next_checkpoint_id, updated_at = now()
+         WHERE job_id = $1", job_id, new_epoch)
     .execute(&mut *conn)
     .await?;
     sqlx::query!(

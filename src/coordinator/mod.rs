@@ -44,7 +44,8 @@ macro_rules! select_job {
                       staging_id, on_promotion_error AS "on_promotion_error: crate::model::OnPromotionError",
                       interval_ms, timeout_ms, min_pause_ms, max_concurrent, retained, epoch,
                       epoch_first_checkpoint, next_checkpoint_id, last_decided_id,
-                      last_committed_id, created_at, updated_at
+                      last_committed_id, created_at, updated_at,
+                      epoch_timeline, sinkgate_timeline() AS "server_timeline!"
                FROM jobs"# + $tail
             $(, $arg)*
         )
@@ -465,6 +466,10 @@ pub struct JobRow {
     pub last_committed_id: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The database server's timeline the current epoch began on.
+    pub epoch_timeline: i64,
+    /// The server's timeline now (a failover moves it on).
+    pub server_timeline: i64,
 }
 
 impl JobRow {
@@ -500,17 +505,32 @@ impl JobRow {
         }
     }
 
-    /// Refuses a request from an older epoch (a zombie) or one never issued.
+    /// Refuses a request from an older epoch (a zombie), from an epoch
+    /// begun before a failover, or from one never issued.
     pub fn check_epoch(&self, sent: i64) -> Result<()> {
-        check_epoch(&self.job_id, self.epoch, sent)
+        let timelines = Timelines {
+            epoch: self.epoch_timeline,
+            server: self.server_timeline,
+        };
+        check_epoch(&self.job_id, self.epoch, timelines, sent)
     }
 }
 
+/// The server timeline a job's epoch began on, and the server's now.
+#[derive(Debug, Clone, Copy)]
+pub struct Timelines {
+    pub epoch: i64,
+    pub server: i64,
+}
+
 /// Refuses a request from an older epoch than `current` (a zombie: 409
-/// `fenced`) or from one never issued (422). Before the first attempt no
-/// epoch is issued, not even 0: writers that skipped `/attempts` would share
-/// one unfenced epoch.
-pub fn check_epoch(job_id: &str, current: i64, sent: i64) -> Result<()> {
+/// `fenced`), from any epoch once the database has failed over since the
+/// current one began (409 `fenced`: what the old primary committed last may
+/// be gone, and the processor must resume from what the new one holds), or
+/// from one never issued (422). Before the first attempt no epoch is
+/// issued, not even 0: writers that skipped `/attempts` would share one
+/// unfenced epoch.
+pub fn check_epoch(job_id: &str, current: i64, timelines: Timelines, sent: i64) -> Result<()> {
     if current == 0 {
         return Err(Error::validation(
             "epoch",
@@ -520,6 +540,16 @@ pub fn check_epoch(job_id: &str, current: i64, sent: i64) -> Result<()> {
     if sent < current {
         crate::metrics::fenced(job_id);
         return Err(Error::Fenced { sent, current });
+    }
+    if timelines.epoch != timelines.server {
+        // Also an epoch above `current`: issued by an attempt the new
+        // primary never received.
+        crate::metrics::fenced(job_id);
+        return Err(Error::FencedByFailover {
+            sent,
+            epoch_timeline: timelines.epoch,
+            server_timeline: timelines.server,
+        });
     }
     if sent > current {
         return Err(Error::validation(

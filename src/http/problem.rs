@@ -44,6 +44,7 @@ pub fn problem_for(error: &Error) -> Problem {
             current_epoch: Some(*current),
             ..base(error, S::CONFLICT, "Fenced epoch")
         },
+        Error::FencedByFailover { .. } => base(error, S::CONFLICT, "Fenced epoch"),
         Error::CheckpointAborted { checkpoint_id, .. } => Problem {
             checkpoint_id: Some(*checkpoint_id),
             ..base(error, S::CONFLICT, "Checkpoint aborted")

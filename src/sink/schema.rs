@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::model::{SinkColumn, SinkMode, SinkSpec};
 
 /// sinkgate's metadata tables (migrations), never a sink.
-const OWN_TABLES: [&str; 11] = [
+const OWN_TABLES: [&str; 12] = [
     "jobs",
     "tasks",
     "checkpoints",
@@ -24,6 +24,7 @@ const OWN_TABLES: [&str; 11] = [
     "job_tokens",
     "ack_floors",
     "dead_letters",
+    "last_epoch_timeline",
     "_sqlx_migrations",
 ];
 

@@ -32,11 +32,23 @@ impl Cluster {
     /// A synchronous standby of `primary`: a commit on the primary returns
     /// only once this one has flushed it.
     pub fn standby_of(primary: &Cluster, name: &str, port: u16) -> Cluster {
+        Cluster::standby(name, port, primary.port, "sync")
+    }
+
+    /// An asynchronous standby streaming from the primary reached on
+    /// `upstream` (the primary's port, or a proxy in front of it): commits
+    /// do not wait for it, and it may lag.
+    pub fn async_standby(name: &str, port: u16, upstream: u16) -> Cluster {
+        Cluster::standby(name, port, upstream, "async")
+    }
+
+    fn standby(name: &str, port: u16, upstream: u16, mode: &str) -> Cluster {
         script(&[
             "standby",
             name,
             &port.to_string(),
-            &primary.port.to_string(),
+            &upstream.to_string(),
+            mode,
         ]);
         Cluster {
             name: name.to_owned(),

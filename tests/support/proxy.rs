@@ -43,6 +43,8 @@ pub struct Injected {
 
 struct Shared {
     target: AtomicU16,
+    /// Connections are closed as soon as they are accepted.
+    refusing: AtomicBool,
     faults: Mutex<Faults>,
     rng: Mutex<Rng>,
     open: Mutex<Vec<AbortHandle>>,
@@ -92,6 +94,7 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let shared = Arc::new(Shared {
             target: AtomicU16::new(target),
+            refusing: AtomicBool::new(false),
             faults: Mutex::new(Faults::default()),
             rng: Mutex::new(Rng::from_env(seed_salt)),
             open: Mutex::new(Vec::new()),
@@ -101,6 +104,9 @@ impl Proxy {
             let shared = shared.clone();
             async move {
                 while let Ok((client, _)) = listener.accept().await {
+                    if shared.refusing.load(Ordering::SeqCst) {
+                        continue;
+                    }
                     let target = shared.target.load(Ordering::SeqCst);
                     let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
                         continue; // the client sees its connection closed
@@ -138,6 +144,17 @@ impl Proxy {
     /// New connections go to `target` from now on.
     pub fn retarget(&self, target: u16) {
         self.shared.target.store(target, Ordering::SeqCst);
+    }
+
+    /// Cuts the path: every open connection is reset and new ones are
+    /// closed at once, until [`Proxy::restore`].
+    pub fn cut_off(&self) {
+        self.shared.refusing.store(true, Ordering::SeqCst);
+        self.reset_all();
+    }
+
+    pub fn restore(&self) {
+        self.shared.refusing.store(false, Ordering::SeqCst);
     }
 
     /// Resets every open connection.
