@@ -160,23 +160,68 @@ async fn internal_errors(service_url: &str) -> u64 {
         .sum()
 }
 
-/// When the processor finished the log: checks it and starts another run.
-async fn next_processor(
-    child: Child,
-    runs: &mut Runs,
-    db: &PgPool,
-    urls: &[String],
-    log: &tempfile::TempDir,
-    pause_ms: u64,
-    what: &str,
-) -> Child {
-    let mut child = child;
-    if let Ok(Some(status)) = child.try_wait() {
-        assert!(status.success(), "processor exited with {status}");
-        runs.check_if_done(db, &urls[0], what).await;
-        child = processor(urls, log.path(), pause_ms);
+/// Starts processors as a supervisor would. A processor that copied the
+/// whole log has its run checked and another run starts. One that stopped
+/// short is a failure, except after a failover: then every epoch begun
+/// before it is fenced, each processor stops, and a new one starts (a new
+/// attempt, from the recovery point the new primary holds).
+#[derive(Default)]
+struct Supervisor {
+    runs: Runs,
+    /// Whether a processor that stopped short is started again.
+    restart_stopped: bool,
+    /// Processors that stopped short of the log's end (fenced: exit 3).
+    restarts: usize,
+}
+
+impl Supervisor {
+    async fn tend(
+        &mut self,
+        mut child: Child,
+        db: &PgPool,
+        urls: &[String],
+        log: &tempfile::TempDir,
+        pause_ms: u64,
+        what: &str,
+    ) -> Child {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => {
+                self.runs.check_if_done(db, &urls[0], what).await;
+                processor(urls, log.path(), pause_ms)
+            }
+            Ok(Some(status)) => {
+                assert!(self.restart_stopped, "processor exited with {status}");
+                self.restarts += 1;
+                processor(urls, log.path(), pause_ms)
+            }
+            _ => child,
+        }
     }
-    child
+
+    /// Until a processor has copied the whole log.
+    async fn finish(&mut self, mut child: Child, urls: &[String], log: &tempfile::TempDir) {
+        for _ in 0..10 {
+            let status = tokio::time::timeout(Duration::from_secs(180), child.wait())
+                .await
+                .expect("processor did not finish in time")
+                .unwrap();
+            if status.success() {
+                return;
+            }
+            assert!(self.restart_stopped, "processor exited with {status}");
+            self.restarts += 1;
+            child = processor(urls, log.path(), 0);
+        }
+        panic!("the processor kept failing");
+    }
+}
+
+/// Committed offsets of the job, summed over partitions.
+async fn committed_events(service_url: &str) -> i64 {
+    recovery(service_url).await["offsets"]
+        .as_object()
+        .map(|offsets| offsets.values().filter_map(Value::as_i64).sum())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -192,7 +237,7 @@ async fn postgres_crashes_and_restarts_mid_run() {
     let log = setup(&db, &urls[0]).await;
     slow_promotions(&db).await;
     let mut rng = Rng::from_env(11);
-    let mut runs = Runs::default();
+    let mut supervisor = Supervisor::default();
     let mut during_promotion = 0;
     // Unpaced: requests are in flight whenever the database goes down.
     let mut child = processor(&urls, log.path(), 0);
@@ -212,16 +257,16 @@ async fn postgres_crashes_and_restarts_mid_run() {
         }
         assert_one_scheduler(&db).await;
         let what = format!("after database crash {crash}");
-        child = next_processor(child, &mut runs, &db, &urls, &log, 0, &what).await;
+        child = supervisor.tend(child, &db, &urls, &log, 0, &what).await;
     }
-    wait_success(child, Duration::from_secs(180)).await;
+    supervisor.finish(child, &urls, &log).await;
     for url in &urls {
         assert_eq!(internal_errors(url).await, 0, "{url} answered 500");
     }
     let what = format!(
         "{} database crashes ({during_promotion} during a promotion), 2 replicas, {} runs completed between them",
         iterations(),
-        runs.complete
+        supervisor.runs.complete
     );
     assert_exactly_once(&db, &urls[0], &what).await;
     drop(replicas);
@@ -250,16 +295,16 @@ async fn connections_to_postgres_reset_and_stalled_at_random_points(
         stall: 0.003,
         stall_ms: (100, 2500),
     });
-    let mut runs = Runs::default();
+    let mut supervisor = Supervisor::default();
     let mut child = processor(&urls, log.path(), 20);
     for round in 1..=iterations() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let what = format!("connection faults, round {round}");
-        child = next_processor(child, &mut runs, &db, &urls, &log, 20, &what).await;
+        child = supervisor.tend(child, &db, &urls, &log, 20, &what).await;
     }
     // The faults stop; the run in progress completes.
     proxy.set_faults(Faults::default());
-    wait_success(child, Duration::from_secs(180)).await;
+    supervisor.finish(child, &urls, &log).await;
     let injected = proxy.injected();
     let (resets, cuts, stalls) = (
         injected.resets.load(Ordering::Relaxed),
@@ -274,75 +319,11 @@ async fn connections_to_postgres_reset_and_stalled_at_random_points(
     let what = format!(
         "{resets} connection resets, {cuts} answers to COMMIT lost, {stalls} stalls over {} connections, {} runs completed between them",
         injected.connections.load(Ordering::Relaxed),
-        runs.complete
+        supervisor.runs.complete
     );
     assert_exactly_once(&db, &urls[0], &what).await;
     drop(service);
     db.close().await;
-}
-
-/// Processors after a failover: every epoch begun before it is fenced, so
-/// each processor stops and, as its supervisor would, the test starts a new
-/// one (a new attempt, from the recovery point the new primary holds).
-#[derive(Default)]
-struct Supervisor {
-    runs: Runs,
-    /// Processors that stopped short of the log's end (fenced: exit 3).
-    restarts: usize,
-}
-
-impl Supervisor {
-    async fn tend(
-        &mut self,
-        mut child: Child,
-        db: &PgPool,
-        urls: &[String],
-        log: &tempfile::TempDir,
-        pause_ms: u64,
-        what: &str,
-    ) -> Child {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => {
-                self.runs.check_if_done(db, &urls[0], what).await;
-                processor(urls, log.path(), pause_ms)
-            }
-            Ok(Some(_)) => {
-                self.restarts += 1;
-                processor(urls, log.path(), pause_ms)
-            }
-            _ => child,
-        }
-    }
-
-    /// Until a processor has copied the whole log.
-    async fn finish(&mut self, mut child: Child, urls: &[String], log: &tempfile::TempDir) {
-        for _ in 0..10 {
-            let status = tokio::time::timeout(Duration::from_secs(180), child.wait())
-                .await
-                .expect("processor did not finish in time")
-                .unwrap();
-            if status.success() {
-                return;
-            }
-            self.restarts += 1;
-            child = processor(urls, log.path(), 0);
-        }
-        panic!("the processor kept failing");
-    }
-}
-
-/// Committed offsets of the job, summed over partitions.
-async fn committed_events(service_url: &str) -> i64 {
-    let recovery: Value = reqwest::get(format!("{service_url}/v1/jobs/{JOB}/recovery"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    recovery["offsets"]
-        .as_object()
-        .map(|offsets| offsets.values().filter_map(Value::as_i64).sum())
-        .unwrap_or(0)
 }
 
 // Multi-threaded: the cluster script blocks its thread while the proxy
@@ -365,7 +346,10 @@ async fn failover_to_a_synchronous_standby_loses_nothing() {
     let db = test_pool(&proxy.url(&primary.url())).await;
     let log = setup(&db, &urls[0]).await;
     let mut rng = Rng::from_env(31);
-    let mut supervisor = Supervisor::default();
+    let mut supervisor = Supervisor {
+        restart_stopped: true,
+        ..Default::default()
+    };
     let mut child = processor(&urls, log.path(), 20);
     let failovers = iterations().div_ceil(2);
     for failover in 1..=failovers {
@@ -407,7 +391,10 @@ async fn failover_to_a_synchronous_standby_loses_nothing() {
 async fn failover_to_a_lagging_asynchronous_standby_fences_and_loses_nothing() {
     let _serial = SERIAL.lock().await;
     let mut rng = Rng::from_env(41);
-    let mut supervisor = Supervisor::default();
+    let mut supervisor = Supervisor {
+        restart_stopped: true,
+        ..Default::default()
+    };
     let rounds = iterations().div_ceil(4);
     let mut lost_in_all = 0;
     for round in 1..=rounds {

@@ -223,12 +223,7 @@ pub async fn assert_exactly_once(pool: &PgPool, service_url: &str, what: &str) {
         rows - total
     );
     assert_eq!(wrong_payload, 0);
-    let recovery: Value = reqwest::get(format!("{service_url}/v1/jobs/{JOB}/recovery"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let recovery = recovery(service_url).await;
     for partition in 0..PARTITIONS {
         assert_eq!(
             recovery["offsets"][partition.to_string()],
@@ -237,6 +232,16 @@ pub async fn assert_exactly_once(pool: &PgPool, service_url: &str, what: &str) {
         );
     }
     eprintln!("chaos: {what}: {rows} rows for {total} events, 0 duplicated, 0 missing");
+}
+
+/// The job's recovery point, as the service reports it.
+pub async fn recovery(service_url: &str) -> Value {
+    reqwest::get(format!("{service_url}/v1/jobs/{JOB}/recovery"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Whether the committed offsets are the ends of the log.
