@@ -17,9 +17,24 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<PgPool> {
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms))
+        .after_connect(|conn, _| Box::pin(async move { durable_commits(conn).await }))
         .connect_with(session_options(options, &SessionLimits::from(config)))
         .await?;
     Ok(pool)
+}
+
+/// A commit sinkgate reports must survive a crash of the server: a session
+/// whose `synchronous_commit` is `off` (set for the server, database or
+/// role, for speed) gets `on`. Any other setting is kept: `local` is
+/// durable on the server, the remote ones wait for standbys too.
+async fn durable_commits(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query!(
+        "SELECT set_config('synchronous_commit', 'on', false) AS set
+         WHERE current_setting('synchronous_commit') = 'off'"
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(())
 }
 
 /// What PostgreSQL enforces on every sinkgate session, so that neither a

@@ -428,3 +428,54 @@ async fn the_scheduler_takes_its_lock_again_when_its_session_ends(
     );
     app.stop().await;
 }
+
+// Issue "database failures": a commit sinkgate reports must survive a crash
+// of the server, also where `synchronous_commit` is off for speed (a crash
+// would then lose decisions a processor was told about, on the same
+// timeline, where no failover fence can see it).
+#[sqlx::test]
+async fn commits_are_durable_even_where_synchronous_commit_is_off(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let database = connect.get_database().unwrap().to_owned();
+    let admin = crate::helpers::pool(&connect).await;
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" SET synchronous_commit = off"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let base = std::env::var("DATABASE_URL").unwrap();
+    let (server, _) = base.rsplit_once('/').unwrap();
+    let config = sinkgate::config::DatabaseConfig {
+        database_url: format!("{server}/{database}"),
+        pool_size: 2,
+        db_acquire_timeout_ms: 5000,
+        idle_in_transaction_timeout_ms: 60_000,
+        db_statement_timeout_ms: 60_000,
+        db_lock_timeout_ms: 10_000,
+    };
+    let pool = sinkgate::db::connect(&config).await.unwrap();
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        setting, "on",
+        "a sinkgate session commits without waiting for its WAL"
+    );
+    // Any other choice is the operator's and stays.
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{database}\" SET synchronous_commit = local"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let pool = sinkgate::db::connect(&config).await.unwrap();
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(setting, "local");
+}
