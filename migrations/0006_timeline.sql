@@ -8,9 +8,18 @@
 -- timeline it began on; its processors are fenced and start a new attempt,
 -- which resumes from what the new primary holds.
 
--- The server's current timeline (the first 8 hex digits of its WAL file name).
-CREATE FUNCTION sinkgate_timeline() RETURNS bigint LANGUAGE sql VOLATILE
-AS $$ SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint $$;
+-- The server's current timeline (the first 8 hex digits of its WAL file
+-- name). A standby has none to offer: reached during a failover, before the
+-- address moves to the new primary, it refuses like a read-only server
+-- (sinkgate answers 503, and the client retries).
+CREATE FUNCTION sinkgate_timeline() RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+  IF pg_is_in_recovery() THEN
+    RAISE EXCEPTION 'this database server is a standby: sinkgate needs the primary'
+      USING ERRCODE = 'read_only_sql_transaction';
+  END IF;
+  RETURN ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint;
+END $$;
 
 -- The timeline each job's current epoch began on.
 ALTER TABLE jobs ADD COLUMN epoch_timeline bigint NOT NULL DEFAULT sinkgate_timeline();

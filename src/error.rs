@@ -174,8 +174,10 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
                 Error::Unavailable
             }
-            // Worth a retry: a deadlock, a serialization failure, a lock
-            // timeout, a session ended (by a fencing attempt, an
+            // Worth a retry: a deadlock, a serialization failure, a lock or
+            // statement timeout (or a cancelled query), a read-only server
+            // (a standby reached during a failover, before the address
+            // moves on), a session ended (by a fencing attempt, an
             // idle-in-transaction timeout, a shutdown or crash of the
             // server), a server still starting, too many connections, or a
             // broken connection (class 08). Mostly nothing was changed; a
@@ -190,6 +192,8 @@ impl From<sqlx::Error> for Error {
                                 | "40001"
                                 | "55P03"
                                 | "25P03"
+                                | "25006"
+                                | "57014"
                                 | "57P01"
                                 | "57P02"
                                 | "57P03"

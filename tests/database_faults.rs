@@ -170,7 +170,7 @@ struct Supervisor {
     runs: Runs,
     /// Whether a processor that stopped short is started again.
     restart_stopped: bool,
-    /// Processors that stopped short of the log's end (fenced: exit 3).
+    /// Processors fenced (exit 3) and started again.
     restarts: usize,
 }
 
@@ -190,7 +190,11 @@ impl Supervisor {
                 processor(urls, log.path(), pause_ms)
             }
             Ok(Some(status)) => {
-                assert!(self.restart_stopped, "processor exited with {status}");
+                // Only a fenced processor (exit 3) may stop short.
+                assert!(
+                    self.restart_stopped && status.code() == Some(3),
+                    "processor exited with {status}"
+                );
                 self.restarts += 1;
                 processor(urls, log.path(), pause_ms)
             }
@@ -208,7 +212,10 @@ impl Supervisor {
             if status.success() {
                 return;
             }
-            assert!(self.restart_stopped, "processor exited with {status}");
+            assert!(
+                self.restart_stopped && status.code() == Some(3),
+                "processor exited with {status}"
+            );
             self.restarts += 1;
             child = processor(urls, log.path(), 0);
         }
@@ -354,6 +361,7 @@ async fn failover_to_a_synchronous_standby_loses_nothing() {
     let failovers = iterations().div_ceil(2);
     for failover in 1..=failovers {
         tokio::time::sleep(rng.millis(300, 2000)).await;
+        let committed = committed_events(&urls[0]).await;
         // The primary dies at once; the standby takes over.
         primary.kill();
         let promoted = standby.as_mut().unwrap();
@@ -362,6 +370,12 @@ async fn failover_to_a_synchronous_standby_loses_nothing() {
         proxy.reset_all();
         std::mem::swap(&mut primary, promoted);
         wait_ready(&urls[0], Duration::from_secs(30)).await;
+        // Everything a processor was told committed is on the new primary.
+        let held = committed_events(&urls[0]).await;
+        assert!(
+            held >= committed,
+            "the new primary holds {held} committed events, {committed} were committed"
+        );
         assert_one_scheduler(&db).await;
         // A new standby of the new primary, where the old one was.
         let dead = standby.take().unwrap();
@@ -502,12 +516,13 @@ async fn stuck_sinkgate_sessions(db: &PgPool, for_seconds: f64) -> i64 {
 }
 
 /// Issue "database failures", slow database: a lock held by someone else
-/// (a long transaction on the job's row, a migration holding the sink)
-/// gets requests answered 503 in bounded time, far inside the request
-/// deadline; nothing waits on in the pool; a refused write left nothing
-/// behind; the blocked promotion lands once the lock goes.
+/// (a long transaction on the job's row, a migration holding the sink) or
+/// a statement that hangs gets requests answered 503 in bounded time, far
+/// inside the request deadline; nothing waits on in the pool; a refused
+/// write left nothing behind; the blocked promotion lands once the lock
+/// goes.
 #[sqlx::test]
-async fn a_lock_held_elsewhere_gets_answers_in_bounded_time_and_leaves_the_pool_clean(
+async fn a_held_lock_or_a_hung_statement_gets_answers_in_bounded_time(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
@@ -516,7 +531,12 @@ async fn a_lock_held_elsewhere_gets_answers_in_bounded_time_and_leaves_the_pool_
     let service = Service::start_with(
         &database_url(&connect),
         free_port(),
-        &["--db-lock-timeout-ms", "500"],
+        &[
+            "--db-lock-timeout-ms",
+            "500",
+            "--db-statement-timeout-ms",
+            "1000",
+        ],
     )
     .await;
     let url = service.url();
@@ -553,6 +573,30 @@ async fn a_lock_held_elsewhere_gets_answers_in_bounded_time_and_leaves_the_pool_
     let (status, staged, _) = post(&url, "/writes", write).await;
     assert_eq!(status, 201, "{staged}");
     assert_eq!(staged["duplicate"], false, "the refused write left a trace");
+
+    // A statement that hangs (here a trigger someone put on sinkgate's own
+    // table) is cancelled at the statement limit: 503, nothing half-done.
+    sqlx::raw_sql(
+        "CREATE FUNCTION hang() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN PERFORM pg_sleep(30); RETURN NEW; END $$;
+         CREATE TRIGGER hang BEFORE INSERT ON checkpoints FOR EACH ROW EXECUTE FUNCTION hang();",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let (status, problem, took) =
+        post(&url, "/checkpoints", serde_json::json!({"epoch": epoch})).await;
+    assert_eq!(status, 503, "{problem}");
+    assert!(
+        problem["type"].as_str().unwrap().ends_with(":unavailable"),
+        "{problem}"
+    );
+    assert!(took < Duration::from_secs(5), "the trigger took {took:?}");
+    assert_eq!(stuck_sinkgate_sessions(&db, 0.0).await, 0);
+    sqlx::raw_sql("DROP TRIGGER hang ON checkpoints")
+        .execute(&db)
+        .await
+        .unwrap();
 
     // A migration holds the sink: the checkpoint is decided, its
     // promotion waits for the lock no longer than the limit and is retried.

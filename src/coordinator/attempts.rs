@@ -40,9 +40,17 @@ pub async fn begin_fence(
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
     for _ in 0..FENCE_TRIES {
         let mut tx = pool.begin().await?;
-        sqlx::query(&format!("SET LOCAL lock_timeout = '{FENCE_LOCK_WAIT}'"))
-            .execute(&mut *tx)
-            .await?;
+        // What a fence then does grows with the job (its epoch's batch
+        // records, a sink's staged rows to convert): not bounded by the
+        // statement timeout, or a long-lived job could never restart.
+        sqlx::Executor::execute(
+            &mut *tx,
+            format!(
+                "SET LOCAL lock_timeout = '{FENCE_LOCK_WAIT}'; SET LOCAL statement_timeout = 0"
+            )
+            .as_str(),
+        )
+        .await?;
         let locked: std::result::Result<Option<i64>, sqlx::Error> = sqlx::query_scalar!(
             "SELECT staging_id FROM jobs WHERE job_id = $1 FOR UPDATE",
             job_id

@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Key of the advisory lock that elects the scheduling replica.
 pub const SCHEDULER_LOCK_KEY: i64 = 0x5349_4e4b_4741_5445; // "SINKGATE"
@@ -139,7 +139,8 @@ pub async fn roll_forward_all(pool: &PgPool) -> Result<()> {
     for job_id in jobs {
         match super::promote(pool, &job_id).await {
             Ok(promoted) => tracing::info!(job = %job_id, ?promoted, "start-up roll forward"),
-            Err(Error::Unavailable) => return Err(Error::Unavailable),
+            // A lock held elsewhere, the database gone for a moment: the
+            // scheduler retries; start-up goes on.
             Err(error) => {
                 tracing::warn!(job = %job_id, %error, "start-up roll forward failed; the scheduler retries")
             }

@@ -103,6 +103,14 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the database answers as a primary: a standby (reached through
+/// a failover address before it moves on) can take no write.
+pub async fn is_primary(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar!(r#"SELECT NOT pg_is_in_recovery() AS "primary!""#)
+        .fetch_one(pool)
+        .await
+}
+
 /// Whether every embedded migration is applied (for `/readyz`).
 pub async fn migrations_applied(pool: &PgPool) -> Result<bool, sqlx::Error> {
     let applied: Vec<i64> =

@@ -51,16 +51,18 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the database answers and every migration is applied.
+/// Readiness: the database answers as a primary (not a standby) and every
+/// migration is applied.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "Not ready; the body says what is missing", body = Readiness),
     ))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
+    let primary = crate::db::is_primary(&state.db).await;
     let migrations = crate::db::migrations_applied(&state.db).await;
     let readiness = Readiness {
-        database: migrations.is_ok(),
+        database: primary.unwrap_or(false),
         migrations: migrations.unwrap_or(false),
     };
     let status = if readiness.database && readiness.migrations {

@@ -143,7 +143,10 @@ async fn locate(
         }
     };
     let relation = sqlx::query!(
-        r#"SELECT c.oid, c.relkind::text AS "relkind!"
+        r#"SELECT c.oid, c.relkind::text AS "relkind!",
+                  (c.relpersistence <> 'p'
+                   OR EXISTS (SELECT FROM pg_partition_tree(c.oid) p JOIN pg_class part ON part.oid = p.relid
+                              WHERE part.relpersistence <> 'p')) AS "unlogged!"
            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
            WHERE n.nspname = $1 AND c.relname = $2"#,
         schema,
@@ -151,8 +154,8 @@ async fn locate(
     )
     .fetch_optional(&mut *conn)
     .await?
-    .map(|row| (row.oid, row.relkind));
-    let Some((oid, relkind)) = relation else {
+    .map(|row| (row.oid, row.relkind, row.unlogged));
+    let Some((oid, relkind, unlogged)) = relation else {
         return Err(Error::validation(
             "sink.table",
             format!("table {schema}.{table} does not exist (sinkgate never creates sink tables)"),
@@ -162,6 +165,15 @@ async fn locate(
         return Err(Error::validation(
             "sink.table",
             format!("{schema}.{table} is not a table"),
+        ));
+    }
+    if unlogged {
+        // A crash or failover empties an unlogged table while the committed
+        // offsets (logged) survive: the recovery point would claim rows that
+        // are gone.
+        return Err(Error::validation(
+            "sink.table",
+            format!("{schema}.{table} (or one of its partitions) is UNLOGGED: a database crash would empty it while its checkpoints stay committed; use a logged table (ALTER TABLE … SET LOGGED)"),
         ));
     }
     if schema == super::STAGING_SCHEMA {

@@ -280,3 +280,46 @@ async fn sink_change_is_refused_while_rows_are_staged(_: PgPoolOptions, connect:
     assert_eq!(app.put_job("wc", spec).await.status(), StatusCode::OK);
     app.stop().await;
 }
+
+// Issue "database failures": a crash or a failover empties an UNLOGGED
+// table while the checkpoints that filled it stay committed (their offsets
+// are logged): the recovery point would claim rows that are gone. Such a
+// sink, or a partitioned one with an unlogged partition, is refused.
+#[sqlx::test]
+async fn an_unlogged_sink_is_refused(_: PgPoolOptions, connect: PgConnectOptions) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql("CREATE UNLOGGED TABLE fast (id bigint)").await;
+    app.sql("CREATE TABLE parted (id bigint) PARTITION BY RANGE (id)")
+        .await;
+    app.sql("CREATE TABLE parted_low PARTITION OF parted FOR VALUES FROM (0) TO (100)")
+        .await;
+    app.sql("CREATE UNLOGGED TABLE parted_high PARTITION OF parted FOR VALUES FROM (100) TO (200)")
+        .await;
+    for table in ["fast", "parted"] {
+        let refused = problem(
+            app.put_job(
+                "j",
+                json!({"tasks": ["t0"], "sink": {"table": table, "mode": "append"}}),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        )
+        .await;
+        assert_eq!(refused["field"], "sink.table");
+        assert!(
+            refused["detail"].as_str().unwrap().contains("UNLOGGED"),
+            "{refused}"
+        );
+    }
+    app.sql("ALTER TABLE parted_high SET LOGGED").await;
+    assert!(app
+        .put_job(
+            "j",
+            json!({"tasks": ["t0"], "sink": {"table": "parted", "mode": "append"}})
+        )
+        .await
+        .status()
+        .is_success());
+    app.stop().await;
+}

@@ -594,7 +594,9 @@ pub struct WriteResult {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"database": true, "migrations": true}))]
 pub struct Readiness {
+    /// The database answers, as a primary (a standby takes no writes).
     pub database: bool,
+    /// Every migration of this version is applied.
     pub migrations: bool,
 }
 
@@ -669,7 +671,8 @@ impl Problem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProblemKind {
     NotFound,
-    /// The epoch was fenced by a newer attempt: this instance is a zombie.
+    /// The epoch is over: a newer attempt started (this instance is a
+    /// zombie), or the database failed over since it began. Stop.
     Fenced,
     CheckpointAborted,
     UnknownTask,
