@@ -140,6 +140,21 @@ impl Service {
     }
 }
 
+/// The interpreter with the `sinkgate` package (clients/python) installed:
+/// `$SINKGATE_PYTHON`, or the virtualenv `scripts/python-env.sh` makes
+/// (`scripts/test.sh` runs it first).
+pub fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("SINKGATE_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python-venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python with the sinkgate package: run scripts/python-env.sh (scripts/test.sh does)"
+    );
+    venv
+}
+
 pub fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("examples/python")
@@ -149,7 +164,7 @@ pub fn example(name: &str) -> PathBuf {
 /// One processor process: the whole job (all its tasks), as a restart of a
 /// stream job restarts all of its tasks.
 pub fn processor(urls: &[String], log_dir: &Path, pause_ms: u64) -> Child {
-    Command::new("python3")
+    Command::new(python())
         .arg(example("event_copy.py"))
         .args(["--url", &urls.join(","), "--job", JOB, "--tasks", "2"])
         .args([
@@ -234,11 +249,25 @@ pub async fn assert_exactly_once(pool: &PgPool, service_url: &str, what: &str) {
     eprintln!("chaos: {what}: {rows} rows for {total} events, 0 duplicated, 0 missing");
 }
 
+/// Sends a request until it gets an answer other than 503, as a client
+/// does while the database fails (for up to 30 s).
+pub async fn send_retrying(request: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
+    for _ in 0..300 {
+        if let Ok(response) = request().send().await {
+            if response.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+                return response;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the service answered 503 for 30 s");
+}
+
 /// The job's recovery point, as the service reports it.
 pub async fn recovery(service_url: &str) -> Value {
-    reqwest::get(format!("{service_url}/v1/jobs/{JOB}/recovery"))
+    let client = reqwest::Client::new();
+    send_retrying(|| client.get(format!("{service_url}/v1/jobs/{JOB}/recovery")))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap()
@@ -246,10 +275,7 @@ pub async fn recovery(service_url: &str) -> Value {
 
 /// Whether the committed offsets are the ends of the log.
 pub async fn log_done(service_url: &str) -> bool {
-    let Ok(response) = reqwest::get(format!("{service_url}/v1/jobs/{JOB}/recovery")).await else {
-        return false;
-    };
-    let recovery: Value = response.json().await.unwrap_or_default();
+    let recovery = recovery(service_url).await;
     (0..PARTITIONS)
         .all(|partition| recovery["offsets"][partition.to_string()] == EVENTS_PER_PARTITION)
 }
@@ -285,11 +311,7 @@ pub async fn pool(connect: &PgConnectOptions) -> PgPool {
 /// Deletes the job and empties the sink, then registers the job again.
 pub async fn restart_job(pool: &PgPool, service_url: &str) {
     let client = reqwest::Client::new();
-    let deleted = client
-        .delete(format!("{service_url}/v1/jobs/{JOB}"))
-        .send()
-        .await
-        .unwrap();
+    let deleted = send_retrying(|| client.delete(format!("{service_url}/v1/jobs/{JOB}"))).await;
     assert!(deleted.status().is_success());
     sqlx::query("TRUNCATE chaos_sink")
         .execute(pool)
@@ -299,13 +321,14 @@ pub async fn restart_job(pool: &PgPool, service_url: &str) {
 }
 
 pub async fn register_job(service_url: &str) {
-    let response = reqwest::Client::new()
-        .put(format!("{service_url}/v1/jobs/{JOB}"))
-        .json(&serde_json::json!({"tasks": ["task-0", "task-1"], "sink": {"table": "chaos_sink", "mode": "append"},
-                                  "checkpointing": {"timeout_ms": 5000}}))
-        .send()
-        .await
-        .unwrap();
+    let client = reqwest::Client::new();
+    let response = send_retrying(|| {
+        client
+            .put(format!("{service_url}/v1/jobs/{JOB}"))
+            .json(&serde_json::json!({"tasks": ["task-0", "task-1"], "sink": {"table": "chaos_sink", "mode": "append"},
+                                      "checkpointing": {"timeout_ms": 5000}}))
+    })
+    .await;
     assert!(
         response.status().is_success(),
         "{}",

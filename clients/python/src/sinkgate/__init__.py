@@ -1,0 +1,61 @@
+"""sinkgate: exactly-once output from any stream processor into PostgreSQL.
+
+``Client`` has one method per endpoint; ``Processor`` runs the protocol for
+one instance of a job (attempt, resume, write, checkpoint); errors are the
+problem kinds of ``sinkgate.errors``.
+"""
+
+from . import errors
+from .client import Client
+from .errors import (
+    CheckpointAborted,
+    Conflict,
+    Fenced,
+    NotFound,
+    PromotionBlocked,
+    RowRejected,
+    SinkgateError,
+    Transient,
+)
+from .models import (
+    AckResult,
+    Attempt,
+    Checkpoint,
+    CheckpointDetails,
+    CheckpointingSpec,
+    ExternalState,
+    Job,
+    JobSpec,
+    Recovery,
+    SinkSpec,
+    StateHandle,
+    WriteResult,
+)
+from .processor import Processor, offsets_of
+
+__all__ = [
+    "AckResult",
+    "Attempt",
+    "Checkpoint",
+    "CheckpointAborted",
+    "CheckpointDetails",
+    "CheckpointingSpec",
+    "Client",
+    "Conflict",
+    "ExternalState",
+    "Fenced",
+    "Job",
+    "JobSpec",
+    "NotFound",
+    "Processor",
+    "PromotionBlocked",
+    "Recovery",
+    "RowRejected",
+    "SinkSpec",
+    "SinkgateError",
+    "StateHandle",
+    "Transient",
+    "WriteResult",
+    "errors",
+    "offsets_of",
+]

@@ -1,0 +1,136 @@
+"""A processor's side of the protocol, for one instance running all of a
+job's tasks (as a restarted stream job restarts all its tasks).
+
+    processor = Processor.start(client, ["task-0", "task-1"])
+    offset = processor.resume_offset("0")          # where to read from
+    ...
+    processor.write("task-0", f"0-{offset}", rows)  # staged, not yet visible
+    ...
+    processor.checkpoint(lambda task: ({"0": offset}, None))  # all visible at once
+
+What makes it exactly once: ``start`` fences every older instance and says
+where the last committed checkpoint left the source; batch ids are
+deterministic (``task-batchkey``), so a retried write is staged once; a
+checkpoint makes every task's rows visible in one transaction, with the
+offsets that produced them. After a crash, the next ``start`` throws away
+what the dead instance staged past that point and the source is read again
+from there. ``Fenced`` means this instance must stop: a newer one took over,
+or the database failed over; its supervisor starts a new instance.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+from . import errors
+from .client import Client
+from .models import Attempt, StateHandle, WriteResult
+
+Barrier = Tuple[Mapping[str, int], Optional[Any]]
+"""What a task hands over at a barrier: its source offsets (partition → the
+next offset to read), and its state (``StateHandle``, a JSON-able value kept
+inline, or None)."""
+
+
+class Processor:
+    """One running instance of a job, in one epoch."""
+
+    def __init__(self, client: Client, tasks: Sequence[str], attempt: Attempt):
+        self.client = client
+        self.tasks = list(tasks)
+        self.attempt = attempt
+
+    @classmethod
+    def start(cls, client: Client, tasks: Sequence[str]) -> "Processor":
+        """Starts an attempt: fences any older instance, learns where to resume."""
+        return cls(client, tasks, client.start_attempt())
+
+    @property
+    def epoch(self) -> int:
+        return self.attempt.epoch
+
+    def resume_offset(self, partition: str) -> int:
+        """The next offset to read from ``partition`` (0 when nothing was committed)."""
+        return int(self.attempt.recovery.offsets.get(str(partition), 0))
+
+    def resume_state(self, task: str) -> Optional[Any]:
+        """The state ``task`` acked at the recovery point: its inline value, or
+        the ``ExternalState`` it referred to; None if none."""
+        recovered = self.attempt.recovery.tasks.get(task)
+        if recovered is None or recovered.state is None:
+            return None
+        return recovered.state.external or recovered.state.inline
+
+    def write(self, task: str, batch_key: str, rows: Sequence[Mapping[str, Any]]) -> WriteResult:
+        """Stages a batch. ``batch_key`` must name the batch's content within
+        the epoch (e.g. the partition and first offset it covers): a retry with
+        the same key is staged once."""
+        return self.client.write(task, self.epoch, f"{task}-{batch_key}", rows)
+
+    def next_barrier(self, after: int = 0, wait_ms: int = 30_000) -> Optional[int]:
+        """Waits (long-poll) for a checkpoint the service triggered (a job with
+        an interval); its id, or None if none came within ``wait_ms``."""
+        pending = self.client.pending(after=after, wait_ms=wait_ms)
+        return None if pending is None else pending.checkpoint_id
+
+    def checkpoint(
+        self,
+        barrier: Callable[[str], Barrier],
+        after_ack: Optional[Callable[[str], None]] = None,
+        checkpoint_id: Optional[int] = None,
+    ) -> int:
+        """Takes a checkpoint and waits until it is committed; its id.
+
+        Triggers one (or takes ``checkpoint_id``, from ``next_barrier``), acks
+        it from every task with what ``barrier(task)`` returns, calling
+        ``after_ack(task)`` after each task's ack (a task may go on staging
+        its next rows there: they belong to the next checkpoint). A checkpoint
+        aborted on the way (a timeout) is retried with a new one; nothing
+        staged is lost."""
+        while True:
+            if checkpoint_id is None:
+                checkpoint_id = self._trigger()
+                if checkpoint_id is None:
+                    continue
+            try:
+                status = "pending"
+                for task in self.tasks:
+                    offsets, state = barrier(task)
+                    if state is not None and not isinstance(state, StateHandle):
+                        state = StateHandle(inline=state)
+                    status = self.client.ack(checkpoint_id, task, self.epoch, offsets, state).status
+                    if after_ack is not None:
+                        after_ack(task)
+                while status in ("pending", "completed"):
+                    time.sleep(0.05)
+                    try:
+                        status = self.client.checkpoint(checkpoint_id).checkpoint.status
+                    except errors.NotFound as gone:
+                        # Acked, then gone: the database failed over to a
+                        # standby that never received it. This epoch is over.
+                        raise errors.Fenced(409, {
+                            "type": errors.PROBLEM_TYPE_PREFIX + "fenced",
+                            "title": "Fenced epoch",
+                            "detail": f"checkpoint {checkpoint_id} no longer exists (the database lost it): start again",
+                            "request_id": gone.request_id,
+                        }) from gone
+                if status == "committed":
+                    return checkpoint_id
+            except errors.CheckpointAborted:
+                pass
+            checkpoint_id = None
+
+    def _trigger(self) -> Optional[int]:
+        try:
+            return self.client.trigger(self.epoch).checkpoint_id
+        except errors.Conflict:
+            # One is pending already (this trigger's answer was lost, or the
+            # scheduler triggered one): take it.
+            pending = self.client.pending(after=0, wait_ms=0)
+            return None if pending is None else pending.checkpoint_id
+
+
+def offsets_of(values: Dict[Any, int]) -> Dict[str, int]:
+    """Offsets with partition names as the API takes them (strings)."""
+    return {str(partition): int(offset) for partition, offset in values.items()}

@@ -1,0 +1,81 @@
+"""The real sinkgate binary against a database of the test's own.
+
+Needs `DATABASE_URL` (a role that may create databases; `scripts/postgres.sh`
+prints one) and the built binary (`SINKGATE_BIN`, default
+`target/debug/sinkgate` of the repository). `scripts/test.sh` runs these
+tests after the Rust ones, with both in place.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import psycopg
+import pytest
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A fresh database, dropped afterwards."""
+    base = os.environ.get("DATABASE_URL")
+    if not base:
+        pytest.fail("DATABASE_URL is not set (scripts/postgres.sh prints one)")
+    server, _ = base.rsplit("/", 1)
+    name = f"sinkgate_pytest_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with psycopg.connect(base, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def service(database_url: str) -> Iterator[str]:
+    """`sinkgate serve` on a free port; its base URL."""
+    binary = os.environ.get("SINKGATE_BIN", str(REPO / "target" / "debug" / "sinkgate"))
+    port = _free_port()
+    env = dict(os.environ, DATABASE_URL=database_url, RUST_LOG="warn")
+    process = subprocess.Popen(
+        [binary, "serve", "--insecure-no-auth", "--listen", f"127.0.0.1:{port}", "--tick-ms", "100", "--pool-size", "8"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, "sinkgate exited at start"
+            time.sleep(0.05)
+        else:
+            pytest.fail("sinkgate did not become ready")
+        yield url
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        yield connection

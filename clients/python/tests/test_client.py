@@ -1,0 +1,59 @@
+"""The client against the real service: answers as dataclasses, problem
+documents as the exceptions a processor acts on."""
+
+from __future__ import annotations
+
+import pytest
+
+import sinkgate
+from sinkgate import errors
+
+
+@pytest.fixture
+def job(service, db):
+    db.execute("CREATE TABLE scores (id bigint PRIMARY KEY, player text NOT NULL, points int NOT NULL)")
+    client = sinkgate.Client(service, "scores")
+    client.put_job({"tasks": ["t0"], "sink": {"table": "scores", "mode": "upsert", "key": ["id"]}})
+    return client
+
+
+def test_a_checkpoint_makes_staged_rows_visible_at_once(job, db):
+    processor = sinkgate.Processor.start(job, ["t0"])
+    assert processor.resume_offset("0") == 0
+    staged = processor.write("t0", "0-0", [{"id": 1, "player": "ada", "points": 3}])
+    assert staged.staged_rows == 1 and not staged.duplicate
+    # A retry of the same batch is staged once.
+    assert processor.write("t0", "0-0", [{"id": 1, "player": "ada", "points": 3}]).duplicate
+    assert db.execute("SELECT count(*) FROM scores").fetchone()[0] == 0
+    checkpoint_id = processor.checkpoint(lambda task: ({"0": 1}, {"sum": 3}))
+    assert db.execute("SELECT player, points FROM scores").fetchall() == [("ada", 3)]
+    details = job.checkpoint(checkpoint_id)
+    assert details.checkpoint.status == "committed"
+    assert [ack.task_id for ack in details.acks] == ["t0"]
+    # The next instance resumes where the checkpoint left off, with its state.
+    successor = sinkgate.Processor.start(job, ["t0"])
+    assert successor.resume_offset("0") == 1
+    assert successor.resume_state("t0") == {"sum": 3}
+
+
+def test_problems_are_typed_exceptions(job):
+    processor = sinkgate.Processor.start(job, ["t0"])
+    with pytest.raises(errors.RowRejected) as rejected:
+        processor.write("t0", "bad", [{"id": 1, "player": "ada", "points": 1}, {"id": 2, "player": "bob", "points": "many"}])
+    assert (rejected.value.row, rejected.value.column) == (2, "points")
+    with pytest.raises(errors.RowRejected) as missing:
+        processor.write("t0", "nokey", [{"player": "eve", "points": 1}])
+    assert (missing.value.row, missing.value.column) == (1, "id")
+    # A newer instance fences this one: its next request is refused.
+    successor = sinkgate.Processor.start(job, ["t0"])
+    with pytest.raises(sinkgate.Fenced) as fenced:
+        processor.write("t0", "late", [{"id": 3, "player": "zed", "points": 1}])
+    assert fenced.value.current_epoch == successor.epoch
+    with pytest.raises(errors.NotFound):
+        sinkgate.Client(job.base_urls, "no-such-job").get_job()
+
+
+def test_a_service_that_is_down_is_retried_until_the_deadline():
+    client = sinkgate.Client("http://127.0.0.1:9", "any", retry_for=0.3)
+    with pytest.raises(errors.Unreachable):
+        client.get_job()
