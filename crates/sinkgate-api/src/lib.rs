@@ -507,8 +507,9 @@ pub struct WriteRequest {
     pub epoch: i64,
     /// Retry key: the same batch id from the same task in one epoch is staged once.
     pub batch_id: String,
-    /// Rows as objects, column → value.
-    #[schema(value_type = Vec<Object>)]
+    /// Rows as objects, column → value. (Declared as maps of any value, so
+    /// that generated clients type a row as such, not as an empty object.)
+    #[schema(value_type = Vec<BTreeMap<String, Value>>)]
     pub rows: Vec<Map<String, Value>>,
 }
 
@@ -535,7 +536,7 @@ pub struct DeadLetter {
     pub checkpoint_id: i64,
     pub task_id: String,
     /// The row as staged: the columns it sent (omitted ones left out).
-    #[schema(value_type = Object)]
+    #[schema(value_type = BTreeMap<String, Value>)]
     pub row: serde_json::Value,
     pub error: String,
     /// PostgreSQL's SQLSTATE of the error.
