@@ -12,7 +12,9 @@ SINKGATE_PYTHON=$(scripts/python-env.sh)
 export SINKGATE_PYTHON
 # Benchmarks are not tests: run them with `cargo bench --bench sinkgate`.
 cargo test --workspace --lib --bins --tests "$@"
-# The Python package's own tests, against the binary just built.
+# The Python package's own tests, against the binary just built (the
+# dashboard's test drives Debian's Chromium).
 if [ $# -eq 0 ]; then
+  scripts/chromium.sh
   "$SINKGATE_PYTHON" -m pytest -q clients/python
 fi

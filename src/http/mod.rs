@@ -14,6 +14,7 @@ pub mod problem;
 pub mod promotions;
 pub mod serve;
 pub mod tokens;
+pub mod ui;
 pub mod writes;
 
 use axum::body::Body;
@@ -368,6 +369,7 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
     };
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", api))
+        .merge(ui::router())
         .fallback(|| async { Error::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(limits.max_json_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
@@ -644,6 +646,10 @@ async fn authenticate(
     };
     let path = request.uri().path();
     let api = path == "/v1" || path.starts_with("/v1/");
+    if ui::is_ui(path) {
+        // Static files without data; the page calls /v1 with its token.
+        return next.run(request).await;
+    }
     let bearer = request.headers().typed_get::<Authorization<Bearer>>();
     if !api && !*protect_operations {
         return next.run(request).await;

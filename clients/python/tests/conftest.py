@@ -48,34 +48,49 @@ def database_url() -> Iterator[str]:
 
 @pytest.fixture
 def service(database_url: str) -> Iterator[str]:
-    """`sinkgate serve` on a free port; its base URL."""
-    binary = os.environ.get("SINKGATE_BIN", str(REPO / "target" / "debug" / "sinkgate"))
-    port = _free_port()
-    env = dict(os.environ, DATABASE_URL=database_url, RUST_LOG="warn")
-    process = subprocess.Popen(
-        [binary, "serve", "--insecure-no-auth", "--listen", f"127.0.0.1:{port}", "--tick-ms", "100", "--pool-size", "8"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(200):
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "sinkgate exited at start"
-            time.sleep(0.05)
-        else:
-            pytest.fail("sinkgate did not become ready")
-        yield url
-    finally:
-        process.kill()
-        process.wait()
+    """`sinkgate serve` on a free port, authentication off; its base URL."""
+    yield from _serve(database_url, ["--insecure-no-auth", "--pool-size", "8"], {})
 
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[psycopg.Connection]:
     with psycopg.connect(database_url, autocommit=True) as connection:
         yield connection
+
+
+ADMIN_TOKEN = "dashboard-test-admin-token-0123456789"
+
+
+@pytest.fixture
+def secured_service(database_url: str) -> Iterator[str]:
+    """`sinkgate serve` with authentication on (admin token `ADMIN_TOKEN`)."""
+    yield from _serve(database_url, [], {"SINKGATE_ADMIN_TOKEN": ADMIN_TOKEN})
+
+
+def _serve(database_url: str, args: list, env: dict) -> Iterator[str]:
+    binary = os.environ.get("SINKGATE_BIN", str(REPO / "target" / "debug" / "sinkgate"))
+    port = _free_port()
+    process = subprocess.Popen(
+        [binary, "serve", "--listen", f"127.0.0.1:{port}", "--tick-ms", "100", *args],
+        env=dict(os.environ, DATABASE_URL=database_url, RUST_LOG="warn", **env),
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(process, url)
+        yield url
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _wait_ready(process: subprocess.Popen, url: str) -> None:
+    for _ in range(200):
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, "sinkgate exited at start"
+        time.sleep(0.05)
+    pytest.fail("sinkgate did not become ready")

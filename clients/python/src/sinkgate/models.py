@@ -213,7 +213,7 @@ class Job:
     epoch: int
     last_decided_checkpoint: Optional[int] = None
     last_committed_checkpoint: Optional[int] = None
-    pending_checkpoints: int = 0
+    pending_checkpoints: List[int] = field(default_factory=list)
     sink_columns: List[SinkColumn] = field(default_factory=list)
     created_at: Optional[str] = None
     updated_at: Optional[str] = None
