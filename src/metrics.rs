@@ -30,7 +30,7 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 pub fn checkpoint_triggered(job: &str, trigger: crate::model::TriggerKind) {
-    counter!("sinkgate_checkpoints_triggered_total", "job" => job.to_owned(), "trigger" => trigger.as_str())
+    counter!("sinkgate_checkpoints_triggered_total", "job_id" => job.to_owned(), "trigger" => trigger.as_str())
         .increment(1);
 }
 
@@ -64,41 +64,41 @@ impl AbortReason {
 
 pub fn checkpoints_aborted(job: &str, reason: AbortReason, count: u64) {
     if count > 0 {
-        counter!("sinkgate_checkpoints_aborted_total", "job" => job.to_owned(), "reason" => reason.as_str())
+        counter!("sinkgate_checkpoints_aborted_total", "job_id" => job.to_owned(), "reason" => reason.as_str())
             .increment(count);
     }
 }
 
 /// A checkpoint decided, `duration` after its trigger.
 pub fn checkpoint_completed(job: &str, duration: Duration) {
-    counter!("sinkgate_checkpoints_completed_total", "job" => job.to_owned()).increment(1);
-    histogram!("sinkgate_checkpoint_duration_seconds", "job" => job.to_owned())
+    counter!("sinkgate_checkpoints_completed_total", "job_id" => job.to_owned()).increment(1);
+    histogram!("sinkgate_checkpoint_duration_seconds", "job_id" => job.to_owned())
         .record(duration.as_secs_f64());
 }
 
 /// A promotion that committed `rows` rows in `duration`.
 pub fn checkpoint_committed(job: &str, duration: Duration, rows: u64) {
-    counter!("sinkgate_checkpoints_committed_total", "job" => job.to_owned()).increment(1);
-    counter!("sinkgate_promoted_rows_total", "job" => job.to_owned()).increment(rows);
-    histogram!("sinkgate_commit_duration_seconds", "job" => job.to_owned())
+    counter!("sinkgate_checkpoints_committed_total", "job_id" => job.to_owned()).increment(1);
+    counter!("sinkgate_promoted_rows_total", "job_id" => job.to_owned()).increment(rows);
+    histogram!("sinkgate_commit_duration_seconds", "job_id" => job.to_owned())
         .record(duration.as_secs_f64());
 }
 
 pub fn promotion_failed(job: &str) {
-    counter!("sinkgate_promotion_failures_total", "job" => job.to_owned()).increment(1);
+    counter!("sinkgate_promotion_failures_total", "job_id" => job.to_owned()).increment(1);
 }
 
 pub fn ack_recorded(job: &str) {
-    counter!("sinkgate_acks_total", "job" => job.to_owned()).increment(1);
+    counter!("sinkgate_acks_total", "job_id" => job.to_owned()).increment(1);
 }
 
 pub fn staged(job: &str, rows: u64, bytes: u64) {
-    counter!("sinkgate_staged_rows_total", "job" => job.to_owned()).increment(rows);
-    counter!("sinkgate_staged_bytes_total", "job" => job.to_owned()).increment(bytes);
+    counter!("sinkgate_staged_rows_total", "job_id" => job.to_owned()).increment(rows);
+    counter!("sinkgate_staged_bytes_total", "job_id" => job.to_owned()).increment(bytes);
 }
 
 pub fn fenced(job: &str) {
-    counter!("sinkgate_fenced_requests_total", "job" => job.to_owned()).increment(1);
+    counter!("sinkgate_fenced_requests_total", "job_id" => job.to_owned()).increment(1);
 }
 
 /// The label of an HTTP method: one the service knows, else `other`, so a
@@ -128,7 +128,7 @@ pub fn http_request(method: &str, route: &str, status: u16, duration: Duration) 
 }
 
 pub fn pending_checkpoints(job: &str, pending: i64) {
-    gauge!("sinkgate_pending_checkpoints", "job" => job.to_owned()).set(pending as f64);
+    gauge!("sinkgate_pending_checkpoints", "job_id" => job.to_owned()).set(pending as f64);
 }
 
 pub fn pool(size: u32, idle: usize, max: u32) {
@@ -140,11 +140,11 @@ pub fn pool(size: u32, idle: usize, max: u32) {
 
 /// Rows that a promotion sent to the dead-letter table.
 pub fn dead_lettered(job: &str, rows: u64) {
-    counter!("sinkgate_dead_lettered_rows_total", "job" => job.to_owned()).increment(rows);
+    counter!("sinkgate_dead_lettered_rows_total", "job_id" => job.to_owned()).increment(rows);
 }
 
 /// A scheduler pass over one job that failed (the job is skipped until the
 /// next tick; other jobs go on).
 pub fn scheduler_job_failed(job: &str) {
-    counter!("sinkgate_scheduler_job_failures_total", "job" => job.to_owned()).increment(1);
+    counter!("sinkgate_scheduler_job_failures_total", "job_id" => job.to_owned()).increment(1);
 }

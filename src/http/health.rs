@@ -25,7 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// route and status with latency, database pool use.
 #[utoipa::path(get, path = "/metrics", tag = "operations",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain",
-        example = "sinkgate_acks_total{job=\"wordcount\"} 42")))]
+        example = "sinkgate_acks_total{job_id=\"wordcount\"} 42")))]
 async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Shared state is read at scrape time, so every replica reports the truth.
     if let Ok(pending) = crate::coordinator::pending_per_job(&state.db).await {

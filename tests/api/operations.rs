@@ -293,22 +293,22 @@ async fn metrics_follow_a_checkpoints_life(_: PgPoolOptions, connect: PgConnectO
     assert_eq!(
         sample(
             &text,
-            r#"sinkgate_checkpoints_triggered_total{job="metricsjob",trigger="manual"}"#
+            r#"sinkgate_checkpoints_triggered_total{job_id="metricsjob",trigger="manual"}"#
         ),
         1.0
     );
     assert_eq!(
-        sample(&text, r#"sinkgate_staged_rows_total{job="metricsjob"}"#),
+        sample(&text, r#"sinkgate_staged_rows_total{job_id="metricsjob"}"#),
         7.0
     );
     assert_eq!(
-        sample(&text, r#"sinkgate_pending_checkpoints{job="metricsjob"}"#),
+        sample(&text, r#"sinkgate_pending_checkpoints{job_id="metricsjob"}"#),
         1.0
     );
     assert_eq!(
         sample(
             &text,
-            r#"sinkgate_checkpoints_committed_total{job="metricsjob"}"#
+            r#"sinkgate_checkpoints_committed_total{job_id="metricsjob"}"#
         ),
         0.0
     );
@@ -319,36 +319,36 @@ async fn metrics_follow_a_checkpoints_life(_: PgPoolOptions, connect: PgConnectO
         .await;
     let text = scrape().await;
     assert_eq!(
-        sample(&text, r#"sinkgate_acks_total{job="metricsjob"}"#),
+        sample(&text, r#"sinkgate_acks_total{job_id="metricsjob"}"#),
         2.0
     );
     assert_eq!(
         sample(
             &text,
-            r#"sinkgate_checkpoints_completed_total{job="metricsjob"}"#
+            r#"sinkgate_checkpoints_completed_total{job_id="metricsjob"}"#
         ),
         1.0
     );
     assert_eq!(
         sample(
             &text,
-            r#"sinkgate_checkpoints_committed_total{job="metricsjob"}"#
+            r#"sinkgate_checkpoints_committed_total{job_id="metricsjob"}"#
         ),
         1.0
     );
     assert_eq!(
-        sample(&text, r#"sinkgate_promoted_rows_total{job="metricsjob"}"#),
+        sample(&text, r#"sinkgate_promoted_rows_total{job_id="metricsjob"}"#),
         7.0
     );
     assert_eq!(
         sample(
             &text,
-            r#"sinkgate_commit_duration_seconds_count{job="metricsjob"}"#
+            r#"sinkgate_commit_duration_seconds_count{job_id="metricsjob"}"#
         ),
         1.0
     );
     assert_eq!(
-        sample(&text, r#"sinkgate_pending_checkpoints{job="metricsjob"}"#),
+        sample(&text, r#"sinkgate_pending_checkpoints{job_id="metricsjob"}"#),
         0.0
     );
 
@@ -359,13 +359,13 @@ async fn metrics_follow_a_checkpoints_life(_: PgPoolOptions, connect: PgConnectO
     assert_eq!(
         sample(
             &text,
-            r#"sinkgate_checkpoints_aborted_total{job="metricsjob",reason="fenced"}"#
+            r#"sinkgate_checkpoints_aborted_total{job_id="metricsjob",reason="fenced"}"#
         ),
         1.0,
         "{stale}"
     );
     assert_eq!(
-        sample(&text, r#"sinkgate_fenced_requests_total{job="metricsjob"}"#),
+        sample(&text, r#"sinkgate_fenced_requests_total{job_id="metricsjob"}"#),
         1.0
     );
     assert!(
