@@ -302,7 +302,10 @@ async fn metrics_follow_a_checkpoints_life(_: PgPoolOptions, connect: PgConnectO
         7.0
     );
     assert_eq!(
-        sample(&text, r#"sinkgate_pending_checkpoints{job_id="metricsjob"}"#),
+        sample(
+            &text,
+            r#"sinkgate_pending_checkpoints{job_id="metricsjob"}"#
+        ),
         1.0
     );
     assert_eq!(
@@ -337,7 +340,10 @@ async fn metrics_follow_a_checkpoints_life(_: PgPoolOptions, connect: PgConnectO
         1.0
     );
     assert_eq!(
-        sample(&text, r#"sinkgate_promoted_rows_total{job_id="metricsjob"}"#),
+        sample(
+            &text,
+            r#"sinkgate_promoted_rows_total{job_id="metricsjob"}"#
+        ),
         7.0
     );
     assert_eq!(
@@ -348,7 +354,10 @@ async fn metrics_follow_a_checkpoints_life(_: PgPoolOptions, connect: PgConnectO
         1.0
     );
     assert_eq!(
-        sample(&text, r#"sinkgate_pending_checkpoints{job_id="metricsjob"}"#),
+        sample(
+            &text,
+            r#"sinkgate_pending_checkpoints{job_id="metricsjob"}"#
+        ),
         0.0
     );
 
@@ -365,7 +374,10 @@ async fn metrics_follow_a_checkpoints_life(_: PgPoolOptions, connect: PgConnectO
         "{stale}"
     );
     assert_eq!(
-        sample(&text, r#"sinkgate_fenced_requests_total{job_id="metricsjob"}"#),
+        sample(
+            &text,
+            r#"sinkgate_fenced_requests_total{job_id="metricsjob"}"#
+        ),
         1.0
     );
     assert!(
