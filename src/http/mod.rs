@@ -296,12 +296,148 @@ fn operations_mut(
     })
 }
 
+/// OpenAPI links along the protocol (job → attempt → trigger → ack, and the
+/// reads beside them), so that a reader (and a stateful test generator)
+/// sees which answer feeds which request: the job id carries over, an
+/// attempt's `epoch` goes into a trigger, a checkpoint's id into its ack.
+struct ProtocolLinks;
+
+impl ProtocolLinks {
+    /// (operation, link name, target operation, parameters, request body).
+    #[allow(clippy::type_complexity)]
+    const LINKS: &'static [(
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        Option<(&'static str, &'static str)>,
+    )] = &[
+        ("put_job", "StartAttempt", "start_attempt", &[JOB], None),
+        ("put_job", "GetJob", "get_job", &[JOB], None),
+        (
+            "start_attempt",
+            "TriggerCheckpoint",
+            "trigger_checkpoint",
+            &[JOB],
+            Some(("epoch", "$response.body#/epoch")),
+        ),
+        ("start_attempt", "GetRecovery", "get_recovery", &[JOB], None),
+        (
+            "start_attempt",
+            "WaitForPending",
+            "wait_for_pending",
+            &[JOB],
+            None,
+        ),
+        (
+            "trigger_checkpoint",
+            "GetCheckpoint",
+            "get_checkpoint",
+            &[JOB, CHECKPOINT],
+            None,
+        ),
+        (
+            "trigger_checkpoint",
+            "AckCheckpoint",
+            "ack_checkpoint",
+            &[JOB, CHECKPOINT],
+            None,
+        ),
+        (
+            "trigger_checkpoint",
+            "DeclineCheckpoint",
+            "decline_checkpoint",
+            &[JOB, CHECKPOINT],
+            None,
+        ),
+        (
+            "trigger_checkpoint",
+            "AbortCheckpoint",
+            "abort_checkpoint",
+            &[JOB, CHECKPOINT],
+            None,
+        ),
+        (
+            "wait_for_pending",
+            "AckCheckpoint",
+            "ack_checkpoint",
+            &[JOB, CHECKPOINT],
+            None,
+        ),
+        (
+            "wait_for_pending",
+            "GetCheckpoint",
+            "get_checkpoint",
+            &[JOB, CHECKPOINT],
+            None,
+        ),
+        (
+            "issue_token",
+            "RevokeToken",
+            "revoke_token",
+            &[JOB, ("token_id", "$response.body#/token_id")],
+            None,
+        ),
+    ];
+}
+
+const JOB: (&str, &str) = ("job", "$request.path.job");
+const CHECKPOINT: (&str, &str) = ("id", "$response.body#/checkpoint_id");
+
+impl utoipa::Modify for ProtocolLinks {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        for (_, operation) in operations_mut(openapi) {
+            let Some(id) = operation.operation_id.clone() else {
+                continue;
+            };
+            let mut links = serde_json::Map::new();
+            for (_, name, target, parameters, body) in
+                Self::LINKS.iter().filter(|link| link.0 == id)
+            {
+                let parameters: serde_json::Map<String, serde_json::Value> = parameters
+                    .iter()
+                    .map(|(parameter, expression)| ((*parameter).to_owned(), (*expression).into()))
+                    .collect();
+                let mut link = serde_json::json!({"operationId": target, "parameters": parameters});
+                if let Some((field, expression)) = body {
+                    link["requestBody"] = serde_json::json!({ *field: *expression });
+                }
+                links.insert((*name).to_owned(), link);
+            }
+            if links.is_empty() {
+                continue;
+            }
+            for (status, response) in operation.responses.responses.iter_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                if !status.starts_with('2') || status == "204" {
+                    continue;
+                }
+                // utoipa 5.5 writes a `Link`'s fields in snake case
+                // (`operation_id`), which no reader understands; the links
+                // go in as raw JSON, flattened into the response object.
+                let extensions = utoipa::openapi::extensions::Extensions::from_iter([(
+                    "links",
+                    serde_json::Value::Object(links.clone()),
+                )]);
+                match response.extensions.as_mut() {
+                    Some(existing) => existing.merge(extensions),
+                    None => response.extensions = Some(extensions),
+                }
+            }
+        }
+    }
+}
+
 /// The router and its finished OpenAPI document.
 fn split() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     use utoipa::Modify;
     let (router, mut api) = api_router().split_for_parts();
     Security.modify(&mut api);
     problem::ProblemExamples.modify(&mut api);
+    ProtocolLinks.modify(&mut api);
     (router, api)
 }
 

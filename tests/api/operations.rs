@@ -491,3 +491,49 @@ async fn commits_are_durable_even_where_synchronous_commit_is_off(
         .unwrap();
     assert_eq!(setting, "local");
 }
+
+// Issue "where users live": the document's links follow the protocol (job →
+// attempt → trigger → ack), and each names an operation that exists, with
+// parameters that operation has.
+#[test]
+fn openapi_links_name_real_operations_and_parameters() {
+    let document = serde_json::to_value(sinkgate::http::openapi()).unwrap();
+    let mut operations = std::collections::HashMap::new();
+    for (_, item) in document["paths"].as_object().unwrap() {
+        for (_, operation) in item.as_object().unwrap() {
+            if let Some(id) = operation["operationId"].as_str() {
+                operations.insert(id.to_owned(), operation.clone());
+            }
+        }
+    }
+    let mut followed = Vec::new();
+    for (source, operation) in &operations {
+        for (_, response) in operation["responses"].as_object().unwrap() {
+            for (name, link) in response["links"].as_object().into_iter().flatten() {
+                let target = link["operationId"].as_str().expect("operationId");
+                let target_operation = operations
+                    .get(target)
+                    .unwrap_or_else(|| panic!("{source}: link {name} to unknown {target}"));
+                for (parameter, _) in link["parameters"].as_object().into_iter().flatten() {
+                    let known = target_operation["parameters"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|p| p["name"] == parameter.as_str());
+                    assert!(
+                        known,
+                        "{source}: link {name}: {target} has no parameter {parameter}"
+                    );
+                }
+                followed.push(format!("{source}->{target}"));
+            }
+        }
+    }
+    for step in [
+        "put_job->start_attempt",
+        "start_attempt->trigger_checkpoint",
+        "trigger_checkpoint->ack_checkpoint",
+    ] {
+        assert!(followed.contains(&step.to_owned()), "no link {step}");
+    }
+}
