@@ -29,4 +29,6 @@ for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
   sleep 0.1
 done
+# Ours, not another service holding the port.
+kill -0 "$SERVER" 2>/dev/null || { echo "[typescript-client.sh] sinkgate did not start" >&2; exit 1; }
 (cd clients/typescript && SINKGATE_URL="http://127.0.0.1:$PORT" npm test --silent)

@@ -127,8 +127,22 @@ pub fn http_request(method: &str, route: &str, status: u16, duration: Duration) 
     histogram!("sinkgate_http_request_duration_seconds", &labels).record(duration.as_secs_f64());
 }
 
-pub fn pending_checkpoints(job: &str, pending: i64) {
-    gauge!("sinkgate_pending_checkpoints", "job_id" => job.to_owned()).set(pending as f64);
+/// Pending checkpoints of every job, as read at scrape time. A job that is
+/// gone since the last scrape is set to 0: the exporter keeps a series for
+/// ever, and a deleted job must not look stuck to the alerts.
+pub fn pending_checkpoints(per_job: &[(String, i64)]) {
+    static REPORTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut reported = REPORTED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    for gone in reported
+        .iter()
+        .filter(|job| !per_job.iter().any(|(current, _)| current == *job))
+    {
+        gauge!("sinkgate_pending_checkpoints", "job_id" => gone.clone()).set(0.0);
+    }
+    for (job, pending) in per_job {
+        gauge!("sinkgate_pending_checkpoints", "job_id" => job.clone()).set(*pending as f64);
+    }
+    *reported = per_job.iter().map(|(job, _)| job.clone()).collect();
 }
 
 pub fn pool(size: u32, idle: usize, max: u32) {

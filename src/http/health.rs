@@ -29,9 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 async fn prometheus_metrics(State(state): State<AppState>) -> impl IntoResponse {
     // Shared state is read at scrape time, so every replica reports the truth.
     if let Ok(pending) = crate::coordinator::pending_per_job(&state.db).await {
-        for (job, count) in pending {
-            crate::metrics::pending_checkpoints(&job, count);
-        }
+        crate::metrics::pending_checkpoints(&pending);
     }
     crate::metrics::pool(
         state.db.size(),

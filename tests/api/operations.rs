@@ -387,6 +387,20 @@ async fn metrics_follow_a_checkpoints_life(_: PgPoolOptions, connect: PgConnectO
         ) >= 2.0
     );
     assert!(text.contains("sinkgate_db_pool_connections{state=\"idle\"}"));
+
+    // A job deleted with a checkpoint pending does not look stuck for ever.
+    let current = app.epoch("metricsjob").await;
+    app.checkpoint("metricsjob", current).await;
+    let pending = r#"sinkgate_pending_checkpoints{job_id="metricsjob"}"#;
+    assert_eq!(sample(&scrape().await, pending), 1.0);
+    let deleted = app
+        .http
+        .delete(app.url("/v1/jobs/metricsjob"))
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success());
+    assert_eq!(sample(&scrape().await, pending), 0.0);
     app.stop().await;
 }
 

@@ -57,3 +57,16 @@ def test_a_service_that_is_down_is_retried_until_the_deadline():
     client = sinkgate.Client("http://127.0.0.1:9", "any", retry_for=0.3)
     with pytest.raises(errors.Unreachable):
         client.get_job()
+
+
+def test_a_promotion_the_sink_refuses_is_raised_not_waited_on_for_ever(service, db):
+    db.execute("CREATE TABLE ledger (id bigint PRIMARY KEY, amount int NOT NULL CHECK (amount >= 0))")
+    client = sinkgate.Client(service, "ledger")
+    client.put_job({"tasks": ["t0"], "sink": {"table": "ledger", "mode": "upsert", "key": ["id"]}})
+    processor = sinkgate.Processor.start(client, ["t0"])
+    # The value fits the column's type (staged), the sink's CHECK refuses it.
+    processor.write("t0", "0-0", [{"id": 1, "amount": -5}])
+    with pytest.raises(errors.PromotionBlocked) as blocked:
+        processor.checkpoint(lambda task: ({"0": 1}, None), promotion_patience=0.5)
+    assert "ledger_amount_check" in (blocked.value.sink_error or "")
+    assert db.execute("SELECT count(*) FROM ledger").fetchone()[0] == 0

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import sinkgate
 from conftest import REPO
 
 SOURCE_ROWS = 3000
@@ -27,6 +28,8 @@ def readme_processor(service: str) -> str:
 def test_the_readme_processor_killed_and_restarted_writes_every_row_once(service, db, tmp_path):
     rng = random.Random(int(os.environ.get("SINKGATE_PYTEST_SEED", "42")))
     db.execute("CREATE TABLE events (id bigint NOT NULL, payload text NOT NULL)")
+    # The README's one-time registration.
+    sinkgate.Client(service, "events").put_job({"tasks": ["t0"], "sink": {"table": "events", "mode": "append"}})
     script = tmp_path / "processor.py"
     script.write_text(readme_processor(service))
     for _ in range(int(os.environ.get("SINKGATE_PYTEST_KILLS", "6"))):

@@ -82,7 +82,7 @@ async function drawJobs(jobs) {
     const id = encodeURIComponent(job.job_id);
     const [committed, deadLetters] = await Promise.all([
       api(`/v1/jobs/${id}/checkpoints?status=committed&limit=1`).then((list) => list.checkpoints[0]).catch(() => null),
-      api(`/v1/jobs/${id}/dead-letters?limit=1000`).then((list) => list.dead_letters.length).catch(() => null),
+      api(`/v1/jobs/${id}/dead-letters?limit=100`).then((list) => list.dead_letters.length).catch(() => null),
     ]);
     const blocked = job.last_decided_checkpoint !== null && job.last_decided_checkpoint !== job.last_committed_checkpoint;
     return el("tr", { class: "link", "data-job": job.job_id, onclick: () => { location.hash = job.job_id; } },
@@ -92,7 +92,7 @@ async function drawJobs(jobs) {
       el("td", {}, committed ? ago(committed.committed_at) : "—"),
       el("td", {}, job.pending_checkpoints.length ? job.pending_checkpoints.join(", ") : "none"),
       el("td", {}, blocked ? el("span", { class: "blocked" }, `blocked at ${job.last_decided_checkpoint}`) : "ok"),
-      el("td", {}, deadLetters === null ? "—" : deadLetters >= 1000 ? "1000+" : deadLetters));
+      el("td", {}, deadLetters === null ? "—" : deadLetters >= 100 ? "100+" : deadLetters));
   }));
   body.replaceChildren(...rows);
 }
@@ -150,7 +150,22 @@ async function drawJob(jobId) {
   document.querySelector("#checkpoints tbody").replaceChildren(...rows);
 }
 
-async function refresh() {
+// One refresh at a time: while the service is slow, the page waits for its
+// answers instead of piling requests on it. A refresh asked for meanwhile
+// (a click, a new token) runs right after.
+let running = null;
+let again = false;
+
+function refresh() {
+  if (running) { again = true; return running; }
+  running = redraw().finally(() => {
+    running = null;
+    if (again) { again = false; refresh(); }
+  });
+  return running;
+}
+
+async function redraw() {
   try {
     const jobs = await jobSummaries();
     await drawJobs(jobs);
@@ -179,5 +194,5 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   window.addEventListener("hashchange", refresh);
   refresh();
-  setInterval(refresh, REFRESH_MS);
+  setInterval(() => { if (!running) refresh(); }, REFRESH_MS);
 });

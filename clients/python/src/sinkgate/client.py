@@ -5,8 +5,12 @@ exponential backoff and jitter, never sooner than the service's
 ``Retry-After`` asks, until ``retry_for`` seconds have passed. That is safe
 for every call a processor makes: a write is deduplicated by its batch id,
 an ack by the stored ack, and a repeated trigger answers 409 (which
-``Processor`` handles). Every other error answer is raised at once as the
-exception of its problem kind (``sinkgate.errors``).
+``Processor`` handles). Operator calls whose repetition would not answer
+the same (issuing a token, deleting a job, declining, aborting, retrying a
+promotion) are retried only when the service certainly did not act: the
+connection was refused, or it answered ``overloaded`` or 429. Every other
+error answer is raised at once as the exception of its problem kind
+(``sinkgate.errors``).
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ class Client:
         return build(Job, self._call("GET", ""))
 
     def delete_job(self) -> None:
-        self._call("DELETE", "")
+        self._call("DELETE", "", idempotent=False)
 
     def list_jobs(self) -> List[Job]:
         """Every job (admin token)."""
@@ -120,9 +124,9 @@ class Client:
     def write_ndjson(
         self, task_id: str, epoch: int, batch_id: str, rows: Iterable[Mapping[str, Any]]
     ) -> WriteResult:
-        """As ``write``, streamed as NDJSON: for batches of any size. The rows
-        are encoded as they are sent, so ``rows`` may be a generator (it is
-        materialised once, so that a retry sends the same rows)."""
+        """As ``write``, as an NDJSON body (no per-batch row cap). ``rows`` may
+        be a generator: it is encoded once, in memory, so that a retry sends
+        the same bytes."""
         lines = [json.dumps(row, separators=(",", ":")).encode() + b"\n" for row in rows]
         answer = self._call(
             "POST",
@@ -163,7 +167,10 @@ class Client:
     def decline(self, checkpoint_id: int, task_id: str, epoch: int, reason: str) -> Checkpoint:
         """The task cannot take this checkpoint: it is aborted."""
         body = {"task_id": task_id, "epoch": epoch, "reason": reason}
-        return build(Checkpoint, self._call("POST", f"/checkpoints/{checkpoint_id}/declines", json_body=body))
+        return build(
+            Checkpoint,
+            self._call("POST", f"/checkpoints/{checkpoint_id}/declines", json_body=body, idempotent=False),
+        )
 
     # --- operations -------------------------------------------------------
 
@@ -181,11 +188,13 @@ class Client:
     def abort_checkpoint(self, checkpoint_id: int, reason: str) -> Checkpoint:
         """Aborts a pending checkpoint (admin); its staged rows stay for the next."""
         body = {"reason": reason}
-        return build(Checkpoint, self._call("POST", f"/checkpoints/{checkpoint_id}/abort", json_body=body))
+        return build(
+            Checkpoint, self._call("POST", f"/checkpoints/{checkpoint_id}/abort", json_body=body, idempotent=False)
+        )
 
     def retry_promotion(self) -> PromotionResult:
         """Promotes a decided checkpoint whose promotion was blocked (admin)."""
-        return build(PromotionResult, self._call("POST", "/promotions", json_body={}))
+        return build(PromotionResult, self._call("POST", "/promotions", json_body={}, idempotent=False))
 
     def dead_letters(
         self, after: Optional[int] = None, checkpoint_id: Optional[int] = None, limit: Optional[int] = None
@@ -202,10 +211,10 @@ class Client:
     def issue_token(self, label: Optional[str] = None) -> IssuedToken:
         """A processor token for this job (admin); its secret is shown once."""
         body = {} if label is None else {"label": label}
-        return build(IssuedToken, self._call("POST", "/tokens", json_body=body))
+        return build(IssuedToken, self._call("POST", "/tokens", json_body=body, idempotent=False))
 
     def revoke_token(self, token_id: str) -> None:
-        self._call("DELETE", f"/tokens/{token_id}")
+        self._call("DELETE", f"/tokens/{token_id}", idempotent=False)
 
     def ready(self) -> bool:
         """Whether the service can reach its database (``/readyz``)."""
@@ -226,6 +235,7 @@ class Client:
         content: Optional[List[bytes]] = None,
         content_type: Optional[str] = None,
         absolute: Optional[str] = None,
+        idempotent: bool = True,
     ) -> Any:
         path = absolute or f"/v1/jobs/{_quote(self.job)}{suffix}"
         deadline = None if self.retry_for is None else time.monotonic() + self.retry_for
@@ -247,6 +257,8 @@ class Client:
                 )
             except httpx.TransportError as error:
                 failure: errors.SinkgateError = errors.Unreachable(0, {"detail": str(error)})
+                if not idempotent and not isinstance(error, httpx.ConnectError):
+                    raise failure  # it may have been sent and acted on
             else:
                 if response.status_code < 300:
                     if response.status_code == 204 or not response.content:
@@ -255,6 +267,8 @@ class Client:
                 failure = errors.from_problem(response.status_code, _problem(response))
                 if response.status_code not in RETRIED_STATUSES:
                     raise failure
+                if not idempotent and not (response.status_code == 429 or failure.kind == "overloaded"):
+                    raise failure  # it may have taken effect
                 wait = _retry_after(response)
             if deadline is not None and time.monotonic() >= deadline:
                 raise failure

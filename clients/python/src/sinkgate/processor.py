@@ -21,11 +21,11 @@ or the database failed over; its supervisor starts a new instance.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Set, Tuple
 
 from . import errors
 from .client import Client
-from .models import Attempt, StateHandle, WriteResult
+from .models import Attempt, ExternalState, StateHandle, WriteResult
 
 Barrier = Tuple[Mapping[str, int], Optional[Any]]
 """What a task hands over at a barrier: its source offsets (partition → the
@@ -40,6 +40,8 @@ class Processor:
         self.client = client
         self.tasks = list(tasks)
         self.attempt = attempt
+        # Tasks whose ack of a checkpoint is recorded (checkpoint id → tasks).
+        self._acked: Dict[int, Set[str]] = {}
 
     @classmethod
     def start(cls, client: Client, tasks: Sequence[str]) -> "Processor":
@@ -79,6 +81,7 @@ class Processor:
         barrier: Callable[[str], Barrier],
         after_ack: Optional[Callable[[str], None]] = None,
         checkpoint_id: Optional[int] = None,
+        promotion_patience: float = 60.0,
     ) -> int:
         """Takes a checkpoint and waits until it is committed; its id.
 
@@ -86,40 +89,84 @@ class Processor:
         it from every task with what ``barrier(task)`` returns, calling
         ``after_ack(task)`` after each task's ack (a task may go on staging
         its next rows there: they belong to the next checkpoint). A checkpoint
-        aborted on the way (a timeout) is retried with a new one; nothing
-        staged is lost."""
+        aborted on the way (a timeout) is retried with a new one, after a
+        pause; nothing staged is lost. Safe to call again after it raised
+        half-way: a task that already acked this checkpoint is not asked
+        again (its ack stands).
+
+        Raises ``PromotionBlocked`` when the checkpoint is decided but its
+        rows cannot enter the sink for ``promotion_patience`` seconds (a lock
+        or an outage is retried by the service meanwhile): an operator must
+        fix the sink (see ``sink_error``)."""
+        pause = 0.05
         while True:
             if checkpoint_id is None:
                 checkpoint_id = self._trigger()
                 if checkpoint_id is None:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 1.0)
                     continue
             try:
                 status = "pending"
+                acked = self._acked.setdefault(checkpoint_id, set())
                 for task in self.tasks:
+                    if task in acked:
+                        continue
                     offsets, state = barrier(task)
-                    if state is not None and not isinstance(state, StateHandle):
+                    if isinstance(state, ExternalState):
+                        state = StateHandle(external=state)
+                    elif state is not None and not isinstance(state, StateHandle):
                         state = StateHandle(inline=state)
                     status = self.client.ack(checkpoint_id, task, self.epoch, offsets, state).status
+                    acked.add(task)
                     if after_ack is not None:
                         after_ack(task)
-                while status in ("pending", "completed"):
-                    time.sleep(0.05)
-                    try:
-                        status = self.client.checkpoint(checkpoint_id).checkpoint.status
-                    except errors.NotFound as gone:
-                        # Acked, then gone: the database failed over to a
-                        # standby that never received it. This epoch is over.
-                        raise errors.Fenced(409, {
-                            "type": errors.PROBLEM_TYPE_PREFIX + "fenced",
-                            "title": "Fenced epoch",
-                            "detail": f"checkpoint {checkpoint_id} no longer exists (the database lost it): start again",
-                            "request_id": gone.request_id,
-                        }) from gone
+                status = self._wait_for_commit(checkpoint_id, status, promotion_patience)
                 if status == "committed":
+                    self._acked.pop(checkpoint_id, None)
                     return checkpoint_id
             except errors.CheckpointAborted:
                 pass
+            self._acked.pop(checkpoint_id, None)
             checkpoint_id = None
+            # Aborted (a timeout, a decline, an operator): the next one
+            # carries what was staged; not at once, so a job whose
+            # checkpoints cannot complete does not spin.
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    def _wait_for_commit(self, checkpoint_id: int, status: str, patience: float) -> str:
+        blocked_since: Optional[float] = None
+        delay = 0.02
+        while status in ("pending", "completed"):
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+            try:
+                details = self.client.checkpoint(checkpoint_id).checkpoint
+            except errors.NotFound as gone:
+                # Acked, then gone: the database failed over to a standby
+                # that never received it (or the job was deleted). This
+                # epoch is over.
+                raise errors.Fenced(409, {
+                    "type": errors.PROBLEM_TYPE_PREFIX + "fenced",
+                    "title": "Fenced epoch",
+                    "detail": f"checkpoint {checkpoint_id} no longer exists (lost in a failover, or the job was deleted): start again",
+                    "request_id": gone.request_id,
+                }) from gone
+            status = details.status
+            if status == "completed" and details.promotion_error:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since >= patience:
+                    raise errors.PromotionBlocked(409, {
+                        "type": errors.PROBLEM_TYPE_PREFIX + "promotion-blocked",
+                        "title": "Promotion blocked",
+                        "detail": f"checkpoint {checkpoint_id} is decided but its rows cannot enter the sink: {details.promotion_error}",
+                        "checkpoint_id": checkpoint_id,
+                        "sink_error": details.promotion_error,
+                    })
+            else:
+                blocked_since = None
+        return status
 
     def _trigger(self) -> Optional[int]:
         try:
