@@ -132,7 +132,9 @@ pub fn http_request(method: &str, route: &str, status: u16, duration: Duration) 
 /// ever, and a deleted job must not look stuck to the alerts.
 pub fn pending_checkpoints(per_job: &[(String, i64)]) {
     static REPORTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut reported = REPORTED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut reported = REPORTED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     for gone in reported
         .iter()
         .filter(|job| !per_job.iter().any(|(current, _)| current == *job))
