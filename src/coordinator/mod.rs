@@ -487,7 +487,7 @@ impl JobRow {
             staging_id: self.staging_id,
             columns: &self.sink_columns.0,
             key: match self.sink_mode {
-                SinkMode::Upsert => &self.sink_key,
+                SinkMode::Upsert | SinkMode::FirstWriteWins => &self.sink_key,
                 SinkMode::Append => &[],
             },
         }

@@ -96,7 +96,7 @@ fn insert_statement(sink: &SinkTarget<'_>, filter: &str) -> String {
             names.join(", "),
             values.join(", ")
         ),
-        SinkMode::Upsert => {
+        SinkMode::Upsert | SinkMode::FirstWriteWins => {
             let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
             let updates: Vec<String> = sink
                 .columns
@@ -107,27 +107,40 @@ fn insert_statement(sink: &SinkTarget<'_>, filter: &str) -> String {
                     format!("{name} = EXCLUDED.{name}")
                 })
                 .collect();
-            let on_conflict = if updates.is_empty() {
+            let on_conflict = if updates.is_empty() || sink.mode == SinkMode::FirstWriteWins {
                 "DO NOTHING".to_owned()
             } else {
                 format!("DO UPDATE SET {}", updates.join(", "))
             };
             // Postgres refuses to update one row twice in one statement:
-            // keep the last staged row per key (latest tag, then latest
-            // batch, then latest row). Key columns are NOT NULL in the sink
-            // and in every staged row (checked at registration and staging),
-            // so DISTINCT ON groups exactly as the unique index does.
+            // keep one staged row per key, the last (upsert) or the first
+            // (first write wins) by tag, then batch, then row. Key columns
+            // are NOT NULL in the sink and in every staged row (checked at
+            // registration and staging), so DISTINCT ON groups exactly as
+            // the unique index does.
             format!(
                 "INSERT INTO {target} ({names}) SELECT {values} FROM (
                     SELECT DISTINCT ON ({key}) * FROM {staging} WHERE {filter}
-                    ORDER BY {key}, {TAG_COLUMN} DESC, {SEQ_COLUMN} DESC, {ROW_COLUMN} DESC
+                    ORDER BY {key}, {order}
                  ) s ON CONFLICT ({key}) {on_conflict}",
                 names = names.join(", "),
                 values = values.join(", "),
                 key = key.join(", "),
+                order = winner_order(sink.mode),
             )
         }
     }
+}
+
+/// Which staged row of a key is promoted: the last one written (upsert) or
+/// the first (first write wins).
+fn winner_order(mode: SinkMode) -> String {
+    let direction = if mode == SinkMode::FirstWriteWins {
+        "ASC"
+    } else {
+        "DESC"
+    };
+    format!("{TAG_COLUMN} {direction}, {SEQ_COLUMN} {direction}, {ROW_COLUMN} {direction}")
 }
 
 /// Inserts the staged rows tagged in (after, upto] into the sink.
@@ -237,8 +250,8 @@ pub async fn promote_with_dead_letters(
 }
 
 /// The (seq, row) of every row a promotion of (after, upto] would insert:
-/// all staged rows in append mode, the last one per key in upsert mode; in
-/// staging order.
+/// all staged rows in append mode, the one promoted per key in the keyed
+/// modes; in staging order.
 async fn candidate_rows(
     conn: &mut PgConnection,
     sink: &SinkTarget<'_>,
@@ -251,14 +264,15 @@ async fn candidate_rows(
         SinkMode::Append => {
             format!("SELECT {SEQ_COLUMN}, {ROW_COLUMN} FROM {staging} WHERE {filter} ORDER BY 1, 2")
         }
-        SinkMode::Upsert => {
+        SinkMode::Upsert | SinkMode::FirstWriteWins => {
             let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
             format!(
                 "SELECT {SEQ_COLUMN}, {ROW_COLUMN} FROM (
                     SELECT DISTINCT ON ({key}) {SEQ_COLUMN}, {ROW_COLUMN} FROM {staging} WHERE {filter}
-                    ORDER BY {key}, {TAG_COLUMN} DESC, {SEQ_COLUMN} DESC, {ROW_COLUMN} DESC
+                    ORDER BY {key}, {order}
                  ) winners ORDER BY 1, 2",
-                key = key.join(", ")
+                key = key.join(", "),
+                order = winner_order(sink.mode),
             )
         }
     };

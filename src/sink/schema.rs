@@ -104,11 +104,13 @@ pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTab
             if !spec.key.is_empty() {
                 return Err(Error::validation(
                     "sink.key",
-                    "a key is only used in upsert mode; remove it or use mode \"upsert\"",
+                    "a key is only used in the keyed modes; remove it or use mode \"upsert\" or \"first_write_wins\"",
                 ));
             }
         }
-        SinkMode::Upsert => check_upsert_key(&mut *conn, oid, &columns, &spec.key).await?,
+        SinkMode::Upsert | SinkMode::FirstWriteWins => {
+            check_upsert_key(&mut *conn, oid, &columns, &spec.key).await?
+        }
     }
     Ok(SinkTable {
         schema,

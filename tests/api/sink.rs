@@ -582,3 +582,77 @@ async fn a_large_ndjson_batch_streams_in_bounded_memory_and_aborts_in_constant_t
     );
     app.stop().await;
 }
+
+// Issue "more of what sinks need": first write wins. Within a checkpoint
+// the earliest staged row of a key is promoted, across checkpoints (and for
+// rows someone else put there) the row already in the sink stays; a row
+// without its key is refused at staging, as in upsert mode; the key must be
+// a sound unique key, as in upsert mode.
+#[sqlx::test]
+async fn first_write_wins_keeps_the_first_row_per_key_within_and_across_checkpoints(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql("CREATE TABLE firsts (word text PRIMARY KEY, n bigint NOT NULL)")
+        .await;
+    app.sql("INSERT INTO firsts VALUES ('owned', 100)").await;
+    let spec = |key: Value| json!({"tasks": ["t0", "t1"], "sink": {"table": "firsts", "mode": "first_write_wins", "key": key}});
+    let refused = problem(
+        app.put_job("fw", spec(json!(["n"]))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert_eq!(refused["field"], "sink.key", "{refused}");
+    assert_eq!(
+        app.put_job("fw", spec(json!(["word"]))).await.status(),
+        StatusCode::CREATED
+    );
+    let job: Value = app.get("/v1/jobs/fw").await.json().await.unwrap();
+    assert_eq!(job["sink"]["mode"], "first_write_wins");
+    let epoch = app.epoch("fw").await;
+
+    app.write(
+        "fw",
+        "t0",
+        epoch,
+        "1",
+        json!([{"word": "a", "n": 1}, {"word": "a", "n": 2}, {"word": "owned", "n": 1}]),
+    )
+    .await;
+    app.write("fw", "t1", epoch, "1", json!([{"word": "a", "n": 3}]))
+        .await;
+    problem(
+        app.write("fw", "t0", epoch, "2", json!([{"n": 5}])).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "row-rejected",
+    )
+    .await;
+    let first = app.checkpoint("fw", epoch).await;
+    app.ack_ok("fw", first, "t0", epoch, json!({})).await;
+    app.ack_ok("fw", first, "t1", epoch, json!({})).await;
+    assert_eq!(
+        app.word_counts("firsts").await,
+        vec![("a".into(), 1), ("owned".into(), 100)]
+    );
+    let details = app.checkpoint_details("fw", first).await;
+    assert_eq!(details["promoted_rows"], 1, "{details}");
+
+    app.write(
+        "fw",
+        "t1",
+        epoch,
+        "2",
+        json!([{"word": "a", "n": 10}, {"word": "b", "n": 4}]),
+    )
+    .await;
+    let second = app.checkpoint("fw", epoch).await;
+    app.ack_ok("fw", second, "t0", epoch, json!({})).await;
+    app.ack_ok("fw", second, "t1", epoch, json!({})).await;
+    assert_eq!(
+        app.word_counts("firsts").await,
+        vec![("a".into(), 1), ("b".into(), 4), ("owned".into(), 100)]
+    );
+    app.stop().await;
+}

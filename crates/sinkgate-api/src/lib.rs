@@ -57,11 +57,19 @@ pub enum SinkMode {
     Append,
     /// `INSERT … ON CONFLICT (key) DO UPDATE`, last write wins per key.
     Upsert,
+    /// `INSERT … ON CONFLICT (key) DO NOTHING`: the first write of a key
+    /// wins, within a checkpoint (the earliest staged row) and across them
+    /// (a row already in the sink, whoever wrote it, stays as it is). For
+    /// sinks where a trigger or a later process owns some columns.
+    #[serde(rename = "first_write_wins")]
+    #[cfg_attr(feature = "sqlx", sqlx(rename = "first_write_wins"))]
+    FirstWriteWins,
 }
 
 names!(SinkMode {
     Append = "append",
     Upsert = "upsert",
+    FirstWriteWins = "first_write_wins",
 });
 
 /// The user's table that committed rows land in.
