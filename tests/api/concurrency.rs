@@ -273,10 +273,7 @@ async fn a_decision_lost_between_the_ack_transactions_is_made_by_a_retry_or_an_a
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let quiet = sinkgate::ServiceOptions {
-        tick: Duration::from_secs(3600),
-        ..crate::helpers::options()
-    };
+    let quiet = crate::helpers::quiet_options();
     let app = TestApp::spawn_with(&connect, quiet).await;
     let tasks = vec!["t0".to_owned()];
     let epoch = keyless_job(&app, "ev", &tasks).await;

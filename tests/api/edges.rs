@@ -9,9 +9,7 @@ use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::Connection;
 
-use sinkgate::ServiceOptions;
-
-use crate::helpers::{events, options, problem, TestApp};
+use crate::helpers::{events, problem, TestApp};
 
 /// Registers an append job on `table` and starts its first attempt.
 async fn append_job(app: &TestApp, job: &str, table: &str, tasks: &[&str], extra: Value) -> i64 {
@@ -328,10 +326,7 @@ async fn a_blocked_promotion_is_reported_until_an_operator_retries_it(
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let quiet = ServiceOptions {
-        tick: Duration::from_secs(3600),
-        ..options()
-    };
+    let quiet = crate::helpers::quiet_options();
     let app = TestApp::spawn_with(&connect, quiet).await;
     app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
         .await;
@@ -559,10 +554,7 @@ async fn a_deferred_constraint_blocks_the_promotion_not_the_decision(
     connect: PgConnectOptions,
 ) {
     // No scheduler retries: the operator's retry is what promotes.
-    let quiet = ServiceOptions {
-        tick: Duration::from_secs(3600),
-        ..options()
-    };
+    let quiet = crate::helpers::quiet_options();
     let app = TestApp::spawn_with(&connect, quiet).await;
     app.sql(
         "CREATE TABLE parent (id bigint PRIMARY KEY);
@@ -1117,22 +1109,18 @@ async fn staged_rows_are_counted_once_when_a_decision_completes_an_older_checkpo
     _: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let quiet = ServiceOptions {
-        tick: Duration::from_secs(3600),
-        ..options()
-    };
+    let quiet = crate::helpers::quiet_options();
     let app = TestApp::spawn_with(&connect, quiet).await;
     app.sql("CREATE TABLE ev_sink (id bigint PRIMARY KEY, payload text NOT NULL)")
         .await;
-    let response = app
-        .put_job(
-            "ev",
-            json!({"tasks": ["t0"], "sink": {"table": "ev_sink", "mode": "append"},
-                   "checkpointing": {"max_concurrent": 2}}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let epoch = app.epoch("ev").await;
+    let epoch = append_job(
+        &app,
+        "ev",
+        "ev_sink",
+        &["t0"],
+        json!({"checkpointing": {"max_concurrent": 2}}),
+    )
+    .await;
     app.write("ev", "t0", epoch, "a", events(0, 3)).await;
     let first = app.checkpoint("ev", epoch).await;
     crate::concurrency::record_last_ack_without_deciding(&app, "ev", first, "t0", epoch).await;

@@ -43,6 +43,16 @@ pub fn options() -> ServiceOptions {
     }
 }
 
+/// As [`options`], with a scheduler that does not tick during a test:
+/// decisions, timeouts and promotion retries happen only where the test
+/// makes them (acks, `/attempts`, `/promotions`, start-up).
+pub fn quiet_options() -> ServiceOptions {
+    ServiceOptions {
+        tick: Duration::from_secs(3600),
+        ..options()
+    }
+}
+
 /// A pool of the test database, larger than the one `#[sqlx::test]` offers.
 pub async fn pool(connect: &PgConnectOptions) -> PgPool {
     PgPoolOptions::new()

@@ -4,9 +4,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use sinkgate::ServiceOptions;
-
-use crate::helpers::{event_job, events, options, problem, word_count_job, TestApp};
+use crate::helpers::{event_job, events, problem, word_count_job, TestApp};
 
 #[sqlx::test]
 async fn rows_become_visible_only_when_their_checkpoint_commits(
@@ -375,10 +373,7 @@ async fn a_failed_promotion_keeps_the_decision_and_rolls_forward_after_a_crash(
     connect: PgConnectOptions,
 ) {
     // No scheduler retries during the test: only start-up and /attempts roll forward.
-    let quiet = ServiceOptions {
-        tick: Duration::from_secs(3600),
-        ..options()
-    };
+    let quiet = crate::helpers::quiet_options();
     let app = TestApp::spawn_with(&connect, quiet.clone()).await;
     let epoch = event_job(&app, "ev", &["t0"]).await;
     // A constraint the staging table does not check: promotion will fail.
