@@ -5,9 +5,8 @@
 # schema and content-type conformance. Uses a fresh database of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BASE_URL=$(scripts/postgres.sh)
-DB_URL="${BASE_URL%/*}/sinkgate_schemathesis"
-psql "$BASE_URL" -qc 'DROP DATABASE IF EXISTS sinkgate_schemathesis' -c 'CREATE DATABASE sinkgate_schemathesis'
+# shellcheck source=scripts/test-service.sh
+. scripts/test-service.sh
 
 VENV=target/schemathesis-venv
 if [ ! -x "$VENV/bin/st" ]; then
@@ -15,27 +14,19 @@ if [ ! -x "$VENV/bin/st" ]; then
   "$VENV/bin/pip" install --quiet 'schemathesis>=4,<5'
 fi
 
-cargo build --quiet --bin sinkgate
-PORT=${SCHEMATHESIS_PORT:-18089}
-DATABASE_URL="$DB_URL" RUST_LOG=warn target/debug/sinkgate serve --insecure-no-auth --listen "127.0.0.1:$PORT" &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; psql "$BASE_URL" -qc "DROP DATABASE IF EXISTS sinkgate_schemathesis" || true' EXIT
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
-  sleep 0.1
-done
+start_test_service sinkgate_schemathesis "${SCHEMATHESIS_PORT:-18089}"
 
 # A job for the generated requests to aim at (see scripts/schemathesis.toml).
 psql "$DB_URL" -qc 'CREATE TABLE st_sink (id bigint PRIMARY KEY, word text NOT NULL, n bigint, doc jsonb)'
-curl -sf -X PUT "http://127.0.0.1:$PORT/v1/jobs/st" -H 'content-type: application/json' \
+curl -sf -X PUT "$SERVICE_URL/v1/jobs/st" -H 'content-type: application/json' \
   -d '{"tasks": ["task-0", "task-1"], "sink": {"table": "st_sink", "mode": "upsert", "key": ["id"]}}' >/dev/null
-curl -sf -X POST "http://127.0.0.1:$PORT/v1/jobs/st/attempts" >/dev/null
-curl -sf -X POST "http://127.0.0.1:$PORT/v1/jobs/st/checkpoints" -H 'content-type: application/json' \
+curl -sf -X POST "$SERVICE_URL/v1/jobs/st/attempts" >/dev/null
+curl -sf -X POST "$SERVICE_URL/v1/jobs/st/checkpoints" -H 'content-type: application/json' \
   -d '{"epoch": 1}' >/dev/null
 
 SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=scripts "$VENV/bin/st" --config-file scripts/schemathesis.toml \
   run openapi/openapi.json \
-  --url "http://127.0.0.1:$PORT" \
+  --url "$SERVICE_URL" \
   --checks not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance \
   --max-examples "${SCHEMATHESIS_EXAMPLES:-20}" \
   --seed "${SCHEMATHESIS_SEED:-1}" \
