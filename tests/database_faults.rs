@@ -475,7 +475,7 @@ async fn failover_to_a_lagging_asynchronous_standby_fences_and_loses_nothing() {
             .tend(child, &db, &urls, &log, 0, "after an asynchronous failover")
             .await;
         supervisor.finish(child, &urls, &log).await;
-            let what = format!(
+        let what = format!(
             "asynchronous failover {round}: the new primary lacked {} committed events, processors fenced and restarted",
             at_failover - after
         );
