@@ -131,20 +131,19 @@ pub fn http_request(method: &str, route: &str, status: u16, duration: Duration) 
 /// gone since the last scrape is set to 0: the exporter keeps a series for
 /// ever, and a deleted job must not look stuck to the alerts.
 pub fn pending_checkpoints(per_job: &[(String, i64)]) {
-    static REPORTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    use std::collections::BTreeSet;
+    static REPORTED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    let current: BTreeSet<String> = per_job.iter().map(|(job, _)| job.clone()).collect();
     let mut reported = REPORTED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    for gone in reported
-        .iter()
-        .filter(|job| !per_job.iter().any(|(current, _)| current == *job))
-    {
+    for gone in reported.difference(&current) {
         gauge!("sinkgate_pending_checkpoints", "job_id" => gone.clone()).set(0.0);
     }
     for (job, pending) in per_job {
         gauge!("sinkgate_pending_checkpoints", "job_id" => job.clone()).set(*pending as f64);
     }
-    *reported = per_job.iter().map(|(job, _)| job.clone()).collect();
+    *reported = current;
 }
 
 pub fn pool(size: u32, idle: usize, max: u32) {
