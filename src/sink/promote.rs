@@ -122,14 +122,41 @@ fn insert_statement(sink: &SinkTarget<'_>, filter: &str) -> String {
                 "INSERT INTO {target} ({names}) SELECT {values} FROM (
                     SELECT DISTINCT ON ({key}) * FROM {staging} WHERE {filter}
                     ORDER BY {key}, {order}
-                 ) s ON CONFLICT ({key}) {on_conflict}",
+                 ) s{absent} ON CONFLICT ({key}) {on_conflict}",
                 names = names.join(", "),
                 values = values.join(", "),
                 key = key.join(", "),
                 order = winner_order(sink.mode),
+                absent = absent_from_sink(sink),
             )
         }
     }
+}
+
+/// First write wins: ` WHERE` the key of staged row `s` is not in the sink
+/// yet (empty in the other modes). A row whose key exists is left out
+/// before it is inserted, not only skipped by `ON CONFLICT DO NOTHING`,
+/// which would first run the sink's CHECK constraints and BEFORE triggers
+/// on it: a row that would change nothing must not block a checkpoint, be
+/// dead-lettered, or fire a trigger. `ON CONFLICT` stays for a row someone
+/// inserts meanwhile.
+fn absent_from_sink(sink: &SinkTarget<'_>) -> String {
+    if sink.mode != SinkMode::FirstWriteWins {
+        return String::new();
+    }
+    let target = qualified(sink.schema, sink.table);
+    let same_key: Vec<String> = sink
+        .key
+        .iter()
+        .map(|k| {
+            let k = quote_ident(k);
+            format!("t.{k} = s.{k}")
+        })
+        .collect();
+    format!(
+        " WHERE NOT EXISTS (SELECT FROM {target} t WHERE {})",
+        same_key.join(" AND ")
+    )
 }
 
 /// Which staged row of a key is promoted: the last one written (upsert) or
@@ -268,11 +295,12 @@ async fn candidate_rows(
             let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
             format!(
                 "SELECT {SEQ_COLUMN}, {ROW_COLUMN} FROM (
-                    SELECT DISTINCT ON ({key}) {SEQ_COLUMN}, {ROW_COLUMN} FROM {staging} WHERE {filter}
+                    SELECT DISTINCT ON ({key}) {SEQ_COLUMN}, {ROW_COLUMN}, {key} FROM {staging} WHERE {filter}
                     ORDER BY {key}, {order}
-                 ) winners ORDER BY 1, 2",
+                 ) s{absent} ORDER BY 1, 2",
                 key = key.join(", "),
                 order = winner_order(sink.mode),
+                absent = absent_from_sink(sink),
             )
         }
     };

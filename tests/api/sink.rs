@@ -651,3 +651,53 @@ async fn first_write_wins_keeps_the_first_row_per_key_within_and_across_checkpoi
     );
     app.stop().await;
 }
+
+// A row whose key is already in the sink changes nothing in first-write-wins
+// mode, so it must not run the sink's CHECK constraints or BEFORE triggers
+// (ON CONFLICT DO NOTHING alone would, and a refused no-op would block the
+// checkpoint, or fire the trigger that owns some of the sink's columns).
+#[sqlx::test]
+async fn first_write_wins_leaves_rows_of_existing_keys_out_before_checks_and_triggers(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql("CREATE TABLE firsts (word text PRIMARY KEY, n bigint NOT NULL CHECK (n > 0))")
+        .await;
+    app.sql("CREATE TABLE fired (word text)").await;
+    app.sql(
+        "CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO fired VALUES (NEW.word); RETURN NEW; END $$",
+    )
+    .await;
+    app.sql("CREATE TRIGGER note BEFORE INSERT ON firsts FOR EACH ROW EXECUTE FUNCTION note()")
+        .await;
+    app.sql("INSERT INTO firsts VALUES ('owned', 100)").await;
+    app.sql("DELETE FROM fired").await;
+    let spec = json!({"tasks": ["t0"], "sink": {"table": "firsts", "mode": "first_write_wins", "key": ["word"]}});
+    assert_eq!(app.put_job("fw", spec).await.status(), StatusCode::CREATED);
+    let epoch = app.epoch("fw").await;
+    app.write(
+        "fw",
+        "t0",
+        epoch,
+        "1",
+        json!([{"word": "owned", "n": -1}, {"word": "new", "n": 2}]),
+    )
+    .await;
+    let checkpoint = app.checkpoint("fw", epoch).await;
+    assert_eq!(
+        app.ack_ok("fw", checkpoint, "t0", epoch, json!({})).await,
+        "committed"
+    );
+    assert_eq!(
+        app.word_counts("firsts").await,
+        vec![("new".into(), 2), ("owned".into(), 100)]
+    );
+    let fired: Vec<String> = sqlx::query_scalar("SELECT word FROM fired")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(fired, vec!["new".to_owned()]);
+    app.stop().await;
+}
