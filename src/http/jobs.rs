@@ -22,7 +22,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Create or update a job.
 ///
-/// Checks that the sink table exists and, in upsert mode, that the key is
+/// Checks that the sink table exists and, in the keyed modes (upsert,
+/// first_write_wins), that the key is
 /// exactly the key of a usable unique index and NOT NULL; creates the job's
 /// staging table. Sending the same spec again after an `ALTER TABLE` of the
 /// sink refreshes the job's columns, keeping staged rows. A change of the

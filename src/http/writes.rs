@@ -42,7 +42,8 @@ pub const MAX_JSON_ROWS: usize = 100_000;
 /// answer with `duplicate: true`; the same id with different rows is 409
 /// `batch-conflict`.
 ///
-/// In upsert mode every row must carry every key column, not null. A column
+/// In the keyed modes (upsert, first_write_wins) every row must carry every
+/// key column, not null. A column
 /// a row omits gets the column's default at promotion; a column sent as
 /// `null` is stored as NULL.
 ///

@@ -119,7 +119,7 @@ impl<'a> CopyEncoder<'a> {
             }
             let problem = match value.map(|raw| raw.get()) {
                 None if self.required[index] => {
-                    Some("the row has no value for this upsert key column")
+                    Some("the row has no value for this key column (upsert, first_write_wins)")
                 }
                 None if !column.nullable && column.default_expr.is_none() => {
                     Some("missing value in a NOT NULL column without default")
@@ -131,7 +131,9 @@ impl<'a> CopyEncoder<'a> {
                     out.extend_from_slice(b"\\N");
                     None
                 }
-                Some("null") if self.required[index] => Some("null in an upsert key column"),
+                Some("null") if self.required[index] => {
+                    Some("null in a key column (upsert, first_write_wins)")
+                }
                 Some("null") if !column.nullable => {
                     Some("null in a NOT NULL column (omit the column to get its default)")
                 }

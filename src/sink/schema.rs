@@ -2,7 +2,7 @@
 //!
 //! sinkgate never creates or alters the sink. It checks that the table exists,
 //! records its writable columns (the staging table and the COPY encoder are
-//! built from them), and in upsert mode that the key has a unique index that
+//! built from them), and in the keyed modes that the key has a unique index that
 //! `ON CONFLICT (key)` can use.
 
 use serde::{Deserialize, Serialize};
@@ -284,7 +284,7 @@ async fn check_upsert_key(
     if key.is_empty() {
         return Err(Error::validation(
             "sink.key",
-            "upsert mode needs the key columns",
+            "the keyed modes (upsert, first_write_wins) need the key columns",
         ));
     }
     for (index, name) in key.iter().enumerate() {
@@ -323,7 +323,7 @@ async fn check_upsert_key(
         let index = key.iter().position(|k| *k == name).unwrap_or(0);
         return Err(Error::validation(
             format!("sink.key[{index}]"),
-            format!("key column {name:?} has a nondeterministic collation; upsert keys need a deterministic one"),
+            format!("key column {name:?} has a nondeterministic collation; keys need a deterministic one"),
         ));
     }
     // Key columns only (the first indnkeyatts), not INCLUDE columns.
@@ -347,7 +347,7 @@ async fn check_upsert_key(
         return Err(Error::validation(
             "sink.key",
             format!(
-                "no unique constraint or index has exactly ({}) as its key columns (partial, expression, deferrable, nondeterministic-collation and INCLUDE-only indexes do not count); upsert needs one for ON CONFLICT",
+                "no unique constraint or index has exactly ({}) as its key columns (partial, expression, deferrable, nondeterministic-collation and INCLUDE-only indexes do not count); the keyed modes need one for ON CONFLICT",
                 key.join(", ")
             ),
         ));

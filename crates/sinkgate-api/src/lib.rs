@@ -80,7 +80,8 @@ pub struct SinkSpec {
     /// `table` or `schema.table` (unquoted names, matched exactly).
     pub table: String,
     pub mode: SinkMode,
-    /// Key columns for upsert mode: exactly the key columns of a unique
+    /// Key columns for the keyed modes (upsert, first_write_wins): exactly
+    /// the key columns of a unique
     /// index or constraint that is not partial, deferrable or on
     /// expressions, and every one NOT NULL.
     #[serde(default)]

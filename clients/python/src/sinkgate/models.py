@@ -172,7 +172,8 @@ class AckResult:
 
 @dataclass
 class SinkSpec:
-    """The sink table, and how rows land in it (``append`` or ``upsert`` by ``key``)."""
+    """The sink table, and how rows land in it (``append``, or ``upsert`` or
+    ``first_write_wins`` by ``key``)."""
 
     table: str
     mode: str = "append"
