@@ -15,7 +15,8 @@ use clap::{Args, Subcommand};
 use comfy_table::{presets, Table};
 use serde::Serialize;
 use sinkgate_client::model::{
-    Checkpoint, CheckpointDetails, CheckpointStatus, Job, JobSpec, Recovery, TokenInfo,
+    Checkpoint, CheckpointDetails, CheckpointStatus, Job, JobSpec, OnPromotionError, Recovery,
+    TokenInfo,
 };
 use sinkgate_client::Client;
 
@@ -185,8 +186,16 @@ pub async fn jobs(connection: &Connection, command: JobsCommand) -> anyhow::Resu
                     rows.add_row(vec![
                         job.job_id.clone(),
                         job.tasks.len().to_string(),
-                        job.sink.table.clone(),
-                        job.sink.mode.as_str().to_owned(),
+                        job.outputs
+                            .iter()
+                            .map(|output| output.table.clone())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        job.outputs
+                            .iter()
+                            .map(|output| output.mode.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         job.epoch.to_string(),
                         or_dash(job.last_committed_checkpoint),
                         pending(job),
@@ -228,12 +237,23 @@ fn pending(job: &Job) -> String {
 fn render_job(job: &Job) -> String {
     let settings = &job.checkpointing;
     let mut facts = table(&["JOB", &job.job_id]);
-    facts.add_row(vec![
-        "sink".to_owned(),
-        format!("{} ({})", job.sink.table, job.sink.mode.as_str()),
-    ]);
-    if !job.sink.key.is_empty() {
-        facts.add_row(vec!["key".to_owned(), job.sink.key.join(", ")]);
+    for output in &job.outputs {
+        let mut how = output.mode.as_str().to_owned();
+        if !output.key.is_empty() {
+            how.push_str(&format!(", key {}", output.key.join(", ")));
+        }
+        if output.partial_updates {
+            how.push_str(", partial updates");
+        }
+        if output.on_promotion_error == OnPromotionError::DeadLetter {
+            how.push_str(", dead letters");
+        }
+        let label = if job.sink.is_some() {
+            "sink".to_owned()
+        } else {
+            format!("output {}", output.name)
+        };
+        facts.add_row(vec![label, format!("{} ({how})", output.table)]);
     }
     facts.add_row(vec!["tasks".to_owned(), job.tasks.join(", ")]);
     facts.add_row(vec!["epoch".to_owned(), job.epoch.to_string()]);
@@ -261,9 +281,14 @@ fn render_job(job: &Job) -> String {
     ]);
     facts.add_row(vec!["created".to_owned(), time(Some(job.created_at))]);
     facts.add_row(vec!["updated".to_owned(), time(Some(job.updated_at))]);
-    let mut columns = table(&["COLUMN", "TYPE", "NULLABLE", "DEFAULT"]);
-    for column in &job.sink_columns {
+    let mut columns = table(&["OUTPUT", "COLUMN", "TYPE", "NULLABLE", "DEFAULT"]);
+    for (output, column) in job
+        .outputs
+        .iter()
+        .flat_map(|output| output.columns.iter().map(move |column| (output, column)))
+    {
         columns.add_row(vec![
+            output.name.clone(),
             column.name.clone(),
             column.data_type.clone(),
             yes_no(column.nullable),

@@ -84,6 +84,12 @@ pub fn checkpoint_committed(job: &str, duration: Duration, rows: u64) {
         .record(duration.as_secs_f64());
 }
 
+/// Rows one output's promotion inserted, updated or deleted.
+pub fn output_promoted(job: &str, output: &str, rows: u64) {
+    counter!("sinkgate_output_promoted_rows_total", "job_id" => job.to_owned(), "output" => output.to_owned())
+        .increment(rows);
+}
+
 pub fn promotion_failed(job: &str) {
     counter!("sinkgate_promotion_failures_total", "job_id" => job.to_owned()).increment(1);
 }

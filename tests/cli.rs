@@ -91,6 +91,7 @@ async fn an_operator_manages_jobs_checkpoints_and_tokens(
     .await;
     app.sql("CREATE TABLE counts (word text PRIMARY KEY, n bigint NOT NULL)")
         .await;
+    app.sql("CREATE TABLE words (word text NOT NULL)").await;
     let url = app.base.clone();
     let cli = Cli { url: url.clone() };
 
@@ -112,7 +113,21 @@ async fn an_operator_manages_jobs_checkpoints_and_tokens(
         );
         let shown = String::from_utf8(output.stdout).unwrap();
         assert!(shown.starts_with("job wc applied"), "{shown}");
-        assert!(shown.contains("public.counts (upsert)"), "{shown}");
+        assert!(shown.contains("public.counts (upsert, key word)"), "{shown}");
+
+        // A job of several outputs shows each.
+        let spec = json!({"job_id": "two", "tasks": ["t0"], "outputs": [
+            {"name": "words", "table": "words", "mode": "append"},
+            {"name": "counts", "table": "counts", "mode": "upsert", "key": ["word"], "partial_updates": true}]});
+        let output = cli.run_as(ADMIN, &["jobs", "apply", "-f", "-"], &spec.to_string());
+        assert!(output.status.success());
+        let shown = String::from_utf8(output.stdout).unwrap();
+        assert!(shown.contains("output words    public.words (append)"), "{shown}");
+        assert!(
+            shown.contains("output counts   public.counts (upsert, key word, partial updates)"),
+            "{shown}"
+        );
+        cli.ok(&["jobs", "delete", "two"]);
 
         let listed = cli.ok(&["jobs", "list"]);
         let lines: Vec<&str> = listed.lines().collect();

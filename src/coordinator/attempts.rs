@@ -7,8 +7,8 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
 use super::acks::decide_newest_complete;
-use super::commit::{commit_decided, staged_tags, CommitOutcome};
-use super::{load_job, JobLock, JobRow};
+use super::commit::{commit_decided, staged_by_output, CommitOutcome};
+use super::{load_job, load_outputs, JobLock, JobRow};
 use crate::error::{Error, Result};
 use crate::metrics::AbortReason;
 use crate::model::{Attempt, CheckpointStatus, Recovery, StateHandle, TaskRecovery};
@@ -175,8 +175,12 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
     // After the roll forward nothing decided is left staged, so the orphans
     // are the whole staging table.
     let decided = job.last_decided_id.unwrap_or(0);
-    let orphan_tags = staged_tags(&mut *conn, job_id, decided, None).await?;
-    abort_orphans(&mut *conn, job.staging_id, &orphan_tags, decided, true).await?;
+    let orphans = staged_by_output(&mut *conn, job_id, decided, None).await?;
+    for output in load_outputs(&mut *conn, job_id).await? {
+        if let Some(staged) = orphans.get(&output.output) {
+            abort_orphans(&mut *conn, output.staging_id, &staged.tags, decided, true).await?;
+        }
+    }
     // Every batch record is of the old epoch, whose writes are fenced from
     // now on: retries of them can no longer arrive.
     sqlx::query!("DELETE FROM batches WHERE job_id = $1", job_id)

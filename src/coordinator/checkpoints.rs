@@ -18,6 +18,9 @@ use crate::model::{
 /// long-polls on every replica wake at once.
 pub const NOTIFY_CHANNEL: &str = "sinkgate_checkpoints";
 
+/// `checkpoints.promoted_outputs`: rows changed, by output name.
+type RowsByOutput = sqlx::types::Json<std::collections::BTreeMap<String, i64>>;
+
 struct CheckpointRow {
     checkpoint_id: i64,
     epoch: i64,
@@ -31,6 +34,7 @@ struct CheckpointRow {
     aborted_at: Option<DateTime<Utc>>,
     failure_reason: Option<String>,
     promoted_rows: Option<i64>,
+    promoted_outputs: Option<RowsByOutput>,
     promotion_ms: Option<f64>,
     promotion_error: Option<String>,
     staged_rows: i64,
@@ -54,7 +58,8 @@ macro_rules! select_checkpoint {
                 ELSE (SELECT count(*) FROM acks a WHERE a.job_id = c.job_id AND a.checkpoint_id = c.checkpoint_id)::int
            END AS "acked_count!",
            c.triggered_at, c.decided_at, c.committed_at, c.aborted_at, c.failure_reason,
-           c.promoted_rows, c.promotion_ms, c.promotion_error,
+           c.promoted_rows, c.promoted_outputs AS "promoted_outputs: RowsByOutput",
+           c.promotion_ms, c.promotion_error,
            COALESCE(c.staged_rows, b.rows, 0)::bigint AS "staged_rows!",
            COALESCE(c.staged_bytes, b.bytes, 0)::bigint AS "staged_bytes!"
     FROM checkpoints c
@@ -96,6 +101,7 @@ impl From<CheckpointRow> for Checkpoint {
             staged_rows: row.staged_rows,
             staged_bytes: row.staged_bytes,
             promoted_rows: row.promoted_rows,
+            promoted_outputs: row.promoted_outputs.map(|outputs| outputs.0),
             promotion_ms: row.promotion_ms,
             promotion_error: row.promotion_error,
         }

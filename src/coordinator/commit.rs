@@ -10,7 +10,9 @@
 use sqlx::types::Json;
 use sqlx::{Connection, PgConnection};
 
-use super::{load_job, JobLock, JobRow};
+use std::collections::BTreeMap;
+
+use super::{load_job, load_outputs, JobLock, JobRow, OutputRow};
 use crate::error::{Error, Result};
 use crate::model::{
     DeadLetter, DeadLetterList, DeadLetterQuery, OnPromotionError, PromotionResult,
@@ -36,9 +38,13 @@ pub enum CommitOutcome {
     Failed { checkpoint_id: i64, error: String },
 }
 
-/// Promotes all staged rows up to the last decided checkpoint, marks it (and
-/// any decided ones it covers) committed, and prunes old ack details.
-/// Updates `job` to match.
+/// Promotes all staged rows up to the last decided checkpoint, into every
+/// output of the job, marks it (and any decided ones it covers) committed,
+/// and prunes old ack details. Updates `job` to match.
+///
+/// Every output changes under one savepoint of the caller's transaction:
+/// a reader sees all outputs of a checkpoint or none, and a failure of one
+/// output's promotion leaves every output as it was.
 pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result<CommitOutcome> {
     let Some(decided) = job.last_decided_id else {
         return Ok(CommitOutcome::Nothing);
@@ -48,20 +54,22 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
         return Ok(CommitOutcome::Nothing);
     }
 
-    // The batch records say which tags hold rows: a checkpoint that staged
-    // nothing costs no promotion statement and no TRUNCATE.
-    let tags = staged_tags(&mut *conn, &job.job_id, committed, Some(decided)).await?;
-    if tags.is_empty() {
+    // The batch records say which outputs and tags hold rows: a checkpoint
+    // that staged nothing costs no promotion statement and no TRUNCATE.
+    let staged = staged_by_output(&mut *conn, &job.job_id, committed, Some(decided)).await?;
+    if staged.is_empty() {
+        let nothing = Promoted {
+            rows: 0,
+            dead_lettered: 0,
+            millis: 0.0,
+        };
         mark_committed(
             &mut *conn,
             job,
             committed,
             decided,
-            Promoted {
-                rows: 0,
-                dead_lettered: 0,
-                millis: 0.0,
-            },
+            nothing,
+            &BTreeMap::new(),
         )
         .await?;
         crate::metrics::checkpoint_committed(&job.job_id, std::time::Duration::ZERO, 0);
@@ -71,71 +79,130 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
             dead_lettered: 0,
         });
     }
+    let outputs = load_outputs(&mut *conn, &job.job_id).await?;
 
     // A savepoint, so that a failed promotion rolls back only itself and the
     // decision (made earlier in this transaction) still commits.
     let mut savepoint = conn.begin().await?;
     promotion_settings(&mut savepoint).await?;
-    let mut outcome = promote(&mut savepoint, &job.sink_target(), committed, decided).await;
-    if let Err(error) = &outcome {
-        if job.on_promotion_error == OnPromotionError::DeadLetter && is_row_error(error) {
-            // The failed statement spoiled the savepoint; start over in a new one.
-            savepoint.rollback().await?;
-            savepoint = conn.begin().await?;
-            promotion_settings(&mut savepoint).await?;
-            outcome = promote_with_dead_letters(
-                &mut savepoint,
-                &job.sink_target(),
-                decided,
-                committed,
-                decided,
-            )
-            .await;
+    let started = std::time::Instant::now();
+    let mut total = Promoted {
+        rows: 0,
+        dead_lettered: 0,
+        millis: 0.0,
+    };
+    let mut by_output = BTreeMap::new();
+    for output in &outputs {
+        let Some(range) = staged.get(&output.output) else {
+            continue;
+        };
+        match promote_output(&mut savepoint, output, decided, (committed, decided), range).await {
+            Ok(promoted) => {
+                total.rows += promoted.rows;
+                total.dead_lettered += promoted.dead_lettered;
+                by_output.insert(output.output.clone(), promoted.rows as i64);
+            }
+            Err(error) => {
+                savepoint.rollback().await?;
+                let mut message = match error.as_database_error() {
+                    Some(db) => db.message().to_owned(),
+                    None => error.to_string(),
+                };
+                if outputs.len() > 1 {
+                    message = format!("output {:?}: {message}", output.output);
+                }
+                return record_failure(&mut *conn, job, decided, message).await;
+            }
         }
     }
-    let promoted = match outcome {
-        Ok(promoted) => {
+    for output in &outputs {
+        if let Some(range) = staged.get(&output.output) {
             clear_promoted(
                 &mut savepoint,
-                job.staging_id,
-                &tags,
+                output.staging_id,
+                &range.tags,
                 committed,
                 decided,
                 job.next_checkpoint_id,
             )
             .await?;
-            savepoint.commit().await?;
-            promoted
         }
-        Err(error) => {
-            savepoint.rollback().await?;
-            let message = match error.as_database_error() {
-                Some(db) => db.message().to_owned(),
-                None => error.to_string(),
-            };
-            tracing::warn!(job = %job.job_id, checkpoint = decided, error = %message, "promotion failed; will retry");
-            crate::metrics::promotion_failed(&job.job_id);
-            sqlx::query!("UPDATE checkpoints SET promotion_error = $3, promotion_attempts = promotion_attempts + 1
-                 WHERE job_id = $1 AND checkpoint_id = $2", &job.job_id, decided, &message)
-            .execute(&mut *conn)
-            .await?;
-            return Ok(CommitOutcome::Failed {
-                checkpoint_id: decided,
-                error: message,
-            });
-        }
-    };
+    }
+    savepoint.commit().await?;
+    total.millis = started.elapsed().as_secs_f64() * 1e3;
 
-    mark_committed(&mut *conn, job, committed, decided, promoted).await?;
+    mark_committed(&mut *conn, job, committed, decided, total, &by_output).await?;
     crate::metrics::checkpoint_committed(
         &job.job_id,
-        std::time::Duration::from_secs_f64(promoted.millis / 1e3),
-        promoted.rows,
+        std::time::Duration::from_secs_f64(total.millis / 1e3),
+        total.rows,
     );
+    for (output, rows) in &by_output {
+        crate::metrics::output_promoted(&job.job_id, output, *rows as u64);
+    }
     Ok(CommitOutcome::Committed {
         checkpoint_id: decided,
-        rows: promoted.rows,
-        dead_lettered: promoted.dead_lettered,
+        rows: total.rows,
+        dead_lettered: total.dead_lettered,
+    })
+}
+
+/// Promotes one output's staged rows of (after, upto] under a savepoint of
+/// its own; with the `dead_letter` policy, a row's error starts over row by
+/// row (see [`promote_with_dead_letters`]).
+async fn promote_output(
+    conn: &mut PgConnection,
+    output: &OutputRow,
+    decided: i64,
+    range: (i64, i64),
+    staged: &StagedRange,
+) -> std::result::Result<Promoted, sqlx::Error> {
+    let sink = output.sink_target();
+    let mut attempt = conn.begin().await?;
+    match promote(&mut attempt, &sink, range, staged.deletes).await {
+        Ok(promoted) => {
+            attempt.commit().await?;
+            Ok(promoted)
+        }
+        Err(error)
+            if output.on_promotion_error == OnPromotionError::DeadLetter
+                && is_row_error(&error) =>
+        {
+            // The failed statement spoiled the savepoint; start over in a new one.
+            attempt.rollback().await?;
+            let mut attempt = conn.begin().await?;
+            let promoted =
+                promote_with_dead_letters(&mut attempt, &sink, decided, range, staged.deletes)
+                    .await?;
+            attempt.commit().await?;
+            Ok(promoted)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Records a failed promotion: the checkpoint stays `completed`, with the
+/// error, and is retried later.
+async fn record_failure(
+    conn: &mut PgConnection,
+    job: &JobRow,
+    decided: i64,
+    message: String,
+) -> Result<CommitOutcome> {
+    tracing::warn!(job = %job.job_id, checkpoint = decided, error = %message, "promotion failed; will retry");
+    crate::metrics::promotion_failed(&job.job_id);
+    sqlx::query!(
+        "UPDATE checkpoints SET promotion_error = $3, promotion_attempts = promotion_attempts + 1
+         WHERE job_id = $1 AND checkpoint_id = $2",
+        &job.job_id,
+        decided,
+        &message
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(CommitOutcome::Failed {
+        checkpoint_id: decided,
+        error: message,
     })
 }
 
@@ -188,6 +255,7 @@ async fn promotion_settings(savepoint: &mut PgConnection) -> Result<()> {
 struct DeadLetterRow {
     dead_letter_id: i64,
     checkpoint_id: i64,
+    output: String,
     task_id: String,
     row: Json<serde_json::Value>,
     error: String,
@@ -206,15 +274,17 @@ pub async fn dead_letters(
     load_job(&mut *conn, job_id, JobLock::None).await?;
     let rows = sqlx::query_as!(
         DeadLetterRow,
-        r#"SELECT dead_letter_id, checkpoint_id, task_id, row AS "row: Json<serde_json::Value>",
+        r#"SELECT dead_letter_id, checkpoint_id, output, task_id, row AS "row: Json<serde_json::Value>",
                   error, sqlstate, created_at
            FROM dead_letters WHERE job_id = $1 AND dead_letter_id > $2
              AND ($3::bigint IS NULL OR checkpoint_id = $3)
+             AND ($5::text IS NULL OR output = $5)
            ORDER BY dead_letter_id LIMIT $4"#,
         job_id,
         query.after.unwrap_or(0),
         query.checkpoint_id,
-        limit
+        limit,
+        query.output
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -224,6 +294,7 @@ pub async fn dead_letters(
             .map(|row| DeadLetter {
                 dead_letter_id: row.dead_letter_id,
                 checkpoint_id: row.checkpoint_id,
+                output: row.output,
                 task_id: row.task_id,
                 row: row.row.0,
                 error: row.error,
@@ -234,24 +305,46 @@ pub async fn dead_letters(
     })
 }
 
-/// Tags that have staged rows in (after, upto], from the batch records.
-pub async fn staged_tags(
+/// What one output has staged in a range of tags.
+#[derive(Debug, Clone, Default)]
+pub struct StagedRange {
+    /// The tags that hold rows.
+    pub tags: Vec<i64>,
+    /// Whether some of the rows are deletes by key.
+    pub deletes: bool,
+}
+
+/// Per output, what is staged in (after, upto], from the batch records.
+pub async fn staged_by_output(
     conn: &mut PgConnection,
     job_id: &str,
     after: i64,
     upto: Option<i64>,
-) -> Result<Vec<i64>> {
-    let tags = sqlx::query_scalar!(
-        "SELECT DISTINCT checkpoint_tag FROM batches
-         WHERE job_id = $1 AND checkpoint_tag > $2 AND ($3::bigint IS NULL OR checkpoint_tag <= $3)
-           AND staged_rows > 0",
+) -> Result<BTreeMap<String, StagedRange>> {
+    let rows = sqlx::query!(
+        r#"SELECT output, array_agg(DISTINCT checkpoint_tag) AS "tags!", bool_or(staged_deletes > 0) AS "deletes!"
+           FROM batches
+           WHERE job_id = $1 AND checkpoint_tag > $2 AND ($3::bigint IS NULL OR checkpoint_tag <= $3)
+             AND staged_rows > 0
+           GROUP BY output"#,
         job_id,
         after,
         upto
     )
     .fetch_all(&mut *conn)
     .await?;
-    Ok(tags)
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            (
+                row.output,
+                StagedRange {
+                    tags: row.tags,
+                    deletes: row.deletes,
+                },
+            )
+        })
+        .collect())
 }
 
 /// Marks the decided checkpoints in (committed, decided] committed, and
@@ -265,6 +358,7 @@ async fn mark_committed(
     committed: i64,
     decided: i64,
     promoted: Promoted,
+    by_output: &BTreeMap<String, i64>,
 ) -> Result<()> {
     // `horizon` reads the statement's snapshot, where `decided` is already
     // `completed`: it counts among the retained either way.
@@ -272,6 +366,7 @@ async fn mark_committed(
              UPDATE checkpoints SET status = 'committed', committed_at = clock_timestamp(), promotion_error = NULL,
                     promoted_rows = CASE WHEN checkpoint_id = $3 THEN $4::bigint ELSE 0 END,
                     promotion_ms = CASE WHEN checkpoint_id = $3 THEN $5::float8 END,
+                    promoted_outputs = CASE WHEN checkpoint_id = $3 THEN $7::jsonb END,
                     promotion_attempts = promotion_attempts + 1
              WHERE job_id = $1 AND status = 'completed' AND checkpoint_id > $2 AND checkpoint_id <= $3
          ), moved AS (
@@ -285,7 +380,8 @@ async fn mark_committed(
          ), pruned_acks AS (
              DELETE FROM acks WHERE job_id = $1 AND checkpoint_id < (SELECT checkpoint_id FROM horizon)
          )
-         SELECT 1 AS done", &job.job_id, committed, decided, promoted.rows as i64, promoted.millis, job.retained as i64)
+         SELECT 1 AS done", &job.job_id, committed, decided, promoted.rows as i64, promoted.millis, job.retained as i64,
+         Json(by_output) as _)
     .fetch_one(&mut *conn)
     .await?;
     job.last_committed_id = Some(decided);

@@ -39,10 +39,7 @@ macro_rules! select_job {
     ($tail:literal $(, $arg:expr)*) => {
         sqlx::query_as!(
             crate::coordinator::JobRow,
-            r#"SELECT job_id, sink_schema, sink_table, sink_mode AS "sink_mode: crate::model::SinkMode",
-                      sink_key, sink_columns AS "sink_columns: crate::coordinator::SinkColumns",
-                      staging_id, on_promotion_error AS "on_promotion_error: crate::model::OnPromotionError",
-                      interval_ms, timeout_ms, min_pause_ms, max_concurrent, retained, epoch,
+            r#"SELECT job_id, staging_id, interval_ms, timeout_ms, min_pause_ms, max_concurrent, retained, epoch,
                       epoch_first_checkpoint, next_checkpoint_id, last_decided_id,
                       last_committed_id, created_at, updated_at,
                       epoch_timeline, sinkgate_timeline() AS "server_timeline!"
@@ -75,8 +72,8 @@ use crate::error::{Error, Result};
 use crate::model::{
     AbortRequest, AckRequest, AckResult, Attempt, Checkpoint, CheckpointDetails,
     CheckpointListQuery, CheckpointStatus, DeadLetterList, DeadLetterQuery, DeclineRequest,
-    IssuedToken, Job, JobSpec, OnPromotionError, PendingCheckpoint, PromotionResult, Recovery,
-    SinkMode, SinkSpec, TokenInfo, TriggerKind, WriteResult,
+    IssuedToken, Job, JobSpec, OnPromotionError, Output, PendingCheckpoint, PromotionResult,
+    Recovery, SinkMode, SinkSpec, TokenInfo, TriggerKind, WriteResult,
 };
 use crate::sink::promote::SinkTarget;
 use crate::sink::schema::ColumnDef;
@@ -439,21 +436,16 @@ impl Default for Limits {
     }
 }
 
-/// The sink's columns as `jobs.sink_columns` stores them (JSON).
+/// The sink's columns as `job_outputs.sink_columns` stores them (JSON).
 pub type SinkColumns = Json<Vec<ColumnDef>>;
 
 /// A job's row, as the protocol reads it.
 #[derive(Debug, Clone)]
 pub struct JobRow {
     pub job_id: String,
-    pub sink_schema: String,
-    pub sink_table: String,
-    pub sink_mode: SinkMode,
-    pub sink_key: Vec<String>,
-    pub sink_columns: SinkColumns,
-    /// Names the job's staging objects (never the job id: see `sink`).
+    /// The job's internal number: names its writer sessions (see
+    /// [`attempts::writer_name`]).
     pub staging_id: i64,
-    pub on_promotion_error: OnPromotionError,
     pub interval_ms: Option<i64>,
     pub timeout_ms: i64,
     pub min_pause_ms: i64,
@@ -472,13 +464,44 @@ pub struct JobRow {
     pub server_timeline: i64,
 }
 
-impl JobRow {
+/// One output of a job, as the protocol reads it (`job_outputs`).
+#[derive(Debug, Clone)]
+pub struct OutputRow {
+    pub job_id: String,
+    pub output: String,
+    pub ordinal: i32,
+    /// Names the output's staging objects (never user text: see `sink`).
+    pub staging_id: i64,
+    pub sink_schema: String,
+    pub sink_table: String,
+    pub sink_mode: SinkMode,
+    pub sink_key: Vec<String>,
+    pub sink_columns: SinkColumns,
+    pub on_promotion_error: OnPromotionError,
+    pub partial_updates: bool,
+}
+
+impl OutputRow {
     pub fn sink_spec(&self) -> SinkSpec {
         SinkSpec {
             table: format!("{}.{}", self.sink_schema, self.sink_table),
             mode: self.sink_mode,
             key: self.sink_key.clone(),
             on_promotion_error: self.on_promotion_error,
+            partial_updates: self.partial_updates,
+        }
+    }
+
+    /// The public view of the output.
+    pub fn public(&self) -> Output {
+        Output {
+            name: self.output.clone(),
+            table: format!("{}.{}", self.sink_schema, self.sink_table),
+            mode: self.sink_mode,
+            key: self.sink_key.clone(),
+            on_promotion_error: self.on_promotion_error,
+            partial_updates: self.partial_updates,
+            columns: self.sink_columns.0.iter().map(|c| c.public()).collect(),
         }
     }
 
@@ -490,21 +513,41 @@ impl JobRow {
                 SinkMode::Upsert | SinkMode::FirstWriteWins => &self.sink_key,
                 SinkMode::Append => &[],
             },
+            deletes: self.sink_mode == SinkMode::Upsert,
         }
     }
 
     pub fn sink_target(&self) -> SinkTarget<'_> {
         SinkTarget {
             job_id: &self.job_id,
+            output: &self.output,
             staging_id: self.staging_id,
             schema: &self.sink_schema,
             table: &self.sink_table,
             mode: self.sink_mode,
             key: &self.sink_key,
             columns: &self.sink_columns.0,
+            partial_updates: self.partial_updates,
         }
     }
+}
 
+/// A job's outputs, in promotion order.
+pub async fn load_outputs(conn: &mut PgConnection, job_id: &str) -> Result<Vec<OutputRow>> {
+    Ok(sqlx::query_as!(
+        OutputRow,
+        r#"SELECT job_id, output, ordinal, staging_id, sink_schema, sink_table,
+                  sink_mode AS "sink_mode: SinkMode", sink_key,
+                  sink_columns AS "sink_columns: SinkColumns",
+                  on_promotion_error AS "on_promotion_error: OnPromotionError", partial_updates
+           FROM job_outputs WHERE job_id = $1 ORDER BY ordinal"#,
+        job_id
+    )
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+impl JobRow {
     /// Refuses a request from an older epoch (a zombie), from an epoch
     /// begun before a failover, or from one never issued.
     pub fn check_epoch(&self, sent: i64) -> Result<()> {

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use futures::Stream;
 use sqlx::PgConnection;
 
-use super::{lock_task, require_name, JobRow};
+use super::{load_outputs, lock_task, require_name, JobRow, OutputRow};
 use crate::error::{Error, Result};
 use crate::model::WriteResult;
 use crate::sink::staging::{copy_rows, digest_rows, Rows};
@@ -15,6 +15,8 @@ pub struct BatchKey<'a> {
     pub task_id: &'a str,
     pub epoch: i64,
     pub batch_id: &'a str,
+    /// The output named by the write (may be left out when the job has one).
+    pub output: Option<&'a str>,
 }
 
 /// What [`write`] did.
@@ -92,6 +94,7 @@ where
     .ok_or_else(|| Error::not_found(format!("job {job_id:?} does not exist")))?;
     job.check_epoch(key.epoch)?;
     let last_acked = lock_task(&mut *conn, job_id, key.task_id, false).await?;
+    let output = write_output(&mut *conn, job_id, key.output).await?;
 
     let tag = [
         last_acked.map_or(0, |last| last + 1),
@@ -105,14 +108,14 @@ where
     // Claim the batch id first: a concurrent retry of the same batch waits on
     // this row and then finds it taken. Batch records live as long as their
     // epoch (see `attempts`), so a retry, however late, is recognised.
-    let batch_seq: Option<i64> = sqlx::query_scalar!("INSERT INTO batches (job_id, epoch, task_id, batch_id, checkpoint_tag, batch_seq, staged_rows, staged_bytes)
-         VALUES ($1, $2, $3, $4, $5, nextval('batch_seq'), 0, 0)
-         ON CONFLICT DO NOTHING RETURNING batch_seq", job_id, key.epoch, key.task_id, key.batch_id, tag)
+    let batch_seq: Option<i64> = sqlx::query_scalar!("INSERT INTO batches (job_id, epoch, task_id, batch_id, checkpoint_tag, batch_seq, staged_rows, staged_bytes, output)
+         VALUES ($1, $2, $3, $4, $5, nextval('batch_seq'), 0, 0, $6)
+         ON CONFLICT DO NOTHING RETURNING batch_seq", job_id, key.epoch, key.task_id, key.batch_id, tag, &output.output)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(batch_seq) = batch_seq else {
         let seen = sqlx::query!(
-            "SELECT checkpoint_tag, staged_rows, staged_bytes, digest FROM batches
+            "SELECT checkpoint_tag, staged_rows, staged_bytes, digest, output FROM batches
              WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
             job_id,
             key.epoch,
@@ -121,6 +124,12 @@ where
         )
         .fetch_one(&mut *conn)
         .await?;
+        if seen.output != output.output {
+            // The same batch id for another output's rows: not a retry.
+            return Err(Error::BatchConflict {
+                batch_id: key.batch_id.to_owned(),
+            });
+        }
         let (checkpoint_id, staged_rows, staged_bytes, digest) = (
             seen.checkpoint_tag,
             seen.staged_rows,
@@ -145,7 +154,7 @@ where
     // Rows of a batch are ordered after every row of earlier batches.
     let staged = copy_rows(
         &mut *conn,
-        &job.staging_target(),
+        &output.staging_target(),
         tag,
         key.task_id,
         batch_seq,
@@ -153,7 +162,7 @@ where
     )
     .await?;
     sqlx::query!(
-        "UPDATE batches SET staged_rows = $5, staged_bytes = $6, digest = $7
+        "UPDATE batches SET staged_rows = $5, staged_bytes = $6, digest = $7, staged_deletes = $8
          WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
         job_id,
         key.epoch,
@@ -161,7 +170,8 @@ where
         key.batch_id,
         staged.rows as i64,
         staged.bytes as i64,
-        &staged.digest[..]
+        &staged.digest[..],
+        staged.deletes as i64
     )
     .execute(&mut *conn)
     .await?;
@@ -175,4 +185,40 @@ where
         staged_bytes: staged.bytes as i64,
         duplicate: false,
     }))
+}
+
+/// The output a write goes to: the one it names, or the job's only one.
+async fn write_output(
+    conn: &mut PgConnection,
+    job_id: &str,
+    named: Option<&str>,
+) -> Result<OutputRow> {
+    let mut outputs = load_outputs(&mut *conn, job_id).await?;
+    let names = || {
+        outputs
+            .iter()
+            .map(|o| format!("{:?}", o.output))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match named {
+        Some(name) => match outputs.iter().position(|o| o.output == name) {
+            Some(index) => Ok(outputs.swap_remove(index)),
+            None => Err(Error::validation(
+                "output",
+                format!(
+                    "job {job_id:?} has no output {name:?}; its outputs: {}",
+                    names()
+                ),
+            )),
+        },
+        None if outputs.len() == 1 => Ok(outputs.remove(0)),
+        None => Err(Error::validation(
+            "output",
+            format!(
+                "job {job_id:?} has several outputs ({}): name one in `output`",
+                names()
+            ),
+        )),
+    }
 }

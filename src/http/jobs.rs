@@ -22,23 +22,40 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Create or update a job.
 ///
-/// Checks that the sink table exists and, in the keyed modes (upsert,
+/// A job has one `sink`, or several named `outputs` (each a table with its
+/// own mode and key) that every checkpoint changes in one transaction.
+/// Checks that each sink table exists and, in the keyed modes (upsert,
 /// first_write_wins), that the key is
-/// exactly the key of a usable unique index and NOT NULL; creates the job's
-/// staging table. Sending the same spec again after an `ALTER TABLE` of the
-/// sink refreshes the job's columns, keeping staged rows. A change of the
-/// sink's table, mode or key is refused while rows are staged. A change of
+/// exactly the key of a usable unique index and NOT NULL; creates each
+/// output's staging table. Sending the same spec again after an `ALTER TABLE`
+/// of a sink refreshes the job's columns, keeping staged rows. Removing an
+/// output, or changing its table, mode, key or partial updates, is refused
+/// while rows are staged for it. A change of
 /// the task set (rescaling) fences the current epoch like `POST /attempts`:
 /// processors then start a new attempt and resume from the recovery point.
 #[utoipa::path(
     put, path = "/v1/jobs/{job}", tag = "jobs",
     params(("job" = String, Path, description = "Job id: a slug of a-z, 0-9, '-', '_'")),
-    request_body = JobSpec,
+    request_body(content = JobSpec, examples(
+        ("one sink" = (value = json!({
+            "tasks": ["task-0", "task-1"],
+            "sink": {"table": "word_counts", "mode": "upsert", "key": ["word"]},
+            "checkpointing": {"interval_ms": 60000}
+        }))),
+        ("several outputs" = (value = json!({
+            "tasks": ["task-0", "task-1"],
+            "outputs": [
+                {"name": "orders", "table": "orders", "mode": "append"},
+                {"name": "customers", "table": "customers", "mode": "upsert", "key": ["customer_id"], "partial_updates": true}
+            ],
+            "checkpointing": {"interval_ms": 60000}
+        }))),
+    )),
     responses(
         (status = 201, description = "Job created", body = Job),
         (status = 200, description = "Job updated", body = Job),
-        (status = 409, description = "Rows staged for a change of the sink's table, mode or key, or staged values that a column's new type cannot hold (`conflict`); or a rescale whose roll forward is blocked (`promotion-blocked`)", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid job id, tasks, sink or settings (`validation`, names the field)", body = Problem, content_type = "application/problem+json",
+        (status = 409, description = "Rows staged for an output removed or whose table, mode, key or partial updates change, or staged values that a column's new type cannot hold (`conflict`); or a rescale whose roll forward is blocked (`promotion-blocked`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid job id, tasks, sink, outputs or settings (`validation`, names the field, e.g. `outputs[1].key`)", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "urn:sinkgate:problem:validation", "title": "Invalid request", "status": 422,
                              "detail": "table public.word_counts does not exist (sinkgate never creates sink tables)", "field": "sink.table"})),
     )

@@ -44,8 +44,14 @@ pub const MAX_JSON_ROWS: usize = 100_000;
 ///
 /// In the keyed modes (upsert, first_write_wins) every row must carry every
 /// key column, not null. A column
-/// a row omits gets the column's default at promotion; a column sent as
-/// `null` is stored as NULL.
+/// a row omits gets the column's default at promotion (or, in an upsert
+/// output with `partial_updates`, keeps the sink's value); a column sent as
+/// `null` is stored as NULL. In an upsert output, a row
+/// `{"_sinkgate_op": "delete", <key columns>}` deletes its key; the last
+/// operation on a key wins, and deleting a missing key is not an error.
+///
+/// A job with several outputs takes each batch for one of them, named in
+/// `output`.
 ///
 /// Send `application/json` (`{task_id, epoch, batch_id, rows}`) or
 /// `application/x-ndjson` (one row object per line, with `task_id`, `epoch`,
@@ -58,10 +64,18 @@ pub const MAX_JSON_ROWS: usize = 100_000;
         ("task_id" = Option<String>, Query, description = "NDJSON only: the writing task"),
         ("epoch" = Option<i64>, Query, description = "NDJSON only: the task's epoch"),
         ("batch_id" = Option<String>, Query, description = "NDJSON only: the retry key"),
+        ("output" = Option<String>, Query, description = "NDJSON only: the output the rows go to (may be left out when the job has one)"),
     ),
     request_body(content(
-        (WriteRequest = "application/json"),
-        (String = "application/x-ndjson", example = "{\"word\": \"hello\", \"n\": 2}\n{\"word\": \"world\", \"n\": 1}\n"),
+        (WriteRequest = "application/json", examples(
+            ("rows" = (value = json!({"task_id": "task-0", "epoch": 3, "batch_id": "task-0-3-17",
+                                      "rows": [{"word": "hello", "n": 2}]}))),
+            ("deletes and an output" = (summary = "An upsert output's rows, one a delete by key, for a job with several outputs",
+                value = json!({"task_id": "task-0", "epoch": 3, "batch_id": "task-0:customers:17", "output": "customers",
+                               "rows": [{"customer_id": 7, "email": "ann@example.com"},
+                                        {"_sinkgate_op": "delete", "customer_id": 9}]}))),
+        )),
+        (String = "application/x-ndjson", example = "{\"word\": \"hello\", \"n\": 2}\n{\"_sinkgate_op\": \"delete\", \"word\": \"world\"}\n"),
     )),
     responses(
         (status = 201, description = "Staged", body = WriteResult),
@@ -107,6 +121,7 @@ async fn write_batch(
             task_id: &params.task_id,
             epoch: params.epoch,
             batch_id: &params.batch_id,
+            output: params.output.as_deref(),
         };
         stage(&state, &job_id, key, rows, &caller).await?
     } else if is_json(content_type.as_deref()) {
@@ -116,6 +131,7 @@ async fn write_batch(
             task_id: &write.task_id,
             epoch: write.epoch,
             batch_id: &write.batch_id,
+            output: write.output.as_deref(),
         };
         stage(&state, &job_id, key, Rows::Json(write.rows), &caller).await?
     } else {
@@ -139,6 +155,8 @@ struct RawWriteRequest<'a> {
     task_id: String,
     epoch: i64,
     batch_id: String,
+    #[serde(default)]
+    output: Option<String>,
     #[serde(borrow, deserialize_with = "at_most_max_json_rows")]
     rows: Vec<&'a RawValue>,
 }

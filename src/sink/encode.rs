@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::schema::{ColumnDef, ColumnKind};
 use crate::error::Error;
+use crate::model::OP_FIELD;
 
 /// Encodes rows of one batch into COPY text, one line per row.
 ///
@@ -25,21 +26,26 @@ pub struct CopyEncoder<'a> {
     columns: &'a [ColumnDef],
     /// Per column: part of the upsert key, so a value is required.
     required: Vec<bool>,
+    /// Whether a row may be a delete by key (upsert outputs).
+    deletes_allowed: bool,
     /// Pre-escaped `\t<tag>\t<task>\t<batch seq>\t` suffix shared by every row.
     suffix: Vec<u8>,
     rows: u64,
     bytes: u64,
+    deletes: u64,
     scratch: String,
     digest: RowDigest,
 }
 
 impl<'a> CopyEncoder<'a> {
     /// `key`: the upsert key (empty in append mode); rows must give every
-    /// key column a non-null value. `batch_seq` orders this batch after
-    /// every earlier one; rows within it are ordered by their index.
+    /// key column a non-null value. `deletes`: a row may be a delete by key
+    /// ([`OP_FIELD`]). `batch_seq` orders this batch after every earlier
+    /// one; rows within it are ordered by their index.
     pub fn new(
         columns: &'a [ColumnDef],
         key: &[String],
+        deletes: bool,
         tag: i64,
         task_id: &str,
         batch_seq: i64,
@@ -55,9 +61,11 @@ impl<'a> CopyEncoder<'a> {
         CopyEncoder {
             columns,
             required: columns.iter().map(|c| key.contains(&c.name)).collect(),
+            deletes_allowed: deletes,
             suffix,
             rows: 0,
             bytes: 0,
+            deletes: 0,
             scratch: String::new(),
             digest: RowDigest::default(),
         }
@@ -66,6 +74,11 @@ impl<'a> CopyEncoder<'a> {
     /// Rows encoded so far.
     pub fn rows(&self) -> u64 {
         self.rows
+    }
+
+    /// Rows encoded so far that are deletes by key.
+    pub fn deletes(&self) -> u64 {
+        self.deletes
     }
 
     /// Bytes of COPY text produced so far.
@@ -86,7 +99,8 @@ impl<'a> CopyEncoder<'a> {
     /// NULL, as an `INSERT` would store it.
     pub fn push(&mut self, row: &[u8], out: &mut Vec<u8>) -> Result<(), Error> {
         let row_number = self.rows + 1;
-        let mut values: Vec<Option<&RawValue>> = vec![None; self.columns.len()];
+        // One slot per column, and the last for the operation field.
+        let mut values: Vec<Option<&RawValue>> = vec![None; self.columns.len() + 1];
         let mut unknown = None;
         let mut deserializer = serde_json::Deserializer::from_slice(row);
         let parsed = RowSeed {
@@ -111,13 +125,49 @@ impl<'a> CopyEncoder<'a> {
             });
         }
 
+        let delete = match values[self.columns.len()].map(|raw| raw.get()) {
+            None => false,
+            Some(_) if !self.deletes_allowed => {
+                return Err(reject(
+                    row_number,
+                    OP_FIELD,
+                    "only rows of an upsert output can be deletes",
+                ))
+            }
+            Some(r#""delete""#) => true,
+            Some(r#""upsert""#) => false,
+            Some(_) => {
+                return Err(reject(
+                    row_number,
+                    OP_FIELD,
+                    r#"must be "upsert" or "delete""#,
+                ))
+            }
+        };
+
         let start = out.len();
         let mut omitted: Vec<&str> = Vec::new();
         for (index, (column, value)) in self.columns.iter().zip(&values).enumerate() {
             if index > 0 {
                 out.push(b'\t');
             }
-            let problem = match value.map(|raw| raw.get()) {
+            let value = value.map(|raw| raw.get());
+            if delete && !self.required[index] {
+                // A delete names its key; anything else it carried would
+                // be dropped without a word.
+                if value.is_some() {
+                    out.truncate(start);
+                    return Err(reject(
+                        row_number,
+                        &column.name,
+                        "a delete carries only the key columns",
+                    ));
+                }
+                omitted.push(&column.name);
+                out.extend_from_slice(b"\\N");
+                continue;
+            }
+            let problem = match value {
                 None if self.required[index] => {
                     Some("the row has no value for this key column (upsert, first_write_wins)")
                 }
@@ -171,9 +221,10 @@ impl<'a> CopyEncoder<'a> {
             self.scratch.push('}');
             escape_into(&self.scratch, out);
         }
-        out.push(b'\n');
+        out.extend_from_slice(if delete { b"\tt\n" } else { b"\t\\N\n" });
         self.digest.add(row);
         self.rows += 1;
+        self.deletes += u64::from(delete);
         self.bytes += (out.len() - start) as u64;
         Ok(())
     }
@@ -351,6 +402,8 @@ impl<'de> Visitor<'de> for ColumnSeed<'_, '_> {
     fn visit_str<E: de::Error>(self, key: &str) -> Result<usize, E> {
         match self.columns.iter().position(|column| column.name == key) {
             Some(index) => Ok(index),
+            // The slot after the columns'.
+            None if key == OP_FIELD => Ok(self.columns.len()),
             None => {
                 *self.unknown = Some(key.to_owned());
                 Err(E::custom("unknown column"))
@@ -549,20 +602,46 @@ mod tests {
             column("w", ColumnKind::Text, false),
             column("n", ColumnKind::Int8, true),
         ];
-        let mut encoder = CopyEncoder::new(&columns, &[], 7, "task\t0", 100);
+        let mut encoder = CopyEncoder::new(&columns, &[], false, 7, "task\t0", 100);
         let mut out = Vec::new();
         let row = json!({"w": "a\tb\\c\nd"}).to_string();
         encoder.push(row.as_bytes(), &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "a\\tb\\\\c\\nd\t\\N\t7\ttask\\t0\t100\t0\t{\"n\"}\n"
+            "a\\tb\\\\c\\nd\t\\N\t7\ttask\\t0\t100\t0\t{\"n\"}\t\\N\n"
+        );
+    }
+
+    #[test]
+    fn a_delete_stages_its_key_and_the_flag() {
+        let columns = [
+            column("k", ColumnKind::Int8, false),
+            column("v", ColumnKind::Text, true),
+        ];
+        let key = ["k".to_owned()];
+        let mut encoder = CopyEncoder::new(&columns, &key, true, 2, "t", 5);
+        let mut out = Vec::new();
+        encoder
+            .push(br#"{"_sinkgate_op": "delete", "k": 4}"#, &mut out)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "4\t\\N\t2\tt\t5\t0\t{\"v\"}\tt\n"
+        );
+        assert_eq!(encoder.deletes(), 1);
+        let mut appends = CopyEncoder::new(&columns, &[], false, 2, "t", 5);
+        let error = appends
+            .push(br#"{"_sinkgate_op": "delete", "k": 4}"#, &mut Vec::new())
+            .unwrap_err();
+        assert!(
+            matches!(error, Error::RowRejected { ref column, .. } if column.as_deref() == Some("_sinkgate_op"))
         );
     }
 
     #[test]
     fn rejects_with_row_and_column() {
         let columns = [column("n", ColumnKind::Int4, false)];
-        let mut encoder = CopyEncoder::new(&columns, &[], 1, "t", 0);
+        let mut encoder = CopyEncoder::new(&columns, &[], false, 1, "t", 0);
         let mut out = Vec::new();
         encoder.push(br#"{"n": 1}"#, &mut out).unwrap();
         let error = encoder.push(br#"{"n": 3000000000}"#, &mut out).unwrap_err();

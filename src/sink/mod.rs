@@ -3,18 +3,19 @@
 //!
 //! # Staging layout
 //!
-//! Each job has one staging table in the `sinkgate_staging` schema, with the
+//! Each output of a job has one staging table in the `sinkgate_staging` schema, with the
 //! sink's writable columns plus five of sinkgate's own: the checkpoint tag
 //! (the checkpoint whose ack by the writing task seals the row), the task,
 //! the batch's sequence number and the row's index in its batch (together
 //! they order rows for last-write-wins upserts, and never overflow), and the
-//! names of the defaulted columns the row omitted (an omitted column gets its
-//! default at promotion; an explicit `null` stays NULL). It has no indexes,
+//! names of the columns the row omitted (an omitted column gets its
+//! default at promotion; an explicit `null` stays NULL), and whether the row
+//! is a delete by key (upsert outputs). It has no indexes,
 //! so `COPY` into it is as cheap as PostgreSQL allows.
 //!
-//! Staging tables are named after the job's internal numeric id
+//! Staging tables are named after the output's internal numeric id
 //! (`job_<n>`, partitions `job_<n>_<slot>`), never after user text, so no
-//! job id can name another job's objects.
+//! job id or output name can name another's objects.
 //!
 //! The table is list-partitioned into a fixed ring of [`SLOTS`] partitions by
 //! `tag % SLOTS`. The tags alive at any moment span (last committed, highest
@@ -40,14 +41,17 @@ pub const TASK_COLUMN: &str = "_sinkgate_task";
 pub const SEQ_COLUMN: &str = "_sinkgate_seq";
 pub const ROW_COLUMN: &str = "_sinkgate_row";
 pub const OMITTED_COLUMN: &str = "_sinkgate_omitted";
+/// True for a delete by key (upsert outputs); NULL for an upsert.
+pub const DELETE_COLUMN: &str = "_sinkgate_delete";
 
 /// Every column sinkgate adds to staging, in COPY order after the sink's.
-pub const OWN_COLUMNS: [&str; 5] = [
+pub const OWN_COLUMNS: [&str; 6] = [
     TAG_COLUMN,
     TASK_COLUMN,
     SEQ_COLUMN,
     ROW_COLUMN,
     OMITTED_COLUMN,
+    DELETE_COLUMN,
 ];
 
 /// Schema that holds every job's staging table.

@@ -16,8 +16,8 @@ use sqlx::{Connection, PgConnection};
 
 use super::schema::ColumnDef;
 use super::{
-    staging_partition, staging_table, OMITTED_COLUMN, OWN_COLUMNS, ROW_COLUMN, SEQ_COLUMN, SLOTS,
-    TAG_COLUMN, TASK_COLUMN,
+    staging_partition, staging_table, DELETE_COLUMN, OMITTED_COLUMN, OWN_COLUMNS, ROW_COLUMN,
+    SEQ_COLUMN, SLOTS, TAG_COLUMN, TASK_COLUMN,
 };
 use crate::db::{qualified, quote_ident, quote_literal};
 use crate::model::SinkMode;
@@ -25,13 +25,16 @@ use crate::model::SinkMode;
 /// The sink as promotion needs it.
 pub struct SinkTarget<'a> {
     pub job_id: &'a str,
-    /// Names the job's staging table (see [`staging_table`]).
+    pub output: &'a str,
+    /// Names the output's staging table (see [`staging_table`]).
     pub staging_id: i64,
     pub schema: &'a str,
     pub table: &'a str,
     pub mode: SinkMode,
     pub key: &'a [String],
     pub columns: &'a [ColumnDef],
+    /// Upsert only: rows update only the columns they carry.
+    pub partial_updates: bool,
 }
 
 /// What a promotion did.
@@ -70,16 +73,46 @@ fn subset_filter() -> String {
     format!("({SEQ_COLUMN}, {ROW_COLUMN}) IN (SELECT * FROM unnest($1::bigint[], $2::bigint[]))")
 }
 
-/// The promotion statement for the staged rows matching `filter`.
-fn insert_statement(sink: &SinkTarget<'_>, filter: &str) -> String {
-    let names: Vec<String> = sink.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let values: Vec<String> = sink
-        .columns
+/// A promotion statement, and how it reports the rows it changed.
+struct Statement {
+    sql: String,
+    /// Answers one `bigint`, the rows it inserted, updated or deleted
+    /// (statements of several parts); otherwise its row count says.
+    counts_itself: bool,
+}
+
+impl Statement {
+    /// Runs it, with the (seq, row) subset bound when its filter has one.
+    async fn run(
+        &self,
+        conn: &mut PgConnection,
+        subset: Option<(&[i64], &[i64])>,
+    ) -> Result<u64, sqlx::Error> {
+        if self.counts_itself {
+            let mut query = sqlx::query_scalar::<_, i64>(&self.sql);
+            if let Some((seqs, rows)) = subset {
+                query = query.bind(seqs).bind(rows);
+            }
+            Ok(query.fetch_one(&mut *conn).await? as u64)
+        } else {
+            let mut query = sqlx::query(&self.sql);
+            if let Some((seqs, rows)) = subset {
+                query = query.bind(seqs).bind(rows);
+            }
+            Ok(query.execute(&mut *conn).await?.rows_affected())
+        }
+    }
+}
+
+/// The value each sink column gets from staged (or merged) row `s`: the
+/// column's default when the row omitted it, else the value sent (even
+/// null).
+fn column_values(sink: &SinkTarget<'_>) -> Vec<String> {
+    sink.columns
         .iter()
         .map(|column| {
             let name = quote_ident(&column.name);
             match &column.default_expr {
-                // Omitted: the default. Sent, even as null: the value sent.
                 Some(default) => format!(
                     "CASE WHEN {} = ANY (s.{OMITTED_COLUMN}) THEN {default} ELSE s.{name} END",
                     quote_literal(&column.name)
@@ -87,49 +120,223 @@ fn insert_statement(sink: &SinkTarget<'_>, filter: &str) -> String {
                 None => format!("s.{name}"),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// `t.k = <other>.k AND …` over the key columns.
+fn same_key(sink: &SinkTarget<'_>, other: &str) -> String {
+    sink.key
+        .iter()
+        .map(|k| {
+            let k = quote_ident(k);
+            format!("t.{k} = {other}.{k}")
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The sink's non-key columns.
+fn value_columns<'s>(sink: &'s SinkTarget<'_>) -> impl Iterator<Item = &'s ColumnDef> {
+    sink.columns
+        .iter()
+        .filter(|column| !sink.key.contains(&column.name))
+}
+
+/// The promotion statement for the staged rows matching `filter`;
+/// `deletes`: some of them are deletes by key.
+fn promotion_statement(sink: &SinkTarget<'_>, filter: &str, deletes: bool) -> Statement {
+    let names: Vec<String> = sink.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let values = column_values(sink);
     let target = qualified(sink.schema, sink.table);
     let staging = staging_table(sink.staging_id);
-    match sink.mode {
-        SinkMode::Append => format!(
-            "INSERT INTO {target} ({}) SELECT {} FROM {staging} s WHERE {filter}",
-            names.join(", "),
-            values.join(", ")
-        ),
-        SinkMode::Upsert | SinkMode::FirstWriteWins => {
-            let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
-            let updates: Vec<String> = sink
-                .columns
-                .iter()
-                .filter(|column| !sink.key.contains(&column.name))
-                .map(|column| {
-                    let name = quote_ident(&column.name);
-                    format!("{name} = EXCLUDED.{name}")
-                })
-                .collect();
-            let on_conflict = if updates.is_empty() || sink.mode == SinkMode::FirstWriteWins {
-                "DO NOTHING".to_owned()
-            } else {
-                format!("DO UPDATE SET {}", updates.join(", "))
-            };
-            // Postgres refuses to update one row twice in one statement:
-            // keep one staged row per key, the last (upsert) or the first
-            // (first write wins) by tag, then batch, then row. Key columns
-            // are NOT NULL in the sink and in every staged row (checked at
-            // registration and staging), so DISTINCT ON groups exactly as
-            // the unique index does.
-            format!(
-                "INSERT INTO {target} ({names}) SELECT {values} FROM (
-                    SELECT DISTINCT ON ({key}) * FROM {staging} WHERE {filter}
-                    ORDER BY {key}, {order}
-                 ) s{absent} ON CONFLICT ({key}) {on_conflict}",
+    if sink.mode == SinkMode::Append {
+        return Statement {
+            sql: format!(
+                "INSERT INTO {target} ({}) SELECT {} FROM {staging} s WHERE {filter}",
+                names.join(", "),
+                values.join(", ")
+            ),
+            counts_itself: false,
+        };
+    }
+    if sink.partial_updates {
+        return partial_update_statement(sink, filter);
+    }
+    let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
+    let updates: Vec<String> = value_columns(sink)
+        .map(|column| {
+            let name = quote_ident(&column.name);
+            format!("{name} = EXCLUDED.{name}")
+        })
+        .collect();
+    let on_conflict = if updates.is_empty() || sink.mode == SinkMode::FirstWriteWins {
+        "DO NOTHING".to_owned()
+    } else {
+        format!("DO UPDATE SET {}", updates.join(", "))
+    };
+    // Postgres refuses to update one row twice in one statement: keep one
+    // staged row per key, the last (upsert) or the first (first write wins)
+    // by tag, then batch, then row. Key columns are NOT NULL in the sink
+    // and in every staged row (checked at registration and staging), so
+    // DISTINCT ON groups exactly as the unique index does.
+    let winners = format!(
+        "SELECT DISTINCT ON ({key}) * FROM {staging} WHERE {filter} ORDER BY {key}, {order}",
+        key = key.join(", "),
+        order = winner_order(sink.mode),
+    );
+    if !deletes {
+        return Statement {
+            sql: format!(
+                "INSERT INTO {target} ({names}) SELECT {values} FROM ({winners}) s{absent}
+                 ON CONFLICT ({key}) {on_conflict}",
                 names = names.join(", "),
                 values = values.join(", "),
                 key = key.join(", "),
-                order = winner_order(sink.mode),
                 absent = absent_from_sink(sink),
+            ),
+            counts_itself: false,
+        };
+    }
+    // A key whose last operation is a delete is deleted, the others
+    // upserted: disjoint keys, so the two parts of one statement never
+    // touch one row twice.
+    Statement {
+        sql: format!(
+            "WITH winners AS MATERIALIZED ({winners}),
+             deleted AS (
+                 DELETE FROM {target} t USING winners w
+                 WHERE w.{DELETE_COLUMN} AND {same_w} RETURNING 1),
+             upserted AS (
+                 INSERT INTO {target} ({names}) SELECT {values} FROM winners s
+                 WHERE s.{DELETE_COLUMN} IS NOT TRUE
+                 ON CONFLICT ({key}) {on_conflict} RETURNING 1)
+             SELECT (SELECT count(*) FROM deleted) + (SELECT count(*) FROM upserted)",
+            same_w = same_key(sink, "w"),
+            names = names.join(", "),
+            values = values.join(", "),
+            key = key.join(", "),
+        ),
+        counts_itself: true,
+    }
+}
+
+/// Upsert with partial updates: the staged rows of each key are merged in
+/// order, from its last delete on (if any): each column takes the value of
+/// the last row that carried it. Then, per key:
+///
+/// - a delete with no row after it: the sink row is deleted;
+/// - rows after a delete: the sink row is replaced (delete, then insert:
+///   columns no row carried get their defaults);
+/// - rows and no delete: an existing sink row gets the carried columns and
+///   keeps the others; a new key is inserted with defaults for the rest.
+///
+/// Values are merged through their text form (`array_agg` of an array
+/// column would build a two-dimensional array), the form `COPY` staged
+/// them from, which PostgreSQL's types read back exactly.
+fn partial_update_statement(sink: &SinkTarget<'_>, filter: &str) -> Statement {
+    let names: Vec<String> = sink.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
+    let target = qualified(sink.schema, sink.table);
+    let staging = staging_table(sink.staging_id);
+    let position = format!("ARRAY[s.{TAG_COLUMN}, s.{SEQ_COLUMN}, s.{ROW_COLUMN}]");
+    let carried = |column: &ColumnDef| {
+        format!(
+            "_sinkgate_live AND NOT ({} = ANY (coalesce({OMITTED_COLUMN}, '{{}}')))",
+            quote_literal(&column.name)
+        )
+    };
+    let merged_values: Vec<String> = value_columns(sink)
+        .map(|column| {
+            format!(
+                "((array_agg({name}::text ORDER BY _sinkgate_position DESC) FILTER (WHERE {carried}))[1])::{ty} AS {name}",
+                name = quote_ident(&column.name),
+                carried = carried(column),
+                ty = column.data_type,
             )
-        }
+        })
+        .collect();
+    let not_carried: Vec<String> = value_columns(sink)
+        .map(|column| {
+            format!(
+                "CASE WHEN bool_or({}) THEN NULL ELSE {} END",
+                carried(column),
+                quote_literal(&column.name)
+            )
+        })
+        .collect();
+    let mut merged_columns = key.clone();
+    merged_columns.extend(merged_values);
+    let kept: Vec<String> = value_columns(sink)
+        .map(|column| {
+            let name = quote_ident(&column.name);
+            format!(
+                "{name} = CASE WHEN {} = ANY (m.{OMITTED_COLUMN}) THEN t.{name} ELSE m.{name} END",
+                quote_literal(&column.name)
+            )
+        })
+        .collect();
+    let replaced: Vec<String> = value_columns(sink)
+        .map(|column| {
+            let name = quote_ident(&column.name);
+            format!("{name} = EXCLUDED.{name}")
+        })
+        .collect();
+    let (updated, updated_count) = if kept.is_empty() {
+        (String::new(), "0")
+    } else {
+        (
+            format!(
+                "updated AS (
+                     UPDATE {target} t SET {kept} FROM merged m
+                     WHERE m._sinkgate_live AND NOT m._sinkgate_reset AND {same_m} RETURNING 1),",
+                kept = kept.join(", "),
+                same_m = same_key(sink, "m"),
+            ),
+            "(SELECT count(*) FROM updated)",
+        )
+    };
+    let on_conflict = if replaced.is_empty() {
+        "DO NOTHING".to_owned()
+    } else {
+        format!("DO UPDATE SET {}", replaced.join(", "))
+    };
+    Statement {
+        sql: format!(
+            "WITH staged AS (
+                 SELECT s.*, {position} AS _sinkgate_position,
+                        max(CASE WHEN s.{DELETE_COLUMN} THEN {position} END)
+                            OVER (PARTITION BY {key_s}) AS _sinkgate_reset_at
+                 FROM {staging} s WHERE {filter}),
+             live AS (
+                 SELECT *, {DELETE_COLUMN} IS NOT TRUE
+                           AND (_sinkgate_reset_at IS NULL OR _sinkgate_position > _sinkgate_reset_at) AS _sinkgate_live
+                 FROM staged),
+             merged AS MATERIALIZED (
+                 SELECT {merged_columns},
+                        array_remove(ARRAY[{not_carried}]::text[], NULL) AS {OMITTED_COLUMN},
+                        bool_or(_sinkgate_reset_at IS NOT NULL) AS _sinkgate_reset,
+                        bool_or(_sinkgate_live) AS _sinkgate_live
+                 FROM live GROUP BY {key}),
+             deleted AS (
+                 DELETE FROM {target} t USING merged m
+                 WHERE m._sinkgate_reset AND NOT m._sinkgate_live AND {same_m} RETURNING 1),
+             {updated}
+             inserted AS (
+                 INSERT INTO {target} ({names}) SELECT {values} FROM merged s
+                 WHERE s._sinkgate_live
+                   AND (s._sinkgate_reset OR NOT EXISTS (SELECT FROM {target} t WHERE {same_s}))
+                 ON CONFLICT ({key}) {on_conflict} RETURNING 1)
+             SELECT (SELECT count(*) FROM deleted) + {updated_count} + (SELECT count(*) FROM inserted)",
+            key_s = sink.key.iter().map(|k| format!("s.{}", quote_ident(k))).collect::<Vec<_>>().join(", "),
+            key = key.join(", "),
+            merged_columns = merged_columns.join(", "),
+            not_carried = not_carried.join(", "),
+            same_m = same_key(sink, "m"),
+            same_s = same_key(sink, "s"),
+            names = names.join(", "),
+            values = column_values(sink).join(", "),
+        ),
+        counts_itself: true,
     }
 }
 
@@ -144,18 +351,10 @@ fn absent_from_sink(sink: &SinkTarget<'_>) -> String {
     if sink.mode != SinkMode::FirstWriteWins {
         return String::new();
     }
-    let target = qualified(sink.schema, sink.table);
-    let same_key: Vec<String> = sink
-        .key
-        .iter()
-        .map(|k| {
-            let k = quote_ident(k);
-            format!("t.{k} = s.{k}")
-        })
-        .collect();
     format!(
-        " WHERE NOT EXISTS (SELECT FROM {target} t WHERE {})",
-        same_key.join(" AND ")
+        " WHERE NOT EXISTS (SELECT FROM {} t WHERE {})",
+        qualified(sink.schema, sink.table),
+        same_key(sink, "s")
     )
 }
 
@@ -170,21 +369,22 @@ fn winner_order(mode: SinkMode) -> String {
     format!("{TAG_COLUMN} {direction}, {SEQ_COLUMN} {direction}, {ROW_COLUMN} {direction}")
 }
 
-/// Inserts the staged rows tagged in (after, upto] into the sink.
+/// Applies the staged rows tagged in (after, upto] to the sink; `deletes`:
+/// some of them are deletes by key.
 ///
 /// Errors (a sink constraint the staging table does not have, a dropped
 /// column) are returned as is; the caller runs this under a savepoint.
 pub async fn promote(
     conn: &mut PgConnection,
     sink: &SinkTarget<'_>,
-    after: i64,
-    upto: i64,
+    (after, upto): (i64, i64),
+    deletes: bool,
 ) -> Result<Promoted, sqlx::Error> {
     let started = Instant::now();
-    let statement = insert_statement(sink, &tag_filter(after, upto));
-    let result = sqlx::query(&statement).execute(&mut *conn).await?;
+    let statement = promotion_statement(sink, &tag_filter(after, upto), deletes);
+    let rows = statement.run(&mut *conn, None).await?;
     Ok(Promoted {
-        rows: result.rows_affected(),
+        rows,
         dead_lettered: 0,
         millis: started.elapsed().as_secs_f64() * 1e3,
     })
@@ -215,15 +415,16 @@ pub async fn promote_with_dead_letters(
     conn: &mut PgConnection,
     sink: &SinkTarget<'_>,
     checkpoint_id: i64,
-    after: i64,
-    upto: i64,
+    (after, upto): (i64, i64),
+    deletes: bool,
 ) -> Result<Promoted, sqlx::Error> {
     let started = Instant::now();
     let mut all = conn.begin().await?;
     let candidates = candidate_rows(&mut all, sink, after, upto).await?;
-    let statement = insert_statement(
+    let statement = promotion_statement(
         sink,
         &format!("{} AND {}", tag_filter(after, upto), subset_filter()),
+        deletes,
     );
     let mut promoted = 0;
     let mut dead_lettered = 0;
@@ -235,15 +436,11 @@ pub async fn promote_with_dead_letters(
         }
         let (seqs, rows): (Vec<i64>, Vec<i64>) = candidates[low..high].iter().copied().unzip();
         let mut attempt = all.begin().await?;
-        let result = sqlx::query(&statement)
-            .bind(&seqs)
-            .bind(&rows)
-            .execute(&mut *attempt)
-            .await;
+        let result = statement.run(&mut attempt, Some((&seqs, &rows))).await;
         match result {
             Ok(done) => {
                 attempt.commit().await?;
-                promoted += done.rows_affected();
+                promoted += done;
             }
             Err(error) if is_row_error(&error) => {
                 attempt.rollback().await?;
@@ -326,11 +523,13 @@ async fn dead_letter(
     };
     let own: Vec<String> = OWN_COLUMNS.iter().map(|c| quote_literal(c)).collect();
     sqlx::query(&format!(
-        "INSERT INTO dead_letters (job_id, checkpoint_id, task_id, row, error, sqlstate)
-         SELECT $1, $2, s.{TASK_COLUMN},
-                to_jsonb(s) - ARRAY[{own}]::text[] - coalesce(s.{OMITTED_COLUMN}, '{{}}'),
+        "INSERT INTO dead_letters (job_id, output, checkpoint_id, task_id, row, error, sqlstate)
+         SELECT $1, $7, $2, s.{TASK_COLUMN},
+                to_jsonb(s) - ARRAY[{own}]::text[] - coalesce(s.{OMITTED_COLUMN}, '{{}}')
+                  || CASE WHEN s.{DELETE_COLUMN} THEN jsonb_build_object({op}, 'delete') ELSE '{{}}' END,
                 $3, $4
          FROM {staging} s WHERE {filter} AND {SEQ_COLUMN} = $5 AND {ROW_COLUMN} = $6",
+        op = quote_literal(crate::model::OP_FIELD),
         own = own.join(", "),
         staging = staging_table(sink.staging_id),
         filter = tag_filter(after, upto),
@@ -341,6 +540,7 @@ async fn dead_letter(
     .bind(code)
     .bind(seq)
     .bind(row)
+    .bind(sink.output)
     .execute(&mut *conn)
     .await?;
     crate::metrics::dead_lettered(sink.job_id, 1);

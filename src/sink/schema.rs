@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 
 use crate::db::quote_ident;
 use crate::error::{Error, Result};
-use crate::model::{SinkColumn, SinkMode, SinkSpec};
+use crate::model::{OnPromotionError, SinkColumn, SinkMode, SinkSpec};
 
 /// sinkgate's metadata tables (migrations), never a sink.
 const OWN_TABLES: [&str; 12] = [
@@ -89,8 +89,34 @@ struct CatalogColumn {
     generated: bool,
 }
 
-/// Looks the sink up and validates it against the spec.
-pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTable> {
+/// Looks the sink up and validates it against the spec. Errors name the
+/// field under `at` (`sink`, or `outputs[2]` for a job's third output).
+pub async fn resolve(conn: &mut PgConnection, spec: &SinkSpec, at: &str) -> Result<SinkTable> {
+    resolve_sink(conn, spec).await.map_err(|error| match error {
+        Error::Validation { field, detail } => Error::Validation {
+            field: match field.strip_prefix("sink") {
+                Some(rest) => format!("{at}{rest}"),
+                None => field,
+            },
+            detail,
+        },
+        other => other,
+    })
+}
+
+async fn resolve_sink(conn: &mut PgConnection, spec: &SinkSpec) -> Result<SinkTable> {
+    if spec.partial_updates && spec.mode != SinkMode::Upsert {
+        return Err(Error::validation(
+            "sink.partial_updates",
+            "partial updates are for mode \"upsert\"",
+        ));
+    }
+    if spec.partial_updates && spec.on_promotion_error == OnPromotionError::DeadLetter {
+        return Err(Error::validation(
+            "sink.partial_updates",
+            "partial updates cannot be combined with on_promotion_error \"dead_letter\" (a merged row has no one staged row to record); use \"block\"",
+        ));
+    }
     let (schema, table, oid) = locate(&mut *conn, &spec.table).await?;
     let columns = writable_columns(&mut *conn, oid).await?;
     if columns.is_empty() {
@@ -234,11 +260,13 @@ async fn writable_columns(
         if column.generated {
             continue; // computed by PostgreSQL; rows may not set it
         }
-        if super::OWN_COLUMNS.contains(&column.name.as_str()) {
+        // sinkgate's own staging columns, the delete field and the names
+        // its promotion statements use all begin so.
+        if column.name.starts_with("_sinkgate_") {
             return Err(Error::validation(
                 "sink.table",
                 format!(
-                    "column {:?} collides with a sinkgate staging column",
+                    "column {:?}: names beginning with _sinkgate_ are sinkgate's own (staging columns, the delete field)",
                     column.name
                 ),
             ));
@@ -366,6 +394,7 @@ fn staging_definition(columns: &[ColumnDef]) -> Vec<String> {
     definition.push(format!("{} bigint NOT NULL", super::SEQ_COLUMN));
     definition.push(format!("{} bigint NOT NULL", super::ROW_COLUMN));
     definition.push(format!("{} text[]", super::OMITTED_COLUMN));
+    definition.push(format!("{} boolean", super::DELETE_COLUMN));
     definition
 }
 

@@ -36,6 +36,8 @@ pub enum Rows<'a, S> {
 pub struct Staged {
     pub rows: u64,
     pub bytes: u64,
+    /// Rows that are deletes by key.
+    pub deletes: u64,
     /// SHA-256 of the rows as sent (see [`CopyEncoder::digest`]).
     pub digest: [u8; 32],
 }
@@ -46,6 +48,8 @@ pub struct StagingTarget<'a> {
     pub columns: &'a [ColumnDef],
     /// The upsert key (empty in append mode): rows must carry it.
     pub key: &'a [String],
+    /// Whether a row may be a delete by key (upsert outputs).
+    pub deletes: bool,
 }
 
 /// Stages one batch with tag `tag`. Returns what was staged, or the first
@@ -73,7 +77,14 @@ where
         column_list.join(", ")
     );
     let mut copy = conn.copy_in_raw(&statement).await?;
-    let mut encoder = CopyEncoder::new(target.columns, target.key, tag, task_id, batch_seq);
+    let mut encoder = CopyEncoder::new(
+        target.columns,
+        target.key,
+        target.deletes,
+        tag,
+        task_id,
+        batch_seq,
+    );
     let mut buffer = Vec::with_capacity(SEND_CHUNK + 64 * 1024);
 
     let fed = feed(&mut copy, &mut encoder, &mut buffer, rows).await;
@@ -89,6 +100,7 @@ where
     Ok(Staged {
         rows: encoder.rows(),
         bytes: encoder.bytes(),
+        deletes: encoder.deletes(),
         digest: encoder.digest(),
     })
 }

@@ -844,6 +844,37 @@ async fn the_upgrade_renames_staging_and_keeps_what_is_staged(pool: sqlx::PgPool
         vec![(1, 5, 3, Some(vec!["note".into()])), (2, 5, 4, None)],
         "a NULL staged before still means the default"
     );
+
+    // Migration 0008 moves each job's sink to an output named `default`
+    // that keeps the job's staging table, whose staged rows are upserts.
+    for migration in [
+        include_str!("../../migrations/0005_carried_range.sql"),
+        include_str!("../../migrations/0006_timeline.sql"),
+        include_str!("../../migrations/0007_first_write_wins.sql"),
+        include_str!("../../migrations/0008_outputs.sql"),
+    ] {
+        sqlx::raw_sql(migration).execute(&pool).await.unwrap();
+    }
+    let outputs: Vec<(String, String, i64, String)> = sqlx::query_as(
+        "SELECT o.job_id, o.output, o.staging_id, o.sink_table FROM job_outputs o
+         JOIN jobs j ON j.job_id = o.job_id AND j.staging_id = o.staging_id ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        outputs,
+        vec![
+            ("x".into(), "default".into(), 1, "x_sink".into()),
+            ("x__1".into(), "default".into(), 2, "x_sink".into())
+        ]
+    );
+    let deletes: Vec<Option<bool>> =
+        sqlx::query_scalar("SELECT _sinkgate_delete FROM sinkgate_staging.job_1")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(deletes, vec![None, None]);
 }
 
 // Beyond the list: a job deleted and registered again must not reissue an

@@ -181,6 +181,34 @@ impl TestApp {
         .await
     }
 
+    /// A JSON write naming an output.
+    pub async fn write_to(
+        &self,
+        job: &str,
+        output: &str,
+        task: &str,
+        epoch: i64,
+        batch: &str,
+        rows: Value,
+    ) -> Response {
+        self.post(
+            &format!("/v1/jobs/{job}/writes"),
+            json!({"task_id": task, "epoch": epoch, "batch_id": batch, "output": output, "rows": rows}),
+        )
+        .await
+    }
+
+    /// Triggers a checkpoint and acks it from every task; returns its id
+    /// and the status the last ack reports.
+    pub async fn commit(&self, job: &str, epoch: i64, tasks: &[&str]) -> (i64, String) {
+        let checkpoint = self.checkpoint(job, epoch).await;
+        let mut status = String::new();
+        for task in tasks {
+            status = self.ack_ok(job, checkpoint, task, epoch, json!({})).await;
+        }
+        (checkpoint, status)
+    }
+
     pub async fn write_ndjson(
         &self,
         job: &str,
@@ -309,13 +337,15 @@ impl TestApp {
         self.count(&self.staging_table(job).await).await
     }
 
-    /// The qualified name of a job's staging table.
+    /// The qualified name of a job's (first output's) staging table.
     pub async fn staging_table(&self, job: &str) -> String {
-        let id: i64 = sqlx::query_scalar("SELECT staging_id FROM jobs WHERE job_id = $1")
-            .bind(job)
-            .fetch_one(&self.db)
-            .await
-            .unwrap();
+        let id: i64 = sqlx::query_scalar(
+            "SELECT staging_id FROM job_outputs WHERE job_id = $1 ORDER BY ordinal LIMIT 1",
+        )
+        .bind(job)
+        .fetch_one(&self.db)
+        .await
+        .unwrap();
         format!("sinkgate_staging.job_{id}")
     }
 }

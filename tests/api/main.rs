@@ -11,5 +11,6 @@ mod helpers;
 mod hostile;
 mod jobs;
 mod operations;
+mod outputs;
 mod roundtrip;
 mod sink;

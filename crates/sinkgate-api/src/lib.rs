@@ -55,7 +55,10 @@ macro_rules! names {
 pub enum SinkMode {
     /// Plain `INSERT`: every staged row becomes a sink row.
     Append,
-    /// `INSERT … ON CONFLICT (key) DO UPDATE`, last write wins per key.
+    /// `INSERT … ON CONFLICT (key) DO UPDATE`, last write wins per key. A
+    /// row with `"_sinkgate_op": "delete"` and only the key columns is a
+    /// delete by key (a tombstone): the last operation on a key wins,
+    /// whether an upsert or a delete.
     Upsert,
     /// `INSERT … ON CONFLICT (key) DO NOTHING`: the first write of a key
     /// wins, within a checkpoint (the earliest staged row) and across them
@@ -93,6 +96,85 @@ pub struct SinkSpec {
     /// error, at `GET /v1/jobs/{job}/dead-letters`.
     #[serde(default)]
     pub on_promotion_error: OnPromotionError,
+    /// Upsert only: a row updates only the columns it carries and leaves
+    /// the sink's other columns as they are (several rows of one key in a
+    /// checkpoint are merged, the last value of each column winning). A row
+    /// whose key is new gets the defaults of the columns it omits. Default
+    /// false: every non-key column is overwritten, an omitted one with its
+    /// default.
+    #[serde(default)]
+    pub partial_updates: bool,
+}
+
+/// One named output of a job: a sink table with its own mode and key.
+/// Every output of a job changes in the one transaction that commits a
+/// checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "counts", "table": "word_counts", "mode": "upsert", "key": ["word"]}))]
+pub struct OutputSpec {
+    /// The output's name, which writes give in `output`: 1–48 characters of
+    /// a-z, 0-9, '-', '_', starting with a letter or digit.
+    pub name: String,
+    /// `table` or `schema.table` (unquoted names, matched exactly).
+    pub table: String,
+    pub mode: SinkMode,
+    /// Key columns for the keyed modes (see `SinkSpec.key`).
+    #[serde(default)]
+    pub key: Vec<String>,
+    #[serde(default)]
+    pub on_promotion_error: OnPromotionError,
+    /// Upsert only (see `SinkSpec.partial_updates`).
+    #[serde(default)]
+    pub partial_updates: bool,
+}
+
+impl OutputSpec {
+    /// The output of a job registered with one `sink`.
+    pub fn default_output(sink: &SinkSpec) -> OutputSpec {
+        OutputSpec {
+            name: DEFAULT_OUTPUT.to_owned(),
+            table: sink.table.clone(),
+            mode: sink.mode,
+            key: sink.key.clone(),
+            on_promotion_error: sink.on_promotion_error,
+            partial_updates: sink.partial_updates,
+        }
+    }
+
+    /// The sink part of this output.
+    pub fn sink(&self) -> SinkSpec {
+        SinkSpec {
+            table: self.table.clone(),
+            mode: self.mode,
+            key: self.key.clone(),
+            on_promotion_error: self.on_promotion_error,
+            partial_updates: self.partial_updates,
+        }
+    }
+}
+
+/// The name of the one output of a job registered with `sink`.
+pub const DEFAULT_OUTPUT: &str = "default";
+
+/// The field of a row that makes it a delete by key (upsert outputs):
+/// `"_sinkgate_op": "delete"`; `"upsert"` (or no field) is an upsert.
+pub const OP_FIELD: &str = "_sinkgate_op";
+
+/// A job's output as registered, with the columns found in its table.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"name": "counts", "table": "public.word_counts", "mode": "upsert", "key": ["word"],
+    "on_promotion_error": "block", "partial_updates": false,
+    "columns": [{"name": "word", "data_type": "text", "nullable": false, "has_default": false},
+                {"name": "n", "data_type": "bigint", "nullable": false, "has_default": false}]}))]
+pub struct Output {
+    pub name: String,
+    pub table: String,
+    pub mode: SinkMode,
+    pub key: Vec<String>,
+    pub on_promotion_error: OnPromotionError,
+    pub partial_updates: bool,
+    pub columns: Vec<SinkColumn>,
 }
 
 /// What a commit does with a row the sink refuses.
@@ -151,7 +233,15 @@ pub struct CheckpointingSettings {
 pub struct JobSpec {
     /// The job's task ids; every task acks every checkpoint.
     pub tasks: Vec<String>,
-    pub sink: SinkSpec,
+    /// The job's one sink (its output is named `default`). Give either
+    /// `sink` or `outputs`.
+    #[serde(default)]
+    pub sink: Option<SinkSpec>,
+    /// Several named outputs, committed together: a reader never sees one
+    /// output's rows of a checkpoint without the others'. Promoted in this
+    /// order. Give either `sink` or `outputs`.
+    #[serde(default)]
+    pub outputs: Option<Vec<OutputSpec>>,
     #[serde(default)]
     pub checkpointing: Option<CheckpointingSpec>,
 }
@@ -181,13 +271,21 @@ pub struct SinkColumn {
 pub struct Job {
     pub job_id: String,
     pub tasks: Vec<String>,
-    pub sink: SinkSpec,
+    /// The job's sink when it has one output; absent with several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sink: Option<SinkSpec>,
+    /// Every output, in promotion order (one, named `default`, for a job
+    /// registered with `sink`).
+    #[serde(default)]
+    pub outputs: Vec<Output>,
     pub checkpointing: CheckpointingSettings,
     /// Current epoch; 0 until the first `POST /attempts`.
     pub epoch: i64,
     pub last_decided_checkpoint: Option<i64>,
     pub last_committed_checkpoint: Option<i64>,
     pub pending_checkpoints: Vec<i64>,
+    /// The columns of the job's sink when it has one output (empty with
+    /// several: see each output's `columns`).
     pub sink_columns: Vec<SinkColumn>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -372,6 +470,9 @@ pub struct Checkpoint {
     /// One promotion can commit several decided checkpoints (after a blocked one): the newest
     /// reports all the rows it moved, the older ones 0.
     pub promoted_rows: Option<i64>,
+    /// `promoted_rows` by output name (rows inserted, updated or deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_outputs: Option<BTreeMap<String, i64>>,
     pub promotion_ms: Option<f64>,
     /// The last promotion failure, while it is `completed` and retried.
     pub promotion_error: Option<String>,
@@ -516,6 +617,9 @@ pub struct WriteRequest {
     pub epoch: i64,
     /// Retry key: the same batch id from the same task in one epoch is staged once.
     pub batch_id: String,
+    /// The output the rows go to; may be left out when the job has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     /// Rows as objects, column → value. (Declared as maps of any value, so
     /// that generated clients type a row as such, not as an empty object.)
     #[schema(value_type = Vec<BTreeMap<String, Value>>)]
@@ -537,12 +641,14 @@ pub struct PromotionResult {
 
 /// A row that a promotion kept out of the sink, with the database's error.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"dead_letter_id": 7, "checkpoint_id": 42, "task_id": "task-0",
+#[schema(example = json!({"dead_letter_id": 7, "checkpoint_id": 42, "output": "default", "task_id": "task-0",
     "row": {"id": 17, "word": "hello"}, "error": "duplicate key value violates unique constraint \"events_pkey\"",
     "sqlstate": "23505", "created_at": "2026-11-25T10:00:00Z"}))]
 pub struct DeadLetter {
     pub dead_letter_id: i64,
     pub checkpoint_id: i64,
+    /// The output whose sink refused the row.
+    pub output: String,
     pub task_id: String,
     /// The row as staged: the columns it sent (omitted ones left out).
     #[schema(value_type = BTreeMap<String, Value>)]
@@ -555,7 +661,7 @@ pub struct DeadLetter {
 
 /// `GET /v1/jobs/{job}/dead-letters` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-#[schema(example = json!({"dead_letters": [{"dead_letter_id": 7, "checkpoint_id": 42, "task_id": "task-0",
+#[schema(example = json!({"dead_letters": [{"dead_letter_id": 7, "checkpoint_id": 42, "output": "default", "task_id": "task-0",
     "row": {"id": 17, "word": "hello"}, "error": "duplicate key value violates unique constraint \"events_pkey\"",
     "sqlstate": "23505", "created_at": "2026-11-25T10:00:00Z"}]}))]
 pub struct DeadLetterList {
@@ -571,6 +677,8 @@ pub struct DeadLetterQuery {
     pub after: Option<i64>,
     /// Only those of this checkpoint.
     pub checkpoint_id: Option<i64>,
+    /// Only those of this output.
+    pub output: Option<String>,
     /// At most this many (1–1000, default 100).
     pub limit: Option<i64>,
 }
@@ -582,6 +690,8 @@ pub struct WriteParams {
     pub task_id: String,
     pub epoch: i64,
     pub batch_id: String,
+    /// The output the rows go to; may be left out when the job has one.
+    pub output: Option<String>,
 }
 
 /// `POST /writes` answer.

@@ -51,12 +51,14 @@ pub async fn register(args: &Args) -> Result<(), Error> {
     let client = Client::new(&[&args.url], &args.job);
     let spec = JobSpec {
         tasks: (0..args.tasks).map(|t| format!("task-{t}")).collect(),
-        sink: SinkSpec {
+        sink: Some(SinkSpec {
             table: "word_counts".into(),
             mode: SinkMode::Upsert,
             key: vec!["word".into()],
             on_promotion_error: Default::default(),
-        },
+            partial_updates: false,
+        }),
+        outputs: None,
         checkpointing: None,
     };
     client.put_job(&spec).await.map(|_| ())

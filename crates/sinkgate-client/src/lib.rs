@@ -249,7 +249,7 @@ impl Client {
             .await
     }
 
-    /// `POST /writes` (JSON body).
+    /// `POST /writes` (JSON body), to a job's only output.
     pub async fn write(
         &self,
         task_id: &str,
@@ -257,7 +257,24 @@ impl Client {
         batch_id: &str,
         rows: &[Value],
     ) -> Result<WriteResult> {
-        let body = serde_json::json!({"task_id": task_id, "epoch": epoch, "batch_id": batch_id, "rows": rows});
+        self.write_to(None, task_id, epoch, batch_id, rows).await
+    }
+
+    /// `POST /writes` (JSON body) to a named output (`None`: the job's only
+    /// one). In an upsert output, a row `{"_sinkgate_op": "delete", <key>}`
+    /// deletes its key.
+    pub async fn write_to(
+        &self,
+        output: Option<&str>,
+        task_id: &str,
+        epoch: i64,
+        batch_id: &str,
+        rows: &[Value],
+    ) -> Result<WriteResult> {
+        let mut body = serde_json::json!({"task_id": task_id, "epoch": epoch, "batch_id": batch_id, "rows": rows});
+        if let Some(output) = output {
+            body["output"] = Value::from(output);
+        }
         self.expect(Method::POST, &self.job_path("/writes"), Some(&body))
             .await
     }
@@ -456,6 +473,27 @@ impl Processor {
     pub async fn write(&self, task: &str, batch_key: &str, rows: &[Value]) -> Result<WriteResult> {
         self.client
             .write(task, self.epoch, &format!("{task}-{batch_key}"), rows)
+            .await
+    }
+
+    /// Stages a batch for one output of a job with several; `batch_key` as
+    /// in [`Processor::write`], unique per output.
+    pub async fn write_to(
+        &self,
+        output: &str,
+        task: &str,
+        batch_key: &str,
+        rows: &[Value],
+    ) -> Result<WriteResult> {
+        // Output names have no ':', so no two (output, key) pairs share an id.
+        self.client
+            .write_to(
+                Some(output),
+                task,
+                self.epoch,
+                &format!("{task}:{output}:{batch_key}"),
+                rows,
+            )
             .await
     }
 
