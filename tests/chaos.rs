@@ -1,8 +1,9 @@
 //! Chaos tests: the real `sinkgate` binary and real processor processes (the
-//! Python example, `examples/python/event_copy.py`) against one database,
-//! with SIGKILLs at random points. After each scenario the sink must hold
-//! every source event exactly once, and the committed offsets must be the
-//! ends of the log.
+//! Python examples, `examples/python/event_copy.py` and, for a job of two
+//! outputs with deletes, `change_capture.py`) against one database, with
+//! SIGKILLs at random points. After each scenario the sink must hold every
+//! source event exactly once, and the committed offsets must be the ends of
+//! the log.
 //!
 //! Whenever a processor has copied the whole log, the sink is checked and the
 //! job starts over from an empty sink, so that every kill of a long soak
@@ -182,6 +183,65 @@ async fn a_zombie_processor_is_fenced_and_changes_nothing(
         let what = format!("zombie round {}: fenced, exit 3", round + 1);
         assert_exactly_once(&db, &service.url(), &what).await;
     }
+    drop(service);
+    db.close().await;
+}
+
+/// A job of two outputs with deletes (`changes`, append; `current`, upsert
+/// by key, every fifth change a delete), its processor and the service
+/// killed at random points. At the end both tables are the log's ground
+/// truth; all along, a reader that reads both in one snapshot never finds
+/// one output's checkpoint without the other's.
+#[sqlx::test]
+async fn two_outputs_with_deletes_change_together_under_kills(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let _serial = SERIAL.lock().await;
+    let db = pool(&connect).await;
+    let mut service = Service::start(&database_url(&connect), free_port()).await;
+    let log = cdc::setup(&db, &service.url()).await;
+    let reader = cdc::Reader::spawn(pool(&connect).await);
+    let mut rng = Rng::from_env(5);
+    let mut runs = 0;
+    for kill in 1..=iterations() {
+        let mut child = cdc::processor(&[service.url()], log.path(), 60);
+        tokio::time::sleep(rng.millis(50, 900)).await;
+        if kill % 2 == 0 {
+            // The service too, while the processor is at work.
+            service.kill().await;
+            tokio::time::sleep(rng.millis(0, 200)).await;
+            service.restart().await;
+            tokio::time::sleep(rng.millis(50, 400)).await;
+        }
+        let _ = child.kill().await;
+        if cdc::offsets_done(&service.url()).await {
+            runs += 1;
+            let what = format!("run {runs}, after kill {kill}");
+            cdc::assert_ground_truth(&db, &service.url(), &what).await;
+            cdc::restart_job(&db, &service.url()).await;
+        }
+    }
+    wait_success(
+        cdc::processor(&[service.url()], log.path(), 0),
+        Duration::from_secs(120),
+    )
+    .await;
+    let seen = reader.stop().await;
+    let what = format!(
+        "two outputs with deletes, {} processor kills ({} with the service), {runs} runs completed between them; a reader compared both outputs in {} snapshots ({} of a non-empty sink)",
+        iterations(),
+        iterations() / 2,
+        seen.checks,
+        seen.nonempty
+    );
+    assert!(seen.nonempty > 0, "the reader never saw a change");
+    assert_eq!(
+        seen.violations,
+        Vec::<i64>::new(),
+        "snapshots in which one output had a checkpoint the other lacked"
+    );
+    cdc::assert_ground_truth(&db, &service.url(), &what).await;
     drop(service);
     db.close().await;
 }

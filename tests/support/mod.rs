@@ -6,6 +6,7 @@
 //! (the database crashed, failed over, cut off); each uses a part.
 #![allow(dead_code)]
 
+pub mod cdc;
 pub mod cluster;
 pub mod proxy;
 
@@ -194,6 +195,18 @@ pub async fn wait_success(mut child: Child, within: Duration) {
 
 /// Log files, the sink table and the job.
 pub async fn setup(pool: &PgPool, service_url: &str) -> tempfile::TempDir {
+    let dir = make_log();
+    // No unique key: a duplicate would show.
+    sqlx::raw_sql(r#"CREATE TABLE chaos_sink (id bigint NOT NULL, "partition" int NOT NULL, "offset" bigint NOT NULL, payload text NOT NULL)"#)
+        .execute(pool)
+        .await
+        .unwrap();
+    register_job(service_url).await;
+    dir
+}
+
+/// The source log: `PARTITIONS` files of `EVENTS_PER_PARTITION` events.
+pub fn make_log() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let status = std::process::Command::new("python3")
         .arg(example("make_log.py"))
@@ -208,12 +221,6 @@ pub async fn setup(pool: &PgPool, service_url: &str) -> tempfile::TempDir {
         .status()
         .unwrap();
     assert!(status.success());
-    // No unique key: a duplicate would show.
-    sqlx::raw_sql(r#"CREATE TABLE chaos_sink (id bigint NOT NULL, "partition" int NOT NULL, "offset" bigint NOT NULL, payload text NOT NULL)"#)
-        .execute(pool)
-        .await
-        .unwrap();
-    register_job(service_url).await;
     dir
 }
 
@@ -265,8 +272,13 @@ pub async fn send_retrying(request: impl Fn() -> reqwest::RequestBuilder) -> req
 
 /// The job's recovery point, as the service reports it.
 pub async fn recovery(service_url: &str) -> Value {
+    recovery_of(service_url, JOB).await
+}
+
+/// `job`'s recovery point.
+pub async fn recovery_of(service_url: &str, job: &str) -> Value {
     let client = reqwest::Client::new();
-    send_retrying(|| client.get(format!("{service_url}/v1/jobs/{JOB}/recovery")))
+    send_retrying(|| client.get(format!("{service_url}/v1/jobs/{job}/recovery")))
         .await
         .json()
         .await
@@ -275,7 +287,12 @@ pub async fn recovery(service_url: &str) -> Value {
 
 /// Whether the committed offsets are the ends of the log.
 pub async fn log_done(service_url: &str) -> bool {
-    let recovery = recovery(service_url).await;
+    log_done_of(service_url, JOB).await
+}
+
+/// Whether `job`'s committed offsets are the ends of the log.
+pub async fn log_done_of(service_url: &str, job: &str) -> bool {
+    let recovery = recovery_of(service_url, job).await;
     (0..PARTITIONS)
         .all(|partition| recovery["offsets"][partition.to_string()] == EVENTS_PER_PARTITION)
 }
@@ -310,14 +327,20 @@ pub async fn pool(connect: &PgConnectOptions) -> PgPool {
 
 /// Deletes the job and empties the sink, then registers the job again.
 pub async fn restart_job(pool: &PgPool, service_url: &str) {
+    delete_job_and_truncate(pool, service_url, JOB, "chaos_sink").await;
+    register_job(service_url).await;
+}
+
+/// Deletes `job` and empties `tables` (one statement, so a reader never
+/// sees one emptied without the others).
+pub async fn delete_job_and_truncate(pool: &PgPool, service_url: &str, job: &str, tables: &str) {
     let client = reqwest::Client::new();
-    let deleted = send_retrying(|| client.delete(format!("{service_url}/v1/jobs/{JOB}"))).await;
+    let deleted = send_retrying(|| client.delete(format!("{service_url}/v1/jobs/{job}"))).await;
     assert!(deleted.status().is_success());
-    sqlx::query("TRUNCATE chaos_sink")
+    sqlx::query(&format!("TRUNCATE {tables}"))
         .execute(pool)
         .await
         .unwrap();
-    register_job(service_url).await;
 }
 
 pub async fn register_job(service_url: &str) {

@@ -70,3 +70,31 @@ def test_a_promotion_the_sink_refuses_is_raised_not_waited_on_for_ever(service, 
         processor.checkpoint(lambda task: ({"0": 1}, None), promotion_patience=0.5)
     assert "ledger_amount_check" in (blocked.value.sink_error or "")
     assert db.execute("SELECT count(*) FROM ledger").fetchone()[0] == 0
+
+
+def test_outputs_commit_together_and_deletes_remove_keys(service, db):
+    db.execute("CREATE TABLE orders (id bigint NOT NULL, customer bigint NOT NULL, total int NOT NULL)")
+    db.execute("CREATE TABLE customers (customer bigint PRIMARY KEY, name text, email text)")
+    db.execute("INSERT INTO customers VALUES (2, 'bo', 'bo@old'), (3, 'cy', 'cy@old')")
+    client = sinkgate.Client(service, "shop")
+    spec = sinkgate.JobSpec(
+        tasks=["t0"],
+        outputs=[
+            sinkgate.OutputSpec(name="orders", table="orders", mode="append"),
+            sinkgate.OutputSpec(name="customers", table="customers", mode="upsert", key=["customer"],
+                                partial_updates=True),
+        ],
+    )
+    job = client.put_job(spec)
+    assert job.sink is None and [output.name for output in job.outputs] == ["orders", "customers"]
+    processor = sinkgate.Processor.start(client, ["t0"])
+    processor.write("t0", "0-0", [{"id": 1, "customer": 2, "total": 30}], output="orders")
+    # The same key for the other output is another batch.
+    processor.write("t0", "0-0", [{"customer": 2, "email": "bo@new"}, sinkgate.delete_row({"customer": 3})],
+                    output="customers")
+    with pytest.raises(errors.Validation):
+        processor.write("t0", "0-1", [{"id": 2, "customer": 2, "total": 1}])
+    checkpoint_id = processor.checkpoint(lambda task: ({"0": 1}, None))
+    assert db.execute("SELECT id, customer, total FROM orders").fetchall() == [(1, 2, 30)]
+    assert db.execute("SELECT customer, name, email FROM customers").fetchall() == [(2, "bo", "bo@new")]
+    assert client.checkpoint(checkpoint_id).checkpoint.promoted_outputs == {"orders": 1, "customers": 2}

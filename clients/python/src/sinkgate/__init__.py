@@ -26,10 +26,13 @@ from .models import (
     ExternalState,
     Job,
     JobSpec,
+    Output,
+    OutputSpec,
     Recovery,
     SinkSpec,
     StateHandle,
     WriteResult,
+    delete_row,
 )
 from .processor import Processor, offsets_of
 
@@ -47,6 +50,8 @@ __all__ = [
     "Job",
     "JobSpec",
     "NotFound",
+    "Output",
+    "OutputSpec",
     "Processor",
     "PromotionBlocked",
     "Recovery",
@@ -56,6 +61,7 @@ __all__ = [
     "StateHandle",
     "Transient",
     "WriteResult",
+    "delete_row",
     "errors",
     "offsets_of",
 ]

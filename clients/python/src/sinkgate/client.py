@@ -113,26 +113,43 @@ class Client:
         return build(Recovery, self._call("GET", "/recovery"))
 
     def write(
-        self, task_id: str, epoch: int, batch_id: str, rows: Sequence[Mapping[str, Any]]
+        self,
+        task_id: str,
+        epoch: int,
+        batch_id: str,
+        rows: Sequence[Mapping[str, Any]],
+        output: Optional[str] = None,
     ) -> WriteResult:
         """Stages ``rows`` (JSON objects, column → value) for the task's next
         checkpoint. ``batch_id`` must name the content: a retry with the same
-        id is staged once (``duplicate: true``)."""
+        id is staged once (``duplicate: true``). ``output``: the output the
+        rows go to, for a job with several. In an upsert output,
+        ``delete_row(key)`` is a delete by key."""
         body = {"task_id": task_id, "epoch": epoch, "batch_id": batch_id, "rows": list(rows)}
+        if output is not None:
+            body["output"] = output
         return build(WriteResult, self._call("POST", "/writes", json_body=body))
 
     def write_ndjson(
-        self, task_id: str, epoch: int, batch_id: str, rows: Iterable[Mapping[str, Any]]
+        self,
+        task_id: str,
+        epoch: int,
+        batch_id: str,
+        rows: Iterable[Mapping[str, Any]],
+        output: Optional[str] = None,
     ) -> WriteResult:
         """As ``write``, as an NDJSON body (no per-batch row cap). ``rows`` may
         be a generator: it is encoded once, in memory, so that a retry sends
         the same bytes."""
         lines = [json.dumps(row, separators=(",", ":")).encode() + b"\n" for row in rows]
+        params: Dict[str, Any] = {"task_id": task_id, "epoch": epoch, "batch_id": batch_id}
+        if output is not None:
+            params["output"] = output
         answer = self._call(
             "POST",
             "/writes",
             content=lines,
-            params={"task_id": task_id, "epoch": epoch, "batch_id": batch_id},
+            params=params,
             content_type="application/x-ndjson",
         )
         return build(WriteResult, answer)
@@ -197,11 +214,14 @@ class Client:
         return build(PromotionResult, self._call("POST", "/promotions", json_body={}, idempotent=False))
 
     def dead_letters(
-        self, after: Optional[int] = None, checkpoint_id: Optional[int] = None, limit: Optional[int] = None
+        self,
+        after: Optional[int] = None,
+        checkpoint_id: Optional[int] = None,
+        limit: Optional[int] = None,
+        output: Optional[str] = None,
     ) -> List[DeadLetter]:
-        params = {
-            k: v for k, v in {"after": after, "checkpoint_id": checkpoint_id, "limit": limit}.items() if v is not None
-        }
+        wanted = {"after": after, "checkpoint_id": checkpoint_id, "limit": limit, "output": output}
+        params = {k: v for k, v in wanted.items() if v is not None}
         answer = self._call("GET", "/dead-letters", params=params)
         return [build(DeadLetter, item) for item in answer["dead_letters"]]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Type, TypeVar
+from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
 
 T = TypeVar("T")
 
@@ -124,6 +124,7 @@ class Checkpoint:
     staged_rows: Optional[int] = None
     staged_bytes: Optional[int] = None
     promoted_rows: Optional[int] = None
+    promoted_outputs: Optional[Dict[str, int]] = None
     promotion_ms: Optional[float] = None
     promotion_error: Optional[str] = None
 
@@ -179,6 +180,21 @@ class SinkSpec:
     mode: str = "append"
     key: Optional[List[str]] = None
     on_promotion_error: Optional[str] = None
+    partial_updates: Optional[bool] = None
+
+
+@dataclass
+class OutputSpec:
+    """One named output of a job with several: a sink table with its own
+    mode and key. Every output changes in the transaction that commits a
+    checkpoint."""
+
+    name: str
+    table: str
+    mode: str = "append"
+    key: Optional[List[str]] = None
+    on_promotion_error: Optional[str] = None
+    partial_updates: Optional[bool] = None
 
 
 @dataclass
@@ -192,8 +208,11 @@ class CheckpointingSpec:
 
 @dataclass
 class JobSpec:
+    """A job: its tasks and either one ``sink`` or several ``outputs``."""
+
     tasks: List[str]
-    sink: SinkSpec
+    sink: Optional[SinkSpec] = None
+    outputs: Optional[List[OutputSpec]] = None
     checkpointing: Optional[CheckpointingSpec] = None
 
 
@@ -206,12 +225,27 @@ class SinkColumn:
 
 
 @dataclass
+class Output:
+    """A job's output as registered, with its table's columns."""
+
+    name: str
+    table: str
+    mode: str
+    key: List[str] = field(default_factory=list)
+    on_promotion_error: Optional[str] = None
+    partial_updates: bool = False
+    columns: List[SinkColumn] = field(default_factory=list)
+    _nested = {"columns": _list_of(SinkColumn)}
+
+
+@dataclass
 class Job:
     job_id: str
     tasks: List[str]
-    sink: SinkSpec
     checkpointing: Dict[str, Any]
     epoch: int
+    sink: Optional[SinkSpec] = None
+    outputs: List[Output] = field(default_factory=list)
     last_decided_checkpoint: Optional[int] = None
     last_committed_checkpoint: Optional[int] = None
     pending_checkpoints: List[int] = field(default_factory=list)
@@ -220,6 +254,7 @@ class Job:
     updated_at: Optional[str] = None
     _nested = {
         "sink": lambda value: _build(SinkSpec, value),
+        "outputs": _list_of(Output),
         "sink_columns": _list_of(SinkColumn),
     }
 
@@ -231,6 +266,7 @@ class DeadLetter:
     task_id: str
     row: Any
     error: str
+    output: str = "default"
     sqlstate: Optional[str] = None
     created_at: Optional[str] = None
 
@@ -263,3 +299,11 @@ class IssuedToken:
 def build(cls: Type[T], data: Dict[str, Any]) -> T:
     """``cls`` from an answer's JSON."""
     return _build(cls, data)
+
+
+def delete_row(key: Mapping[str, Any]) -> Dict[str, Any]:
+    """A row that deletes ``key`` (its key columns) from an upsert output."""
+    return {OP_FIELD: "delete", **key}
+
+
+OP_FIELD = "_sinkgate_op"

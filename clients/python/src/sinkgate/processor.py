@@ -64,11 +64,17 @@ class Processor:
             return None
         return recovered.state.external or recovered.state.inline
 
-    def write(self, task: str, batch_key: str, rows: Sequence[Mapping[str, Any]]) -> WriteResult:
+    def write(
+        self, task: str, batch_key: str, rows: Sequence[Mapping[str, Any]], output: Optional[str] = None
+    ) -> WriteResult:
         """Stages a batch. ``batch_key`` must name the batch's content within
         the epoch (e.g. the partition and first offset it covers): a retry with
-        the same key is staged once."""
-        return self.client.write(task, self.epoch, f"{task}-{batch_key}", rows)
+        the same key is staged once. ``output``: the output the rows go to, for
+        a job with several (the key then needs to be unique per output only)."""
+        if output is None:
+            return self.client.write(task, self.epoch, f"{task}-{batch_key}", rows)
+        # Output names have no ':', so no two (output, key) pairs share an id.
+        return self.client.write(task, self.epoch, f"{task}:{output}:{batch_key}", rows, output=output)
 
     def next_barrier(self, after: int = 0, wait_ms: int = 30_000) -> Optional[int]:
         """Waits (long-poll) for a checkpoint the service triggered (a job with
