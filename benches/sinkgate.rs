@@ -171,6 +171,7 @@ impl Service {
             },
             auth: sinkgate::auth::AuthMode::Disabled,
             tick: Duration::from_millis(200),
+            state_grace: Duration::from_secs(3600),
         };
         tokio::spawn(sinkgate::run(
             pool,

@@ -24,6 +24,9 @@ pub mod defaults {
     pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
     pub const HEADER_READ_TIMEOUT_MS: u64 = 15_000;
     pub const TICK_MS: u64 = 200;
+    /// An unreferenced state chunk younger than this is kept (an upload
+    /// whose ack has not come yet).
+    pub const STATE_GRACE_MS: u64 = 3_600_000;
     pub const POOL_SIZE: u32 = 32;
     pub const IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 60_000;
     pub const DB_ACQUIRE_TIMEOUT_MS: u64 = 5_000;
@@ -174,6 +177,12 @@ pub struct Config {
     /// How often the scheduler (interval triggers, timeouts, promotion retries) runs.
     #[arg(long, env = "SINKGATE_TICK_MS", default_value_t = defaults::TICK_MS)]
     pub tick_ms: u64,
+
+    /// State chunks that no ack references are deleted once no task has
+    /// uploaded or asked for them for this long (a checkpoint's upload
+    /// must reach its ack within it).
+    #[arg(long, env = "SINKGATE_STATE_GRACE_MS", default_value_t = defaults::STATE_GRACE_MS)]
+    pub state_grace_ms: u64,
 }
 
 /// Where the metadata lives. Shared by `serve` and `migrate`.

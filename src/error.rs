@@ -117,6 +117,10 @@ pub enum Error {
     #[error("the database is unavailable, retry later")]
     Unavailable,
 
+    /// A stored state chunk no longer matches its SHA-256.
+    #[error("{0}")]
+    StateCorrupted(String),
+
     /// Anything else: a bug or an unexpected database failure. Logged, not shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -163,6 +167,7 @@ impl Error {
             Error::Overloaded => ProblemKind::Overloaded,
             Error::Timeout(_) => ProblemKind::Timeout,
             Error::Unavailable => ProblemKind::Unavailable,
+            Error::StateCorrupted(_) => ProblemKind::StateCorrupted,
             Error::Internal(_) => ProblemKind::Internal,
         }
     }

@@ -63,6 +63,8 @@ pub struct ServiceOptions {
     pub auth: auth::AuthMode,
     /// Scheduler period (interval triggers, timeouts, promotion retries).
     pub tick: Duration,
+    /// How long an unreferenced state chunk is kept (see `--state-grace-ms`).
+    pub state_grace: Duration,
 }
 
 impl From<&Config> for ServiceOptions {
@@ -97,6 +99,7 @@ impl From<&Config> for ServiceOptions {
                 _ => auth::AuthMode::Disabled,
             },
             tick: Duration::from_millis(config.tick_ms),
+            state_grace: Duration::from_millis(config.state_grace_ms),
         }
     }
 }
@@ -148,6 +151,7 @@ pub async fn run(
     let scheduler = tokio::spawn(coordinator::scheduler::run(
         pool.clone(),
         options.tick,
+        options.state_grace,
         scheduler_stopped,
     ));
 

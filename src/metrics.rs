@@ -84,6 +84,16 @@ pub fn checkpoint_committed(job: &str, duration: Duration, rows: u64) {
         .record(duration.as_secs_f64());
 }
 
+/// A state chunk uploaded (`created`: new to the store).
+pub fn state_chunk_stored(job: &str, created: bool, bytes: u64) {
+    let label = if created { "new" } else { "known" };
+    counter!("sinkgate_state_chunks_uploaded_total", "job_id" => job.to_owned(), "chunk" => label)
+        .increment(1);
+    if created {
+        counter!("sinkgate_state_bytes_stored_total", "job_id" => job.to_owned()).increment(bytes);
+    }
+}
+
 /// Rows one output's promotion inserted, updated or deleted.
 pub fn output_promoted(job: &str, output: &str, rows: u64) {
     counter!("sinkgate_output_promoted_rows_total", "job_id" => job.to_owned(), "output" => output.to_owned())

@@ -44,6 +44,14 @@ fn validate_ack(request: &AckRequest, limits: &Limits) -> Result<()> {
             require_name("state.external.uri", &external.uri, 4096)?;
             require_name("state.external.checksum", &external.checksum, 512)?;
         }
+        for (index, object) in state.objects.iter().enumerate() {
+            require_name(&format!("state.objects[{index}].uri"), &object.uri, 4096)?;
+            require_name(
+                &format!("state.objects[{index}].checksum"),
+                &object.checksum,
+                512,
+            )?;
+        }
     }
     Ok(())
 }
@@ -315,6 +323,10 @@ pub async fn record_ack(
             format!("partition {partition:?} is already claimed by task {task:?} in checkpoint {checkpoint_id}"),
         ));
     }
+    if let Some(state) = &request.state {
+        super::state::record_references(&mut *conn, job_id, checkpoint_id, &request.task_id, state)
+            .await?;
+    }
     crate::metrics::ack_recorded(job_id);
     // Acked tasks as far as this transaction sees; the caller counts again
     // after its commit.
@@ -453,9 +465,22 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
     // their acks are counted here: one whose acks are all in is decided
     // with this one, never reported aborted.
     let decided = sqlx::query!(
-        r#"WITH decided AS (
+        r#"WITH merged AS (
+             -- The recovery point's offsets after this decision (what
+             -- `offsets` below makes of committed_offsets), kept with the
+             -- checkpoint for a restart from it.
+             SELECT jsonb_object_agg(p, o) AS snapshot FROM (
+                 SELECT p, max(o) AS o FROM (
+                     SELECT source_partition AS p, next_offset AS o FROM committed_offsets WHERE job_id = $1
+                     UNION ALL
+                     SELECT k.key, k.value::bigint FROM acks a, jsonb_each_text(a.offsets) AS k
+                     WHERE a.job_id = $1 AND a.epoch = $3 AND a.checkpoint_id > $4 AND a.checkpoint_id <= $2
+                 ) every_offset GROUP BY p
+             ) per_partition
+         ), decided AS (
              UPDATE checkpoints c SET status = 'completed', decided_at = clock_timestamp(), acked_count = c.task_count,
-                    staged_rows = COALESCE(b.rows, 0), staged_bytes = COALESCE(b.bytes, 0), carried_after = $4
+                    staged_rows = COALESCE(b.rows, 0), staged_bytes = COALESCE(b.bytes, 0), carried_after = $4,
+                    offsets_snapshot = coalesce((SELECT snapshot FROM merged), '{}')
              -- Every batch its promotion carries: those tagged for aborted
              -- checkpoints since the last decision too.
              FROM (SELECT sum(staged_rows) AS rows, sum(staged_bytes) AS bytes FROM batches
@@ -490,7 +515,7 @@ async fn decide(conn: &mut PgConnection, job: &mut JobRow, checkpoint_id: i64) -
              SET next_offset = greatest(committed_offsets.next_offset, EXCLUDED.next_offset),
                  checkpoint_id = EXCLUDED.checkpoint_id
          ), moved AS (
-             UPDATE jobs SET last_decided_id = $2 WHERE job_id = $1
+             UPDATE jobs SET last_decided_id = $2, restored_from = NULL WHERE job_id = $1
          )
          SELECT (SELECT seconds FROM decided) AS "seconds!",
                 (SELECT count(*) FROM subsumed WHERE status = 'aborted') AS "subsumed!""#,

@@ -11,7 +11,7 @@ use super::commit::{commit_decided, staged_by_output, CommitOutcome};
 use super::{load_job, load_outputs, JobLock, JobRow};
 use crate::error::{Error, Result};
 use crate::metrics::AbortReason;
-use crate::model::{Attempt, CheckpointStatus, Recovery, StateHandle, TaskRecovery};
+use crate::model::{Attempt, CheckpointStatus, Recovery, SinkMode, StateHandle, TaskRecovery};
 use crate::sink::promote::abort_orphans;
 
 /// How long a fencing request waits for the job row before it ends the
@@ -118,7 +118,10 @@ pub const WRITER_NAME_PREFIX: &str = "sinkgate write job_";
 /// abort the old epoch's pending checkpoints, throw away the staged rows
 /// above the last decided checkpoint, forget the old epoch's batches, acks
 /// in progress and offset floors, and bump the epoch.
-pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
+///
+/// `from`: restart from this savepoint or retained checkpoint instead (see
+/// [`restore`]).
+pub async fn start(conn: &mut PgConnection, job_id: &str, from: Option<i64>) -> Result<Attempt> {
     let before = load_job(&mut *conn, job_id, JobLock::Update).await?;
     // Every task acked it: the decision only had not been written yet.
     decide_newest_complete(&mut *conn, job_id).await?;
@@ -194,6 +197,9 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
          WHERE job_id = $1", job_id, new_epoch)
     .execute(&mut *conn)
     .await?;
+    if let Some(checkpoint_id) = from {
+        restore(&mut *conn, job_id, checkpoint_id).await?;
+    }
     sqlx::query!(
         "UPDATE tasks SET last_acked_id = NULL WHERE job_id = $1",
         job_id
@@ -214,6 +220,56 @@ pub async fn start(conn: &mut PgConnection, job_id: &str) -> Result<Attempt> {
         aborted_checkpoints: aborted,
         rolled_forward_checkpoints: rolled_forward,
     })
+}
+
+/// Makes an older checkpoint (a savepoint, or one whose acks are still
+/// retained) the recovery point: its acks' state handles, and the offsets
+/// as of its decision, which replace the committed offsets (acks of the
+/// new epoch start from them). Only for jobs whose every output is upsert:
+/// replaying from an older point re-stages rows that are in the sink
+/// already, which an upsert writes again to the same value, but an append
+/// would duplicate and first write wins would not restore. In the
+/// attempt's transaction: a refusal changes nothing.
+async fn restore(conn: &mut PgConnection, job_id: &str, checkpoint_id: i64) -> Result<()> {
+    if let Some(output) = load_outputs(&mut *conn, job_id)
+        .await?
+        .into_iter()
+        .find(|output| output.sink_mode != SinkMode::Upsert)
+    {
+        return Err(Error::conflict(format!(
+            "a restart from an older checkpoint replays what is already in the sink; output {:?} is {}, whose promoted rows cannot be taken back (only jobs whose every output is upsert can restart from a savepoint or an older checkpoint)",
+            output.output,
+            output.sink_mode.as_str()
+        )));
+    }
+    // After the roll forward every decided checkpoint is committed.
+    let snapshot =
+        super::savepoints::retained(&mut *conn, job_id, checkpoint_id, "from_checkpoint").await?;
+    sqlx::query!("DELETE FROM committed_offsets WHERE job_id = $1", job_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query!(
+        "INSERT INTO committed_offsets (job_id, source_partition, next_offset, checkpoint_id)
+         SELECT $1, key, value::bigint, $2 FROM jsonb_each_text($3)",
+        job_id,
+        checkpoint_id,
+        Json(&snapshot) as _
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "UPDATE jobs SET restored_from = $2 WHERE job_id = $1",
+        job_id,
+        checkpoint_id
+    )
+    .execute(&mut *conn)
+    .await?;
+    tracing::info!(
+        job = job_id,
+        checkpoint = checkpoint_id,
+        "restarted from an older checkpoint"
+    );
+    Ok(())
 }
 
 /// Refuses to hand out a recovery point whose rows are not in the sink.
@@ -242,13 +298,14 @@ struct RecoveryAck {
     state: Option<Json<StateHandle>>,
 }
 
-/// `GET /v1/jobs/{job}/recovery`: the latest decided checkpoint, per task and
+/// `GET /v1/jobs/{job}/recovery`: the latest decided checkpoint (or the one
+/// an attempt restarted from, until the next decision), per task and
 /// merged, once its rows are in the sink (`promotion-blocked` before).
 /// Read-only.
 pub async fn recovery(conn: &mut PgConnection, job_id: &str) -> Result<Recovery> {
     let job = load_job(&mut *conn, job_id, JobLock::None).await?;
     ensure_promoted(&mut *conn, &job).await?;
-    let Some(checkpoint_id) = job.last_decided_id else {
+    let Some(checkpoint_id) = job.restored_from.or(job.last_decided_id) else {
         return Ok(Recovery {
             checkpoint_id: None,
             epoch: None,

@@ -375,10 +375,21 @@ async fn mark_committed(
              SELECT checkpoint_id FROM checkpoints
              WHERE job_id = $1 AND status IN ('completed', 'committed')
              ORDER BY checkpoint_id DESC OFFSET $6 - 1 LIMIT 1
+         ), kept AS (
+             -- Savepoints keep their acks (offsets, state and its
+             -- references) and their offsets snapshot.
+             SELECT checkpoint_id FROM savepoints WHERE job_id = $1
          ), pruned_claims AS (
              DELETE FROM ack_partitions WHERE job_id = $1 AND checkpoint_id < (SELECT checkpoint_id FROM horizon)
          ), pruned_acks AS (
              DELETE FROM acks WHERE job_id = $1 AND checkpoint_id < (SELECT checkpoint_id FROM horizon)
+               AND checkpoint_id NOT IN (SELECT checkpoint_id FROM kept)
+         ), pruned_snapshots AS (
+             -- Not a row `marked` updates (one statement must not update
+             -- a row twice): those are above the last committed one.
+             UPDATE checkpoints SET offsets_snapshot = NULL
+             WHERE job_id = $1 AND checkpoint_id < (SELECT checkpoint_id FROM horizon) AND checkpoint_id <= $2
+               AND offsets_snapshot IS NOT NULL AND checkpoint_id NOT IN (SELECT checkpoint_id FROM kept)
          )
          SELECT 1 AS done", &job.job_id, committed, decided, promoted.rows as i64, promoted.millis, job.retained as i64,
          Json(by_output) as _)

@@ -288,7 +288,7 @@ pub async fn put(conn: &mut PgConnection, job_id: &str, spec: &JobSpec) -> Resul
     if fence {
         // With the old task set: its decided checkpoint is rolled forward,
         // its pending ones and their staged rows are aborted.
-        attempts::start(&mut *conn, job_id).await?;
+        attempts::start(&mut *conn, job_id, None).await?;
     }
     // Tasks: keep the acks of tasks that stay, add new ones, drop removed ones.
     sqlx::query!(

@@ -41,7 +41,7 @@ macro_rules! select_job {
             crate::coordinator::JobRow,
             r#"SELECT job_id, staging_id, interval_ms, timeout_ms, min_pause_ms, max_concurrent, retained, epoch,
                       epoch_first_checkpoint, next_checkpoint_id, last_decided_id,
-                      last_committed_id, created_at, updated_at,
+                      last_committed_id, restored_from, created_at, updated_at,
                       epoch_timeline, sinkgate_timeline() AS "server_timeline!"
                FROM jobs"# + $tail
             $(, $arg)*
@@ -55,7 +55,9 @@ pub mod checkpoints;
 pub mod commit;
 pub mod jobs;
 pub mod notify;
+pub mod savepoints;
 pub mod scheduler;
+pub mod state;
 pub mod tokens;
 pub mod writes;
 
@@ -70,10 +72,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    AbortRequest, AckRequest, AckResult, Attempt, Checkpoint, CheckpointDetails,
+    AbortRequest, AckRequest, AckResult, Attempt, AttemptRequest, Checkpoint, CheckpointDetails,
     CheckpointListQuery, CheckpointStatus, DeadLetterList, DeadLetterQuery, DeclineRequest,
     IssuedToken, Job, JobSpec, OnPromotionError, Output, PendingCheckpoint, PromotionResult,
-    Recovery, SinkMode, SinkSpec, TokenInfo, TriggerKind, WriteResult,
+    Recovery, Savepoint, SavepointRequest, SinkMode, SinkSpec, StoredChunk, TokenInfo, TriggerKind,
+    WriteResult,
 };
 use crate::sink::promote::SinkTarget;
 use crate::sink::schema::ColumnDef;
@@ -116,9 +119,9 @@ pub async fn delete_job(pool: &PgPool, job_id: &str) -> Result<()> {
 /// Starts a new attempt: fences the old epoch (its zombies get `fenced`),
 /// rolls decided checkpoints forward, aborts the rest, and answers the new
 /// epoch with the recovery point.
-pub async fn attempt(pool: &PgPool, job_id: &str) -> Result<Attempt> {
+pub async fn attempt(pool: &PgPool, job_id: &str, request: &AttemptRequest) -> Result<Attempt> {
     let mut tx = attempts::begin_fence(pool, job_id).await?;
-    let attempt = attempts::start(&mut tx, job_id).await?;
+    let attempt = attempts::start(&mut tx, job_id, request.from_checkpoint).await?;
     tx.commit().await?;
     Ok(attempt)
 }
@@ -324,6 +327,64 @@ pub async fn dead_letters(
     commit::dead_letters(&mut *pool.acquire().await?, job_id, query).await
 }
 
+/// Which of these chunks the state store lacks (the task uploads those).
+pub async fn missing_chunks(pool: &PgPool, job_id: &str, chunks: &[String]) -> Result<Vec<String>> {
+    state::missing(&mut *pool.acquire().await?, job_id, chunks).await
+}
+
+/// Stores a state chunk, checked against its SHA-256.
+pub async fn put_chunk(
+    pool: &PgPool,
+    job_id: &str,
+    sha256: &str,
+    content: Bytes,
+) -> Result<StoredChunk> {
+    state::put_chunk(&mut *pool.acquire().await?, job_id, sha256, content).await
+}
+
+/// A state chunk's content, checked against its SHA-256.
+pub async fn chunk(pool: &PgPool, job_id: &str, sha256: &str) -> Result<Bytes> {
+    state::get_chunk(&mut *pool.acquire().await?, job_id, sha256).await
+}
+
+/// External objects that no retained checkpoint or savepoint references.
+pub async fn unreferenced_objects(pool: &PgPool, job_id: &str) -> Result<Vec<String>> {
+    state::unreferenced_objects(&mut *pool.acquire().await?, job_id).await
+}
+
+/// The owner releases (deletes) external objects: none may be referenced.
+pub async fn release_objects(pool: &PgPool, job_id: &str, uris: &[String]) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    state::release_objects(&mut tx, job_id, uris).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Takes a savepoint of a decided checkpoint.
+pub async fn create_savepoint(
+    pool: &PgPool,
+    job_id: &str,
+    request: &SavepointRequest,
+) -> Result<Savepoint> {
+    let mut tx = pool.begin().await?;
+    let savepoint = savepoints::create(&mut tx, job_id, request).await?;
+    tx.commit().await?;
+    Ok(savepoint)
+}
+
+/// A job's savepoints, newest first.
+pub async fn savepoints(pool: &PgPool, job_id: &str) -> Result<Vec<Savepoint>> {
+    savepoints::list(&mut *pool.acquire().await?, job_id).await
+}
+
+/// Deletes a savepoint (the checkpoint is retained like any other again).
+pub async fn delete_savepoint(pool: &PgPool, job_id: &str, checkpoint_id: i64) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    savepoints::delete(&mut tx, job_id, checkpoint_id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Issues a processor token for a job (its secret is shown only here).
 pub async fn issue_token(pool: &PgPool, job_id: &str, label: &str) -> Result<IssuedToken> {
     let mut tx = pool.begin().await?;
@@ -456,6 +517,9 @@ pub struct JobRow {
     pub next_checkpoint_id: i64,
     pub last_decided_id: Option<i64>,
     pub last_committed_id: Option<i64>,
+    /// Set by an attempt that restarted from an older checkpoint: the
+    /// recovery point until the next decision.
+    pub restored_from: Option<i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// The database server's timeline the current epoch began on.

@@ -22,10 +22,21 @@ pub const SCHEDULER_LOCK_KEY: i64 = 0x5349_4e4b_4741_5445; // "SINKGATE"
 /// Failed promotions are retried at most this often per job.
 const PROMOTION_RETRY: Duration = Duration::from_secs(2);
 
+/// Unreferenced state chunks are looked for at most this often (or every
+/// grace period, when that is shorter).
+const COLLECT_EVERY: Duration = Duration::from_secs(60);
+
 /// Runs until `shutdown` turns true; releases the lock on the way out.
-pub async fn run(pool: PgPool, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+/// `state_grace`: how long an unreferenced state chunk is kept.
+pub async fn run(
+    pool: PgPool,
+    tick: Duration,
+    state_grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut leader: Option<PoolConnection<Postgres>> = None;
     let mut last_retry: HashMap<String, Instant> = HashMap::new();
+    let mut last_collected: Option<Instant> = None;
     loop {
         // The lock lives as long as its session: if that ended (a database
         // restart, a failover, a killed backend), another replica may hold
@@ -49,6 +60,13 @@ pub async fn run(pool: PgPool, tick: Duration, mut shutdown: watch::Receiver<boo
                 // The lock connection may be broken; re-elect next time.
                 if let Some(mut conn) = leader.take() {
                     let _ = release(&mut conn).await;
+                }
+            }
+            if last_collected.is_none_or(|last| last.elapsed() >= COLLECT_EVERY.min(state_grace)) {
+                last_collected = Some(Instant::now());
+                if let Err(error) = super::state::collect_chunks(&pool, state_grace).await {
+                    // An ack that referenced a chunk meanwhile: next time.
+                    tracing::warn!(%error, "collecting state chunks failed");
                 }
             }
         }

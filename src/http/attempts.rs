@@ -23,18 +23,20 @@ pub fn router() -> OpenApiRouter<AppState> {
 ///
 /// Rolls forward a checkpoint decided before a crash, aborts the old epoch's
 /// pending checkpoints and its staged rows, and returns the offsets and
-/// state handles to resume from. The body may be empty or `{}`. An upload
+/// state handles to resume from. The body may be empty or `{}`; with
+/// `from_checkpoint`, the job restarts from that savepoint or retained
+/// checkpoint instead (upsert-only jobs). An upload
 /// of the old epoch that stalls is ended after about a second, so a new
 /// attempt never waits for a zombie's network.
 #[utoipa::path(
     post, path = "/v1/jobs/{job}/attempts", tag = "recovery",
     params(("job" = String, Path, description = "Job id")),
-    request_body(content = AttemptRequest, description = "Empty object (or no body)"),
+    request_body(content = AttemptRequest, description = "Empty object (or no body), or the checkpoint to restart from"),
     responses(
         (status = 200, description = "The new epoch and the recovery point", body = Attempt),
         (status = 404, description = "No such job (`not-found`)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The last decided checkpoint's rows cannot be promoted into the sink (`promotion-blocked`, with `checkpoint_id` and `sink_error`); nothing was changed. Retry after the operator fixed the sink", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown field in the body (`validation`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The last decided checkpoint's rows cannot be promoted into the sink (`promotion-blocked`, with `checkpoint_id` and `sink_error`); nothing was changed. Retry after the operator fixed the sink. Or a restart from an older checkpoint of a job with an append or first_write_wins output (`conflict`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown field in the body, or a `from_checkpoint` that is unknown, not committed or no longer retained (`validation`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn start_attempt(
@@ -50,15 +52,18 @@ async fn start_attempt(
             .and_then(|value| value.to_str().ok()),
     );
     let body = read_body(request, &()).await?;
+    let mut options = AttemptRequest::default();
     if !body.iter().all(u8::is_ascii_whitespace) {
         if !json {
             return Err(Error::UnsupportedMediaType(
                 "send the body as Content-Type: application/json (or send none)".into(),
             ));
         }
-        parse_json::<AttemptRequest>(&body)?;
+        options = parse_json::<AttemptRequest>(&body)?;
     }
-    Ok(Json(coordinator::attempt(&state.db, &job_id).await?))
+    Ok(Json(
+        coordinator::attempt(&state.db, &job_id, &options).await?,
+    ))
 }
 
 /// Where to resume: the latest decided checkpoint's offsets and state (read-only).

@@ -13,6 +13,7 @@ pub mod jobs;
 pub mod problem;
 pub mod promotions;
 pub mod serve;
+pub mod state;
 pub mod tokens;
 pub mod ui;
 pub mod writes;
@@ -187,6 +188,7 @@ Errors are RFC 9457 problem documents (`application/problem+json`) whose `type` 
         (name = "writes", description = "Stage rows (pre-commit)"),
         (name = "checkpoints", description = "Trigger, discover, ack and decline checkpoints"),
         (name = "tokens", description = "Processor tokens (admin)"),
+        (name = "state", description = "Checkpoint state: the built-in chunk store, shared external objects, savepoints"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
@@ -270,6 +272,7 @@ fn api_router() -> OpenApiRouter<AppState> {
         .merge(checkpoints::router())
         .merge(promotions::router())
         .merge(tokens::router())
+        .merge(state::router())
         .merge(health::router())
 }
 
@@ -492,15 +495,17 @@ pub fn app(state: AppState, limits: &HttpLimits) -> Router {
     };
     let (router, api) = split();
     let request_id = HeaderName::from_static("x-request-id");
+    let budget = limits
+        .max_json_bytes_in_flight
+        .max(limits.max_json_body_bytes);
     let admission = Admission {
         in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_in_flight.max(1))),
         long_polls: std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max_long_polls.max(1))),
-        body_budget: body::Budget::new(
-            limits
-                .max_json_bytes_in_flight
-                .max(limits.max_json_body_bytes),
-        ),
+        body_budget: body::Budget::new(budget),
         max_json_body_bytes: limits.max_json_body_bytes,
+        // A chunk larger than the whole budget could never be admitted:
+        // 413 at once rather than 503 for ever.
+        max_chunk_bytes: crate::coordinator::state::MAX_CHUNK_BYTES.min(budget),
         pace: state.pace(),
     };
     router
@@ -572,6 +577,8 @@ struct Admission {
     /// Buffered body bytes, all requests together.
     body_budget: body::Budget,
     max_json_body_bytes: usize,
+    /// A state chunk's limit (its route has its own body limit).
+    max_chunk_bytes: usize,
     /// How fast a buffered body must arrive.
     pace: body::Pace,
 }
@@ -595,10 +602,15 @@ impl Admission {
             .get(header::CONTENT_LENGTH)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.trim().parse::<u64>().ok());
-        if declared.is_some_and(|length| length > self.max_json_body_bytes as u64) {
+        // A state chunk has a limit of its own (its route enforces it too).
+        let limit = if route(&request) == Some(CHUNK_ROUTE) {
+            self.max_chunk_bytes
+        } else {
+            self.max_json_body_bytes
+        };
+        if declared.is_some_and(|length| length > limit as u64) {
             return Err(Error::PayloadTooLarge(format!(
-                "the request body is larger than the configured limit ({} bytes)",
-                self.max_json_body_bytes
+                "the request body is larger than the configured limit ({limit} bytes)"
             )));
         }
         let held = body::Held::default();
@@ -664,6 +676,9 @@ fn is_upload(request: &Request<Body>) -> bool {
                 .and_then(|value| value.to_str().ok()),
         )
 }
+
+/// The route of a state chunk's upload and download.
+const CHUNK_ROUTE: &str = "/v1/jobs/{job}/state/chunks/{sha256}";
 
 /// A long-poll for the next checkpoint.
 fn is_long_poll(request: &Request<Body>) -> bool {

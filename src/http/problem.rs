@@ -110,6 +110,7 @@ pub fn problem_for(error: &Error) -> Problem {
             retry_after_ms: Some(1000),
             ..base(error, S::SERVICE_UNAVAILABLE, "Service unavailable")
         },
+        Error::StateCorrupted(_) => base(error, S::INTERNAL_SERVER_ERROR, "State corrupted"),
         Error::Internal(_) => base(error, S::INTERNAL_SERVER_ERROR, "Internal error"),
     }
 }
@@ -195,6 +196,9 @@ fn sample(kind: ProblemKind) -> Error {
         ProblemKind::Forbidden => {
             Error::Forbidden("this token belongs to job \"word-count\"".into())
         }
+        ProblemKind::StateCorrupted => Error::StateCorrupted(
+            "state chunk 9f86d081… of job \"word-count\" is corrupted in the database".into(),
+        ),
         ProblemKind::Overloaded => Error::Overloaded,
         ProblemKind::Timeout => Error::Timeout(30_000),
         ProblemKind::Unavailable => Error::Unavailable,

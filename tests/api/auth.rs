@@ -421,7 +421,8 @@ async fn every_route_declares_who_may_call_it(_: PgPoolOptions, connect: PgConne
         let path = template
             .replace("{job}", "own")
             .replace("{id}", "1")
-            .replace("{token_id}", "x");
+            .replace("{token_id}", "x")
+            .replace("{sha256}", &"0".repeat(64));
         for method in operations.as_object().unwrap().keys() {
             for (token, expected) in [
                 (None, StatusCode::UNAUTHORIZED),

@@ -40,6 +40,7 @@ pub fn options() -> ServiceOptions {
         },
         auth: sinkgate::auth::AuthMode::Disabled,
         tick: Duration::from_millis(50),
+        state_grace: Duration::from_secs(3600),
     }
 }
 

@@ -14,3 +14,4 @@ mod operations;
 mod outputs;
 mod roundtrip;
 mod sink;
+mod state;

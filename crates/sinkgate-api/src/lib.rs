@@ -309,7 +309,9 @@ pub struct JobList {
 /// What a task needs to restore, recorded with its ack.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[schema(example = json!({"inline": {"any": "json"}, "external": {"uri": "s3://b/k", "size_bytes": 10, "checksum": "sha256:..."}}))]
+#[schema(example = json!({"inline": {"any": "json"},
+    "stored": {"chunks": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"], "size_bytes": 4},
+    "objects": [{"uri": "s3://bucket/job/sst-17", "size_bytes": 1048576, "checksum": "sha256:..."}]}))]
 pub struct StateHandle {
     /// A small JSON value, stored as is (size limited by the service's configuration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -317,6 +319,54 @@ pub struct StateHandle {
     /// A reference to state stored elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalState>,
+    /// State in sinkgate's own store: the chunks uploaded with
+    /// `PUT /v1/jobs/{job}/state/chunks/{sha256}`, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredState>,
+    /// Objects in the task's own store that this state uses, some perhaps
+    /// shared with earlier checkpoints; sinkgate tracks which retained
+    /// checkpoints reference each (`GET /v1/jobs/{job}/state/objects/unreferenced`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objects: Vec<ExternalState>,
+}
+
+/// State in sinkgate's state store: its chunks, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"chunks": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"], "size_bytes": 4}))]
+pub struct StoredState {
+    /// SHA-256 of each chunk, lowercase hex, in the order they make up the state.
+    pub chunks: Vec<String>,
+    /// The state's size: the sum of its chunks' sizes.
+    pub size_bytes: u64,
+}
+
+/// `POST /v1/jobs/{job}/state/chunks/missing` body and answer: chunk ids
+/// (SHA-256, lowercase hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"chunks": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]}))]
+pub struct ChunkList {
+    pub chunks: Vec<String>,
+}
+
+/// `PUT /v1/jobs/{job}/state/chunks/{sha256}` answer.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "size_bytes": 4, "created": true}))]
+pub struct StoredChunk {
+    pub sha256: String,
+    pub size_bytes: u64,
+    /// False when the store held this chunk already.
+    pub created: bool,
+}
+
+/// `GET /v1/jobs/{job}/state/objects/unreferenced` answer, and
+/// `POST /v1/jobs/{job}/state/objects/released` body: external objects by URI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"uris": ["s3://bucket/job/sst-3"]}))]
+pub struct ObjectList {
+    pub uris: Vec<String>,
 }
 
 /// State stored outside sinkgate.
@@ -360,10 +410,48 @@ pub struct Recovery {
     pub offsets: BTreeMap<String, i64>,
 }
 
-/// `POST /v1/jobs/{job}/attempts` body (empty object; reserved for options).
+/// `POST /v1/jobs/{job}/attempts` body (may be empty).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct AttemptRequest {}
+#[schema(example = json!({"from_checkpoint": 41}))]
+pub struct AttemptRequest {
+    /// Restart from this savepoint or retained checkpoint instead of the
+    /// last decided one. Only for jobs whose every output is upsert (their
+    /// replays converge); refused (409) for append and first_write_wins
+    /// outputs, whose promoted rows cannot be taken back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_checkpoint: Option<i64>,
+}
+
+/// `POST /v1/jobs/{job}/savepoints` body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"label": "before-upgrade-2.4"}))]
+pub struct SavepointRequest {
+    /// A name for it, unique in the job (1–200 characters).
+    pub label: String,
+    /// A decided checkpoint whose acks are still retained (default: the
+    /// last decided one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_id: Option<i64>,
+}
+
+/// A savepoint: a decided checkpoint kept, with its acks, state and
+/// offsets, until deleted (exempt from `retained`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"checkpoint_id": 41, "label": "before-upgrade-2.4", "created_at": "2026-11-25T10:00:00Z"}))]
+pub struct Savepoint {
+    pub checkpoint_id: i64,
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `GET /v1/jobs/{job}/savepoints` answer, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"savepoints": [{"checkpoint_id": 41, "label": "before-upgrade-2.4", "created_at": "2026-11-25T10:00:00Z"}]}))]
+pub struct SavepointList {
+    pub savepoints: Vec<Savepoint>,
+}
 
 /// `POST /v1/jobs/{job}/attempts` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -812,6 +900,9 @@ pub enum ProblemKind {
     Overloaded,
     Timeout,
     Unavailable,
+    /// A stored state chunk no longer matches its SHA-256: it is refused,
+    /// never served.
+    StateCorrupted,
     Internal,
 }
 
@@ -836,6 +927,7 @@ names!(ProblemKind {
     Overloaded = "overloaded",
     Timeout = "timeout",
     Unavailable = "unavailable",
+    StateCorrupted = "state-corrupted",
     Internal = "internal",
 });
 

@@ -5,7 +5,9 @@
 //! counts one occurrence of the word `p<partition>-w<offset % 13>`; tasks own
 //! partitions (and so their words). Counts are upserted into
 //! `word_counts (word text PRIMARY KEY, n bigint NOT NULL)`, and each task's
-//! counts travel in its checkpoint state, so a restart resumes them exactly.
+//! counts are its checkpoint state, saved in sinkgate's state store
+//! (`Client::save_state`: only the chunks the store lacks are uploaded), so
+//! a restart restores them exactly.
 //!
 //! ```sh
 //! python3 examples/python/make_log.py --log-dir /tmp/log
@@ -69,7 +71,7 @@ pub async fn register(args: &Args) -> Result<(), Error> {
 pub async fn run(args: &Args) -> Result<(), Error> {
     let client = Client::new(&[&args.url], &args.job);
     let tasks: Vec<String> = (0..args.tasks).map(|t| format!("task-{t}")).collect();
-    let processor = Processor::start(client, tasks.clone()).await?;
+    let processor = Processor::start(client.clone(), tasks.clone()).await?;
     let owner = |partition: usize| partition % args.tasks;
     let logs: Vec<Vec<String>> = (0..args.partitions)
         .map(|p| {
@@ -87,32 +89,19 @@ pub async fn run(args: &Args) -> Result<(), Error> {
             .map(|p| processor.resume_offset(&p.to_string()) as usize)
             .collect::<Vec<_>>(),
     );
-    let counts: Mutex<Vec<BTreeMap<String, i64>>> = Mutex::new(
-        tasks
-            .iter()
-            .map(|task| {
-                processor
-                    .resume_state(task)
-                    .and_then(|state| state.inline.clone())
-                    .and_then(|inline| serde_json::from_value(inline).ok())
-                    .unwrap_or_default()
-            })
-            .collect(),
-    );
-
-    let barrier = |task: &str| {
-        let index: usize = task.trim_start_matches("task-").parse().unwrap();
-        let offsets = offsets.lock().unwrap();
-        let owned: BTreeMap<String, i64> = (0..args.partitions)
-            .filter(|p| owner(*p) == index)
-            .map(|p| (p.to_string(), offsets[p] as i64))
-            .collect();
-        let state = StateHandle {
-            inline: Some(json!(counts.lock().unwrap()[index])),
-            external: None,
+    let mut resumed = Vec::with_capacity(tasks.len());
+    for task in &tasks {
+        let counts = match processor
+            .resume_state(task)
+            .and_then(|state| state.stored.as_ref())
+        {
+            Some(stored) => serde_json::from_slice(&client.restore_state(stored).await?)
+                .map_err(|error| Error::Decode(error.to_string()))?,
+            None => BTreeMap::new(),
         };
-        (owned, Some(state))
-    };
+        resumed.push(counts);
+    }
+    let counts: Mutex<Vec<BTreeMap<String, i64>>> = Mutex::new(resumed);
 
     let mut batches = 0;
     loop {
@@ -148,6 +137,35 @@ pub async fn run(args: &Args) -> Result<(), Error> {
             (0..args.partitions).all(|p| offsets[p] >= logs[p].len())
         };
         if done || batches >= args.checkpoint_batches {
+            // Each task's counts into the state store (one JSON line per
+            // word, so a changed count changes the chunk around it), then
+            // the checkpoint, acked with the offsets and the saved state.
+            let mut saved = Vec::with_capacity(tasks.len());
+            for index in 0..tasks.len() {
+                let text = {
+                    let counts = counts.lock().unwrap();
+                    let mut text =
+                        serde_json::to_vec_pretty(&counts[index]).expect("counts as JSON");
+                    text.push(b'\n');
+                    text
+                };
+                saved.push(client.save_state(&text).await?.stored);
+            }
+            let barrier = |task: &str| {
+                let index: usize = task.trim_start_matches("task-").parse().unwrap();
+                let offsets = offsets.lock().unwrap();
+                let owned: BTreeMap<String, i64> = (0..args.partitions)
+                    .filter(|p| owner(*p) == index)
+                    .map(|p| (p.to_string(), offsets[p] as i64))
+                    .collect();
+                let state = StateHandle {
+                    inline: None,
+                    external: None,
+                    stored: Some(saved[index].clone()),
+                    objects: Vec::new(),
+                };
+                (owned, Some(state))
+            };
             processor.checkpoint(barrier).await?;
             batches = 0;
         }

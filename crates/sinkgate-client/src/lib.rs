@@ -25,6 +25,9 @@ use sinkgate_api::{
     CheckpointStatus, DeadLetterList, IssuedToken, Job, JobList, JobSpec, PendingCheckpoint,
     PromotionResult, Recovery, StateHandle, TokenInfo, TokenRequest, TriggerRequest, WriteResult,
 };
+use sinkgate_api::{ChunkList, StoredChunk, StoredState};
+
+pub mod state;
 pub use sinkgate_api::{Problem, ProblemKind};
 
 /// What can go wrong when calling sinkgate.
@@ -42,6 +45,9 @@ pub enum Error {
     /// An answer that does not parse.
     #[error("unexpected answer: {0}")]
     Decode(String),
+    /// A local file (of a state saved or restored) could not be read or written.
+    #[error("{0}")]
+    Io(String),
 }
 
 impl Error {
@@ -128,6 +134,57 @@ impl Client {
         path: &str,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<Option<T>> {
+        self.retrying(path, |url| {
+            let mut request = self.http.request(method.clone(), url);
+            if let Some(body) = body {
+                request = request.json(body);
+            }
+            async move {
+                let response = self.send_once(request).await?;
+                if response.status() == StatusCode::NO_CONTENT {
+                    return Ok(None);
+                }
+                response
+                    .json()
+                    .await
+                    .map(Some)
+                    .map_err(|error| Failure::Final(Error::Decode(error.to_string())))
+            }
+        })
+        .await
+    }
+
+    /// [`Client::call`] with raw bytes each way (`application/octet-stream`).
+    async fn call_bytes(&self, method: Method, path: &str, body: Option<&[u8]>) -> Result<Vec<u8>> {
+        self.retrying(path, |url| {
+            let mut request = self.http.request(method.clone(), url);
+            if let Some(body) = body {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                    .body(body.to_vec());
+            }
+            async move {
+                let response = self.send_once(request).await?;
+                response
+                    .bytes()
+                    .await
+                    .map(|bytes| bytes.to_vec())
+                    .map_err(|error| Failure::Transient {
+                        failure: with_causes(&error),
+                        retry_after: None,
+                    })
+            }
+        })
+        .await
+    }
+
+    /// Tries `once(<replica>{path})` until it succeeds, fails for good, or
+    /// `retry_for` has passed (see [`Client::call`]).
+    async fn retrying<T, F, Fut>(&self, path: &str, once: F) -> Result<T>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Failure>>,
+    {
         use backon::Retryable;
         let started = std::time::Instant::now();
         let tries = std::sync::atomic::AtomicUsize::new(0);
@@ -136,12 +193,13 @@ impl Client {
             .with_max_delay(Duration::from_secs(1))
             .with_jitter()
             .without_max_times();
-        let once = || {
+        let attempt = || {
             let try_number = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let base = &self.base_urls[try_number % self.base_urls.len()];
-            self.call_once::<T>(method.clone(), format!("{base}{path}"), body)
+            once(format!("{base}{path}"))
         };
-        once.retry(backoff)
+        attempt
+            .retry(backoff)
             .when(|failure| {
                 matches!(failure, Failure::Transient { .. }) && started.elapsed() <= self.retry_for
             })
@@ -164,17 +222,12 @@ impl Client {
             })
     }
 
-    /// One try of [`Client::call`].
-    async fn call_once<T: DeserializeOwned>(
+    /// Sends one try; a success comes back to be read, anything else is a
+    /// [`Failure`]: transient (no answer, 5xx, 429) or final (a refusal).
+    async fn send_once(
         &self,
-        method: Method,
-        url: String,
-        body: Option<&(impl Serialize + ?Sized)>,
-    ) -> std::result::Result<Option<T>, Failure> {
-        let mut request = self.http.request(method, url);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
+        mut request: reqwest::RequestBuilder,
+    ) -> std::result::Result<reqwest::Response, Failure> {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -183,15 +236,8 @@ impl Client {
             retry_after: None,
         })?;
         let status = response.status();
-        if status == StatusCode::NO_CONTENT {
-            return Ok(None);
-        }
         if status.is_success() {
-            return response
-                .json()
-                .await
-                .map(Some)
-                .map_err(|error| Failure::Final(Error::Decode(error.to_string())));
+            return Ok(response);
         }
         let retry_after = response
             .headers()
@@ -200,14 +246,18 @@ impl Client {
             .and_then(|value| value.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let text = response.text().await.unwrap_or_default();
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        let problem = serde_json::from_str::<Problem>(&text).ok();
+        // A corrupted chunk stays corrupted: no use retrying it.
+        let corrupted = problem
+            .as_ref()
+            .is_some_and(|problem| problem.kind() == Some(ProblemKind::StateCorrupted));
+        if (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) && !corrupted {
             return Err(Failure::Transient {
                 failure: format!("{status}: {text}"),
                 retry_after,
             });
         }
-        let problem: Problem =
-            serde_json::from_str(&text).map_err(|_| Failure::Final(Error::Decode(text.clone())))?;
+        let problem = problem.ok_or_else(|| Failure::Final(Error::Decode(text.clone())))?;
         if problem.kind() == Some(ProblemKind::Fenced) {
             return Err(Failure::Final(Error::Zombie {
                 current_epoch: problem.current_epoch,
@@ -407,6 +457,82 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+
+    /// `POST /state/chunks/missing`: which of these chunks the store lacks.
+    pub async fn missing_chunks(&self, chunks: &[String]) -> Result<Vec<String>> {
+        let asked = ChunkList {
+            chunks: chunks.to_vec(),
+        };
+        let answer: ChunkList = self
+            .expect(
+                Method::POST,
+                &self.job_path("/state/chunks/missing"),
+                Some(&asked),
+            )
+            .await?;
+        Ok(answer.chunks)
+    }
+
+    /// `PUT /state/chunks/{sha256}`.
+    pub async fn put_chunk(&self, sha256: &str, content: &[u8]) -> Result<StoredChunk> {
+        let path = self.job_path(&format!("/state/chunks/{sha256}"));
+        let answer = self.call_bytes(Method::PUT, &path, Some(content)).await?;
+        serde_json::from_slice(&answer).map_err(|error| Error::Decode(error.to_string()))
+    }
+
+    /// `GET /state/chunks/{sha256}`, checked against its SHA-256 here too.
+    pub async fn get_chunk(&self, sha256: &str) -> Result<Vec<u8>> {
+        let path = self.job_path(&format!("/state/chunks/{sha256}"));
+        let content = self.call_bytes(Method::GET, &path, None).await?;
+        if state::sha256_hex(&content) != sha256 {
+            return Err(Error::Decode(format!(
+                "state chunk {sha256} arrived with other content"
+            )));
+        }
+        Ok(content)
+    }
+
+    /// Saves `state` in the state store, incrementally: cut into chunks by
+    /// content, only the chunks the store lacks are uploaded. Put the
+    /// answer's `stored` in the ack (`StateHandle::stored`).
+    pub async fn save_state(&self, state: &[u8]) -> Result<state::Saved> {
+        state::save(self, state::chunks_of(state)).await
+    }
+
+    /// Saves a file in the state store, as [`Client::save_state`], reading
+    /// it a chunk at a time.
+    pub async fn save_state_file(&self, path: &std::path::Path) -> Result<state::Saved> {
+        let file = std::fs::File::open(path).map_err(|error| Error::Io(error.to_string()))?;
+        state::save(self, state::chunks_of_reader(file)).await
+    }
+
+    /// The state `stored` describes, downloaded and checked chunk by chunk.
+    pub async fn restore_state(&self, stored: &StoredState) -> Result<Vec<u8>> {
+        let mut state = Vec::with_capacity(stored.size_bytes as usize);
+        state::restore(self, stored, |chunk| {
+            state.extend_from_slice(chunk);
+            Ok(())
+        })
+        .await?;
+        Ok(state)
+    }
+
+    /// Restores into a file, a chunk at a time.
+    pub async fn restore_state_file(
+        &self,
+        stored: &StoredState,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        use std::io::Write;
+        let file = std::fs::File::create(path).map_err(|error| Error::Io(error.to_string()))?;
+        let mut file = std::io::BufWriter::new(file);
+        state::restore(self, stored, |chunk| {
+            file.write_all(chunk)
+                .map_err(|error| Error::Io(error.to_string()))
+        })
+        .await?;
+        file.flush().map_err(|error| Error::Io(error.to_string()))
     }
 
     fn job_path(&self, suffix: &str) -> String {
