@@ -47,6 +47,12 @@ DO $$
 DECLARE
     output record;
 BEGIN
+    -- A sink column of that name (allowed before) would collide: stop with
+    -- a message that says which, rather than fail on the ALTER.
+    FOR output IN SELECT o.job_id, c ->> 'name' AS name FROM job_outputs o, jsonb_array_elements(o.sink_columns) c
+                  WHERE c ->> 'name' IN ('_sinkgate_delete', '_sinkgate_op') LOOP
+        RAISE EXCEPTION 'job % has a sink column named %, which sinkgate now uses itself; rename the column (and PUT the job again) before upgrading', output.job_id, output.name;
+    END LOOP;
     FOR output IN SELECT staging_id FROM job_outputs LOOP
         IF to_regclass(format('sinkgate_staging.%I', 'job_' || output.staging_id)) IS NOT NULL THEN
             EXECUTE format('ALTER TABLE sinkgate_staging.%I ADD COLUMN _sinkgate_delete boolean',

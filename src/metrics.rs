@@ -170,8 +170,10 @@ pub fn pool(size: u32, idle: usize, max: u32) {
 }
 
 /// Rows that a promotion sent to the dead-letter table.
-pub fn dead_lettered(job: &str, rows: u64) {
-    counter!("sinkgate_dead_lettered_rows_total", "job_id" => job.to_owned()).increment(rows);
+/// Rows one output's committed promotion sent to the dead-letter table.
+pub fn dead_lettered(job: &str, output: &str, rows: u64) {
+    counter!("sinkgate_dead_lettered_rows_total", "job_id" => job.to_owned(), "output" => output.to_owned())
+        .increment(rows);
 }
 
 /// A scheduler pass over one job that failed (the job is skipped until the

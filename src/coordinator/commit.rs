@@ -18,7 +18,7 @@ use crate::model::{
     DeadLetter, DeadLetterList, DeadLetterQuery, OnPromotionError, PromotionResult,
 };
 use crate::sink::promote::{
-    clear_promoted, is_row_error, promote, promote_with_dead_letters, Promoted,
+    clear_promoted, is_row_error, promote, promote_with_dead_letters, Phase, Promoted,
 };
 
 /// What a commit attempt did.
@@ -91,16 +91,45 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
         dead_lettered: 0,
         millis: 0.0,
     };
+    // Counted once the promotion commits (a rolled-back one recorded nothing).
+    let mut dead_lettered = Vec::new();
     let mut by_output = BTreeMap::new();
-    for output in &outputs {
-        let Some(range) = staged.get(&output.output) else {
-            continue;
+    // Every output's deletes (reverse declaration order), then every
+    // output's writes (declaration order): see `Phase`.
+    let with_rows = |output: &&OutputRow| staged.contains_key(&output.output);
+    let deletes = outputs
+        .iter()
+        .rev()
+        .filter(with_rows)
+        .filter(|output| output.on_promotion_error != OnPromotionError::DeadLetter)
+        .map(|output| (output, Phase::Deletes));
+    let writes = outputs.iter().filter(with_rows).map(|output| {
+        let phase = if output.on_promotion_error == OnPromotionError::DeadLetter {
+            Phase::Both
+        } else {
+            Phase::Writes
         };
-        match promote_output(&mut savepoint, output, decided, (committed, decided), range).await {
+        (output, phase)
+    });
+    for (output, phase) in deletes.chain(writes) {
+        let range = &staged[&output.output];
+        let outcome = promote_output(
+            &mut savepoint,
+            output,
+            decided,
+            (committed, decided),
+            range,
+            phase,
+        )
+        .await;
+        match outcome {
             Ok(promoted) => {
                 total.rows += promoted.rows;
                 total.dead_lettered += promoted.dead_lettered;
-                by_output.insert(output.output.clone(), promoted.rows as i64);
+                *by_output.entry(output.output.clone()).or_insert(0) += promoted.rows as i64;
+                if promoted.dead_lettered > 0 {
+                    dead_lettered.push((output.output.clone(), promoted.dead_lettered));
+                }
             }
             Err(error) => {
                 savepoint.rollback().await?;
@@ -140,6 +169,9 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
     for (output, rows) in &by_output {
         crate::metrics::output_promoted(&job.job_id, output, *rows as u64);
     }
+    for (output, rows) in &dead_lettered {
+        crate::metrics::dead_lettered(&job.job_id, output, *rows);
+    }
     Ok(CommitOutcome::Committed {
         checkpoint_id: decided,
         rows: total.rows,
@@ -156,16 +188,18 @@ async fn promote_output(
     decided: i64,
     range: (i64, i64),
     staged: &StagedRange,
+    phase: Phase,
 ) -> std::result::Result<Promoted, sqlx::Error> {
     let sink = output.sink_target();
     let mut attempt = conn.begin().await?;
-    match promote(&mut attempt, &sink, range, staged.deletes).await {
+    match promote(&mut attempt, &sink, range, staged.deletes, phase).await {
         Ok(promoted) => {
             attempt.commit().await?;
             Ok(promoted)
         }
         Err(error)
-            if output.on_promotion_error == OnPromotionError::DeadLetter
+            if phase == Phase::Both
+                && output.on_promotion_error == OnPromotionError::DeadLetter
                 && is_row_error(&error) =>
         {
             // The failed statement spoiled the savepoint; start over in a new one.

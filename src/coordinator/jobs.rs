@@ -8,7 +8,9 @@ use sqlx::PgConnection;
 
 use super::{attempts, load_job, load_outputs, require_name, JobLock, JobRow, OutputRow};
 use crate::error::{Error, Result};
-use crate::model::{CheckpointingSettings, CheckpointingSpec, Job, JobSpec, OutputSpec};
+use crate::model::{
+    CheckpointingSettings, CheckpointingSpec, Job, JobSpec, OutputSpec, DEFAULT_OUTPUT,
+};
 use crate::sink::schema;
 
 /// 1–48 characters of a-z, 0-9, '-', '_', starting with a letter or digit.
@@ -342,8 +344,10 @@ pub async fn view(conn: &mut PgConnection, job: JobRow) -> Result<Job> {
     .fetch_all(&mut *conn)
     .await?;
     let outputs = load_outputs(&mut *conn, &job.job_id).await?;
+    // `sink` is the shorthand of a job with one output named `default`: a
+    // client that PUTs back what it read must not rename an output.
     let only = match outputs.as_slice() {
-        [only] => Some(only),
+        [only] if only.output == DEFAULT_OUTPUT => Some(only),
         _ => None,
     };
     Ok(Job {

@@ -94,7 +94,18 @@ where
     .ok_or_else(|| Error::not_found(format!("job {job_id:?} does not exist")))?;
     job.check_epoch(key.epoch)?;
     let last_acked = lock_task(&mut *conn, job_id, key.task_id, false).await?;
-    let output = write_output(&mut *conn, job_id, key.output).await?;
+    let output = match write_output(&mut *conn, job_id, key.output).await {
+        Ok(output) => output,
+        // The job's outputs changed since this batch was staged (an output
+        // added, so it must now be named; or removed): a retry still gets
+        // its first answer, never a refusal of rows that are staged.
+        Err(error) => match recorded_batch(&mut *conn, job_id, &key).await? {
+            Some(seen) if key.output.is_none_or(|named| named == seen.output) => {
+                return Ok(seen.into_staged(&key, rows));
+            }
+            _ => return Err(error),
+        },
+    };
 
     let tag = [
         last_acked.map_or(0, |last| last + 1),
@@ -114,41 +125,16 @@ where
     .fetch_optional(&mut *conn)
     .await?;
     let Some(batch_seq) = batch_seq else {
-        let seen = sqlx::query!(
-            "SELECT checkpoint_tag, staged_rows, staged_bytes, digest, output FROM batches
-             WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
-            job_id,
-            key.epoch,
-            key.task_id,
-            key.batch_id
-        )
-        .fetch_one(&mut *conn)
-        .await?;
-        if seen.output != output.output {
+        let seen = recorded_batch(&mut *conn, job_id, &key)
+            .await?
+            .ok_or_else(|| Error::conflict("the batch record vanished; retry the write"))?;
+        if key.output.is_some_and(|named| named != seen.output) {
             // The same batch id for another output's rows: not a retry.
             return Err(Error::BatchConflict {
                 batch_id: key.batch_id.to_owned(),
             });
         }
-        let (checkpoint_id, staged_rows, staged_bytes, digest) = (
-            seen.checkpoint_tag,
-            seen.staged_rows,
-            seen.staged_bytes,
-            seen.digest,
-        );
-        return Ok(Staged::Seen {
-            answer: WriteResult {
-                task_id: key.task_id.to_owned(),
-                batch_id: key.batch_id.to_owned(),
-                epoch: key.epoch,
-                checkpoint_id,
-                staged_rows,
-                staged_bytes,
-                duplicate: true,
-            },
-            digest,
-            rows,
-        });
+        return Ok(seen.into_staged(&key, rows));
     };
 
     // Rows of a batch are ordered after every row of earlier batches.
@@ -221,4 +207,51 @@ async fn write_output(
             ),
         )),
     }
+}
+
+/// A batch as recorded when it was staged.
+struct RecordedBatch {
+    checkpoint_tag: i64,
+    staged_rows: i64,
+    staged_bytes: i64,
+    digest: Option<Vec<u8>>,
+    output: String,
+}
+
+impl RecordedBatch {
+    /// The first answer, to give again if `rows` are the rows staged.
+    fn into_staged<'r, S>(self, key: &BatchKey<'_>, rows: Rows<'r, S>) -> Staged<'r, S> {
+        Staged::Seen {
+            answer: WriteResult {
+                task_id: key.task_id.to_owned(),
+                batch_id: key.batch_id.to_owned(),
+                epoch: key.epoch,
+                checkpoint_id: self.checkpoint_tag,
+                staged_rows: self.staged_rows,
+                staged_bytes: self.staged_bytes,
+                duplicate: true,
+            },
+            digest: self.digest,
+            rows,
+        }
+    }
+}
+
+/// The record of this task's batch id in this epoch, if it was staged.
+async fn recorded_batch(
+    conn: &mut PgConnection,
+    job_id: &str,
+    key: &BatchKey<'_>,
+) -> Result<Option<RecordedBatch>> {
+    Ok(sqlx::query_as!(
+        RecordedBatch,
+        "SELECT checkpoint_tag, staged_rows, staged_bytes, digest, output FROM batches
+         WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
+        job_id,
+        key.epoch,
+        key.task_id,
+        key.batch_id
+    )
+    .fetch_optional(&mut *conn)
+    .await?)
 }

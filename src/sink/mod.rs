@@ -28,6 +28,7 @@
 //! are created with the job.
 
 pub mod encode;
+pub mod partial;
 pub mod promote;
 pub mod schema;
 pub mod staging;
@@ -53,6 +54,25 @@ pub const OWN_COLUMNS: [&str; 6] = [
     OMITTED_COLUMN,
     DELETE_COLUMN,
 ];
+
+/// Names the promotion statements give columns of their own, beside the
+/// staging columns (partial updates).
+pub const STATEMENT_COLUMNS: [&str; 5] = [
+    "_sinkgate_position",
+    "_sinkgate_reset_at",
+    "_sinkgate_live",
+    "_sinkgate_reset",
+    "_sinkgate_done",
+];
+
+/// Whether a sink column's name is one sinkgate uses itself (a staging
+/// column, the delete field of a row, a promotion statement's column): such
+/// a sink is refused at registration.
+pub fn is_reserved(name: &str) -> bool {
+    OWN_COLUMNS.contains(&name)
+        || STATEMENT_COLUMNS.contains(&name)
+        || name == crate::model::OP_FIELD
+}
 
 /// Schema that holds every job's staging table.
 pub const STAGING_SCHEMA: &str = "sinkgate_staging";

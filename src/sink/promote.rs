@@ -124,7 +124,7 @@ fn column_values(sink: &SinkTarget<'_>) -> Vec<String> {
 }
 
 /// `t.k = <other>.k AND …` over the key columns.
-fn same_key(sink: &SinkTarget<'_>, other: &str) -> String {
+pub(super) fn same_key(sink: &SinkTarget<'_>, other: &str) -> String {
     sink.key
         .iter()
         .map(|k| {
@@ -136,15 +136,54 @@ fn same_key(sink: &SinkTarget<'_>, other: &str) -> String {
 }
 
 /// The sink's non-key columns.
-fn value_columns<'s>(sink: &'s SinkTarget<'_>) -> impl Iterator<Item = &'s ColumnDef> {
+pub(super) fn value_columns<'s>(sink: &'s SinkTarget<'_>) -> impl Iterator<Item = &'s ColumnDef> {
     sink.columns
         .iter()
         .filter(|column| !sink.key.contains(&column.name))
 }
 
-/// The promotion statement for the staged rows matching `filter`;
-/// `deletes`: some of them are deletes by key.
-fn promotion_statement(sink: &SinkTarget<'_>, filter: &str, deletes: bool) -> Statement {
+/// What a keyed output's statement does with staged deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deletes {
+    /// None are staged.
+    None,
+    /// They ran in phase 1 ([`delete_statement`]): write the other winners.
+    Done,
+    /// Delete and write in one statement ([`Phase::Both`]).
+    Apply,
+}
+
+/// Each key's winning staged row among those matching `filter`.
+///
+/// Postgres refuses to update one row twice in one statement: keep one
+/// staged row per key, the last (upsert) or the first (first write wins)
+/// by tag, then batch, then row. Key columns are NOT NULL in the sink and
+/// in every staged row (checked at registration and staging), so DISTINCT
+/// ON groups exactly as the unique index does. A delete competes like any
+/// row: the winner decides whether the key is deleted or written.
+fn winners(sink: &SinkTarget<'_>, filter: &str) -> String {
+    let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
+    format!(
+        "SELECT DISTINCT ON ({key}) * FROM {staging} WHERE {filter} ORDER BY {key}, {order}",
+        key = key.join(", "),
+        staging = staging_table(sink.staging_id),
+        order = winner_order(sink.mode),
+    )
+}
+
+/// Upsert, phase 1: deletes the keys whose winning row is a delete.
+fn delete_statement(sink: &SinkTarget<'_>, filter: &str) -> String {
+    format!(
+        "DELETE FROM {target} t USING ({winners}) w WHERE w.{DELETE_COLUMN} AND {same}",
+        target = qualified(sink.schema, sink.table),
+        winners = winners(sink, filter),
+        same = same_key(sink, "w"),
+    )
+}
+
+/// The statement that writes the staged rows matching `filter` (append and
+/// the keyed modes, not partial updates).
+fn promotion_statement(sink: &SinkTarget<'_>, filter: &str, deletes: Deletes) -> Statement {
     let names: Vec<String> = sink.columns.iter().map(|c| quote_ident(&c.name)).collect();
     let values = column_values(sink);
     let target = qualified(sink.schema, sink.table);
@@ -159,9 +198,6 @@ fn promotion_statement(sink: &SinkTarget<'_>, filter: &str, deletes: bool) -> St
             counts_itself: false,
         };
     }
-    if sink.partial_updates {
-        return partial_update_statement(sink, filter);
-    }
     let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
     let updates: Vec<String> = value_columns(sink)
         .map(|column| {
@@ -174,18 +210,9 @@ fn promotion_statement(sink: &SinkTarget<'_>, filter: &str, deletes: bool) -> St
     } else {
         format!("DO UPDATE SET {}", updates.join(", "))
     };
-    // Postgres refuses to update one row twice in one statement: keep one
-    // staged row per key, the last (upsert) or the first (first write wins)
-    // by tag, then batch, then row. Key columns are NOT NULL in the sink
-    // and in every staged row (checked at registration and staging), so
-    // DISTINCT ON groups exactly as the unique index does.
-    let winners = format!(
-        "SELECT DISTINCT ON ({key}) * FROM {staging} WHERE {filter} ORDER BY {key}, {order}",
-        key = key.join(", "),
-        order = winner_order(sink.mode),
-    );
-    if !deletes {
-        return Statement {
+    let winners = winners(sink, filter);
+    match deletes {
+        Deletes::None => Statement {
             sql: format!(
                 "INSERT INTO {target} ({names}) SELECT {values} FROM ({winners}) s{absent}
                  ON CONFLICT ({key}) {on_conflict}",
@@ -195,148 +222,39 @@ fn promotion_statement(sink: &SinkTarget<'_>, filter: &str, deletes: bool) -> St
                 absent = absent_from_sink(sink),
             ),
             counts_itself: false,
-        };
-    }
-    // A key whose last operation is a delete is deleted, the others
-    // upserted: disjoint keys, so the two parts of one statement never
-    // touch one row twice.
-    Statement {
-        sql: format!(
-            "WITH winners AS MATERIALIZED ({winners}),
-             deleted AS (
-                 DELETE FROM {target} t USING winners w
-                 WHERE w.{DELETE_COLUMN} AND {same_w} RETURNING 1),
-             upserted AS (
-                 INSERT INTO {target} ({names}) SELECT {values} FROM winners s
+        },
+        Deletes::Done => Statement {
+            sql: format!(
+                "INSERT INTO {target} ({names}) SELECT {values} FROM ({winners}) s
                  WHERE s.{DELETE_COLUMN} IS NOT TRUE
-                 ON CONFLICT ({key}) {on_conflict} RETURNING 1)
-             SELECT (SELECT count(*) FROM deleted) + (SELECT count(*) FROM upserted)",
-            same_w = same_key(sink, "w"),
-            names = names.join(", "),
-            values = values.join(", "),
-            key = key.join(", "),
-        ),
-        counts_itself: true,
-    }
-}
-
-/// Upsert with partial updates: the staged rows of each key are merged in
-/// order, from its last delete on (if any): each column takes the value of
-/// the last row that carried it. Then, per key:
-///
-/// - a delete with no row after it: the sink row is deleted;
-/// - rows after a delete: the sink row is replaced (delete, then insert:
-///   columns no row carried get their defaults);
-/// - rows and no delete: an existing sink row gets the carried columns and
-///   keeps the others; a new key is inserted with defaults for the rest.
-///
-/// Values are merged through their text form (`array_agg` of an array
-/// column would build a two-dimensional array), the form `COPY` staged
-/// them from, which PostgreSQL's types read back exactly.
-fn partial_update_statement(sink: &SinkTarget<'_>, filter: &str) -> Statement {
-    let names: Vec<String> = sink.columns.iter().map(|c| quote_ident(&c.name)).collect();
-    let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
-    let target = qualified(sink.schema, sink.table);
-    let staging = staging_table(sink.staging_id);
-    let position = format!("ARRAY[s.{TAG_COLUMN}, s.{SEQ_COLUMN}, s.{ROW_COLUMN}]");
-    let carried = |column: &ColumnDef| {
-        format!(
-            "_sinkgate_live AND NOT ({} = ANY (coalesce({OMITTED_COLUMN}, '{{}}')))",
-            quote_literal(&column.name)
-        )
-    };
-    let merged_values: Vec<String> = value_columns(sink)
-        .map(|column| {
-            format!(
-                "((array_agg({name}::text ORDER BY _sinkgate_position DESC) FILTER (WHERE {carried}))[1])::{ty} AS {name}",
-                name = quote_ident(&column.name),
-                carried = carried(column),
-                ty = column.data_type,
-            )
-        })
-        .collect();
-    let not_carried: Vec<String> = value_columns(sink)
-        .map(|column| {
-            format!(
-                "CASE WHEN bool_or({}) THEN NULL ELSE {} END",
-                carried(column),
-                quote_literal(&column.name)
-            )
-        })
-        .collect();
-    let mut merged_columns = key.clone();
-    merged_columns.extend(merged_values);
-    let kept: Vec<String> = value_columns(sink)
-        .map(|column| {
-            let name = quote_ident(&column.name);
-            format!(
-                "{name} = CASE WHEN {} = ANY (m.{OMITTED_COLUMN}) THEN t.{name} ELSE m.{name} END",
-                quote_literal(&column.name)
-            )
-        })
-        .collect();
-    let replaced: Vec<String> = value_columns(sink)
-        .map(|column| {
-            let name = quote_ident(&column.name);
-            format!("{name} = EXCLUDED.{name}")
-        })
-        .collect();
-    let (updated, updated_count) = if kept.is_empty() {
-        (String::new(), "0")
-    } else {
-        (
-            format!(
-                "updated AS (
-                     UPDATE {target} t SET {kept} FROM merged m
-                     WHERE m._sinkgate_live AND NOT m._sinkgate_reset AND {same_m} RETURNING 1),",
-                kept = kept.join(", "),
-                same_m = same_key(sink, "m"),
+                 ON CONFLICT ({key}) {on_conflict}",
+                names = names.join(", "),
+                values = values.join(", "),
+                key = key.join(", "),
             ),
-            "(SELECT count(*) FROM updated)",
-        )
-    };
-    let on_conflict = if replaced.is_empty() {
-        "DO NOTHING".to_owned()
-    } else {
-        format!("DO UPDATE SET {}", replaced.join(", "))
-    };
-    Statement {
-        sql: format!(
-            "WITH staged AS (
-                 SELECT s.*, {position} AS _sinkgate_position,
-                        max(CASE WHEN s.{DELETE_COLUMN} THEN {position} END)
-                            OVER (PARTITION BY {key_s}) AS _sinkgate_reset_at
-                 FROM {staging} s WHERE {filter}),
-             live AS (
-                 SELECT *, {DELETE_COLUMN} IS NOT TRUE
-                           AND (_sinkgate_reset_at IS NULL OR _sinkgate_position > _sinkgate_reset_at) AS _sinkgate_live
-                 FROM staged),
-             merged AS MATERIALIZED (
-                 SELECT {merged_columns},
-                        array_remove(ARRAY[{not_carried}]::text[], NULL) AS {OMITTED_COLUMN},
-                        bool_or(_sinkgate_reset_at IS NOT NULL) AS _sinkgate_reset,
-                        bool_or(_sinkgate_live) AS _sinkgate_live
-                 FROM live GROUP BY {key}),
-             deleted AS (
-                 DELETE FROM {target} t USING merged m
-                 WHERE m._sinkgate_reset AND NOT m._sinkgate_live AND {same_m} RETURNING 1),
-             {updated}
-             inserted AS (
-                 INSERT INTO {target} ({names}) SELECT {values} FROM merged s
-                 WHERE s._sinkgate_live
-                   AND (s._sinkgate_reset OR NOT EXISTS (SELECT FROM {target} t WHERE {same_s}))
-                 ON CONFLICT ({key}) {on_conflict} RETURNING 1)
-             SELECT (SELECT count(*) FROM deleted) + {updated_count} + (SELECT count(*) FROM inserted)",
-            key_s = sink.key.iter().map(|k| format!("s.{}", quote_ident(k))).collect::<Vec<_>>().join(", "),
-            key = key.join(", "),
-            merged_columns = merged_columns.join(", "),
-            not_carried = not_carried.join(", "),
-            same_m = same_key(sink, "m"),
-            same_s = same_key(sink, "s"),
-            names = names.join(", "),
-            values = column_values(sink).join(", "),
-        ),
-        counts_itself: true,
+            counts_itself: false,
+        },
+        // A key whose last operation is a delete is deleted, the others
+        // upserted: disjoint keys, so the two parts of one statement never
+        // touch one row twice.
+        Deletes::Apply => Statement {
+            sql: format!(
+                "WITH winners AS MATERIALIZED ({winners}),
+                 deleted AS (
+                     DELETE FROM {target} t USING winners w
+                     WHERE w.{DELETE_COLUMN} AND {same_w} RETURNING 1),
+                 upserted AS (
+                     INSERT INTO {target} ({names}) SELECT {values} FROM winners s
+                     WHERE s.{DELETE_COLUMN} IS NOT TRUE
+                     ON CONFLICT ({key}) {on_conflict} RETURNING 1)
+                 SELECT (SELECT count(*) FROM deleted) + (SELECT count(*) FROM upserted)",
+                same_w = same_key(sink, "w"),
+                names = names.join(", "),
+                values = values.join(", "),
+                key = key.join(", "),
+            ),
+            counts_itself: true,
+        },
     }
 }
 
@@ -369,8 +287,21 @@ fn winner_order(mode: SinkMode) -> String {
     format!("{TAG_COLUMN} {direction}, {SEQ_COLUMN} {direction}, {ROW_COLUMN} {direction}")
 }
 
-/// Applies the staged rows tagged in (after, upto] to the sink; `deletes`:
-/// some of them are deletes by key.
+/// Which part of a promotion to run. A job's outputs are promoted in two
+/// phases, every output's deletes (in reverse declaration order) before
+/// any output's writes (in declaration order): rows of one output that
+/// reference another's can then be deleted and written in one checkpoint.
+/// An output whose refused rows are dead-lettered runs both at once (its
+/// row-by-row retry needs one statement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Deletes,
+    Writes,
+    Both,
+}
+
+/// Applies part (`phase`) of the staged rows tagged in (after, upto] to
+/// the sink; `deletes`: some of them are deletes by key.
 ///
 /// Errors (a sink constraint the staging table does not have, a dropped
 /// column) are returned as is; the caller runs this under a savepoint.
@@ -379,10 +310,43 @@ pub async fn promote(
     sink: &SinkTarget<'_>,
     (after, upto): (i64, i64),
     deletes: bool,
+    phase: Phase,
 ) -> Result<Promoted, sqlx::Error> {
     let started = Instant::now();
-    let statement = promotion_statement(sink, &tag_filter(after, upto), deletes);
-    let rows = statement.run(&mut *conn, None).await?;
+    let filter = tag_filter(after, upto);
+    let with_deletes = deletes && sink.mode == SinkMode::Upsert;
+    let rows = match phase {
+        _ if sink.partial_updates => {
+            let mut rows = 0;
+            if phase != Phase::Writes {
+                rows += super::partial::merge_and_delete(&mut *conn, sink, &filter).await?;
+            }
+            if phase != Phase::Deletes {
+                rows += super::partial::write_merged(&mut *conn, sink).await?;
+            }
+            rows
+        }
+        Phase::Deletes if with_deletes => sqlx::query(&delete_statement(sink, &filter))
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+        Phase::Deletes => 0,
+        Phase::Writes if with_deletes => {
+            promotion_statement(sink, &filter, Deletes::Done)
+                .run(&mut *conn, None)
+                .await?
+        }
+        Phase::Both if with_deletes => {
+            promotion_statement(sink, &filter, Deletes::Apply)
+                .run(&mut *conn, None)
+                .await?
+        }
+        Phase::Writes | Phase::Both => {
+            promotion_statement(sink, &filter, Deletes::None)
+                .run(&mut *conn, None)
+                .await?
+        }
+    };
     Ok(Promoted {
         rows,
         dead_lettered: 0,
@@ -424,7 +388,11 @@ pub async fn promote_with_dead_letters(
     let statement = promotion_statement(
         sink,
         &format!("{} AND {}", tag_filter(after, upto), subset_filter()),
-        deletes,
+        if deletes && sink.mode == SinkMode::Upsert {
+            Deletes::Apply
+        } else {
+            Deletes::None
+        },
     );
     let mut promoted = 0;
     let mut dead_lettered = 0;
@@ -543,7 +511,6 @@ async fn dead_letter(
     .bind(sink.output)
     .execute(&mut *conn)
     .await?;
-    crate::metrics::dead_lettered(sink.job_id, 1);
     Ok(())
 }
 

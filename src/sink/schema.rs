@@ -260,13 +260,11 @@ async fn writable_columns(
         if column.generated {
             continue; // computed by PostgreSQL; rows may not set it
         }
-        // sinkgate's own staging columns, the delete field and the names
-        // its promotion statements use all begin so.
-        if column.name.starts_with("_sinkgate_") {
+        if super::is_reserved(&column.name) {
             return Err(Error::validation(
                 "sink.table",
                 format!(
-                    "column {:?}: names beginning with _sinkgate_ are sinkgate's own (staging columns, the delete field)",
+                    "column {:?} has a name sinkgate uses itself (a staging column, the delete field, or a promotion statement's column)",
                     column.name
                 ),
             ));

@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{problem, TestApp};
+use crate::helpers::{self, problem, TestApp};
 
 async fn created(response: reqwest::Response) {
     let status = response.status();
@@ -279,7 +279,8 @@ async fn two_output_job(app: &TestApp) -> i64 {
 
 #[sqlx::test]
 async fn several_outputs_commit_in_one_transaction(_: PgPoolOptions, connect: PgConnectOptions) {
-    let app = TestApp::spawn(&connect).await;
+    // No scheduler: the promotion retried below is the operator's.
+    let app = TestApp::spawn_with(&connect, helpers::quiet_options()).await;
     let epoch = two_output_job(&app).await;
     let job: Value = app.get("/v1/jobs/wc").await.json().await.unwrap();
     assert!(job.get("sink").is_none(), "{job}");
@@ -557,5 +558,181 @@ async fn outputs_change_only_while_nothing_is_staged_for_them(
         .map(|o| o["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["facts", "extra"]);
+    app.stop().await;
+}
+
+// Outputs linked by a foreign key: one checkpoint deletes an order with its
+// lines and writes another with its lines. Every output's deletes run
+// before any output's writes (deletes in reverse declaration order), so
+// neither the parent's delete nor the child's insert meets the other's
+// rows.
+#[sqlx::test]
+async fn deletes_and_writes_across_outputs_linked_by_a_foreign_key(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql("CREATE TABLE orders (id bigint PRIMARY KEY, total int NOT NULL)")
+        .await;
+    app.sql("CREATE TABLE lines (id bigint PRIMARY KEY, order_id bigint NOT NULL REFERENCES orders, n int NOT NULL)")
+        .await;
+    app.sql("INSERT INTO orders VALUES (1, 10); INSERT INTO lines VALUES (11, 1, 1), (12, 1, 2)")
+        .await;
+    let spec = json!({"tasks": ["t0"], "outputs": [
+        {"name": "orders", "table": "orders", "mode": "upsert", "key": ["id"]},
+        {"name": "lines", "table": "lines", "mode": "upsert", "key": ["id"]}]});
+    created(app.put_job("shop", spec).await).await;
+    let epoch = app.epoch("shop").await;
+    let delete = |id: i64| json!({"_sinkgate_op": "delete", "id": id});
+    stage_to(
+        &app,
+        "shop",
+        "orders",
+        "t0",
+        epoch,
+        "o",
+        json!([delete(1), {"id": 2, "total": 20}]),
+    )
+    .await;
+    stage_to(
+        &app,
+        "shop",
+        "lines",
+        "t0",
+        epoch,
+        "l",
+        json!([delete(11), delete(12), {"id": 21, "order_id": 2, "n": 5}]),
+    )
+    .await;
+    let (checkpoint, status) = app.commit("shop", epoch, &["t0"]).await;
+    let details = app.checkpoint_details("shop", checkpoint).await;
+    assert_eq!(status, "committed", "{details}");
+    assert_eq!(
+        rows(&app, "SELECT id, total::text FROM orders").await,
+        vec![(2, Some("20".into()))]
+    );
+    assert_eq!(
+        rows(&app, "SELECT id, order_id::text FROM lines").await,
+        vec![(21, Some("2".into()))]
+    );
+    assert_eq!(
+        details["promoted_outputs"],
+        json!({"orders": 2, "lines": 3})
+    );
+    app.stop().await;
+}
+
+// Partial updates next to another writer of the same table: a row that the
+// other writer deletes while the promotion waits for it is written again
+// (as a new key), not dropped; one it inserts meanwhile keeps the columns
+// the staged rows did not carry.
+#[sqlx::test]
+async fn partial_updates_neither_drop_nor_clobber_another_writers_rows(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql("CREATE TABLE profiles (id bigint PRIMARY KEY, name text, email text)")
+        .await;
+    app.sql("INSERT INTO profiles VALUES (1, 'Ann', 'ann@old')")
+        .await;
+    let spec = json!({"tasks": ["t0"],
+                      "sink": {"table": "profiles", "mode": "upsert", "key": ["id"], "partial_updates": true}});
+    created(app.put_job("p", spec).await).await;
+    let epoch = app.epoch("p").await;
+    stage(
+        &app,
+        "p",
+        "t0",
+        epoch,
+        "1",
+        json!([{"id": 1, "name": "Anne"}, {"id": 2, "name": "Bo"}]),
+    )
+    .await;
+
+    // The other writer deletes row 1 and inserts row 2, and holds both.
+    let mut other = app.db.begin().await.unwrap();
+    sqlx::raw_sql(
+        "DELETE FROM profiles WHERE id = 1; INSERT INTO profiles VALUES (2, 'B', 'bo@theirs')",
+    )
+    .execute(&mut *other)
+    .await
+    .unwrap();
+    let checkpoint = app.checkpoint("p", epoch).await;
+    let ack = {
+        let request = app
+            .http
+            .post(app.url(&format!("/v1/jobs/p/checkpoints/{checkpoint}/acks")))
+            .json(&json!({"task_id": "t0", "epoch": epoch, "offsets": {}}));
+        tokio::spawn(async move { request.send().await.unwrap().json::<Value>().await.unwrap() })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    other.commit().await.unwrap();
+    let acked = ack.await.unwrap();
+    assert_eq!(acked["status"], "committed", "{acked}");
+    let profiles: Vec<(i64, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT id, name, email FROM profiles ORDER BY id")
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(
+        profiles,
+        vec![
+            (1, Some("Anne".into()), None),
+            (2, Some("Bo".into()), Some("bo@theirs".into()))
+        ]
+    );
+    app.stop().await;
+}
+
+// A batch staged before the job's outputs changed is still answered as a
+// duplicate when retried, never refused (a refusal of staged rows could
+// make a processor send them elsewhere).
+#[sqlx::test]
+async fn a_retry_after_the_outputs_changed_is_a_duplicate(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql("CREATE TABLE facts (word text NOT NULL)").await;
+    app.sql("CREATE TABLE audit (word text NOT NULL)").await;
+    created(
+        app.put_job(
+            "j",
+            json!({"tasks": ["t0"], "sink": {"table": "facts", "mode": "append"}}),
+        )
+        .await,
+    )
+    .await;
+    let epoch = app.epoch("j").await;
+    let batch = json!([{"word": "a"}]);
+    stage(&app, "j", "t0", epoch, "b1", batch.clone()).await;
+    let spec = json!({"tasks": ["t0"], "outputs": [
+        {"name": "default", "table": "facts", "mode": "append"},
+        {"name": "audit", "table": "audit", "mode": "append"}]});
+    assert_eq!(app.put_job("j", spec).await.status(), StatusCode::OK);
+    let job: Value = app.get("/v1/jobs/j").await.json().await.unwrap();
+    assert!(job.get("sink").is_none(), "{job}");
+
+    let retried = app.write("j", "t0", epoch, "b1", batch.clone()).await;
+    assert_eq!(retried.status(), StatusCode::OK);
+    let retried: Value = retried.json().await.unwrap();
+    assert_eq!(retried["duplicate"], true, "{retried}");
+    // Naming the output it went to is the same retry; another is a conflict.
+    let named: Value = app
+        .write_to("j", "default", "t0", epoch, "b1", batch.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(named["duplicate"], true, "{named}");
+    problem(
+        app.write_to("j", "audit", "t0", epoch, "b1", batch).await,
+        StatusCode::CONFLICT,
+        "batch-conflict",
+    )
+    .await;
+    assert_eq!(app.commit("j", epoch, &["t0"]).await.1, "committed");
+    assert_eq!(app.count("facts").await, 1);
     app.stop().await;
 }

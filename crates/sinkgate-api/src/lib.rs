@@ -271,7 +271,8 @@ pub struct SinkColumn {
 pub struct Job {
     pub job_id: String,
     pub tasks: Vec<String>,
-    /// The job's sink when it has one output; absent with several.
+    /// The job's sink when it has one output named `default` (registered
+    /// with `sink`); absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sink: Option<SinkSpec>,
     /// Every output, in promotion order (one, named `default`, for a job
@@ -284,8 +285,8 @@ pub struct Job {
     pub last_decided_checkpoint: Option<i64>,
     pub last_committed_checkpoint: Option<i64>,
     pub pending_checkpoints: Vec<i64>,
-    /// The columns of the job's sink when it has one output (empty with
-    /// several: see each output's `columns`).
+    /// The columns of `sink` (empty without it: see each output's
+    /// `columns`).
     pub sink_columns: Vec<SinkColumn>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
