@@ -81,6 +81,28 @@ pub enum CheckpointsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum SavepointsCommand {
+    /// A job's savepoints, newest first.
+    List { job: String },
+    /// Keep a decided checkpoint (default: the last one) until deleted.
+    Create {
+        job: String,
+        /// A name for it, unique in the job.
+        #[arg(long)]
+        label: String,
+        /// The checkpoint (one of the `retained` newest decided ones).
+        #[arg(long)]
+        checkpoint: Option<i64>,
+    },
+    /// Delete a savepoint; its checkpoint is retained like any other again.
+    Delete { job: String, checkpoint: i64 },
+    /// Restart the job from a savepoint or retained checkpoint (a new
+    /// attempt; jobs whose every output is upsert). Running processors are
+    /// fenced and resume from it.
+    Restore { job: String, checkpoint: i64 },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum TokensCommand {
     /// A job's processor tokens (never their secrets).
     List { job: String },
@@ -497,6 +519,61 @@ pub async fn promote(connection: &Connection, job: &str) -> anyhow::Result<()> {
             promoted.dead_lettered_rows
         )
     });
+    Ok(())
+}
+
+pub async fn savepoints(connection: &Connection, command: SavepointsCommand) -> anyhow::Result<()> {
+    match command {
+        SavepointsCommand::List { job } => {
+            let savepoints = client(connection, &job).savepoints().await?;
+            output(connection, &savepoints, |savepoints| {
+                let mut rows = table(&["CHECKPOINT", "LABEL", "CREATED"]);
+                for savepoint in savepoints {
+                    rows.add_row(vec![
+                        savepoint.checkpoint_id.to_string(),
+                        savepoint.label.clone(),
+                        time(Some(savepoint.created_at)),
+                    ]);
+                }
+                text(&rows)
+            });
+        }
+        SavepointsCommand::Create {
+            job,
+            label,
+            checkpoint,
+        } => {
+            let savepoint = client(connection, &job)
+                .create_savepoint(&label, checkpoint)
+                .await?;
+            output(connection, &savepoint, |savepoint| {
+                format!(
+                    "savepoint {:?} keeps checkpoint {} of job {job}",
+                    savepoint.label, savepoint.checkpoint_id
+                )
+            });
+        }
+        SavepointsCommand::Delete { job, checkpoint } => {
+            client(connection, &job)
+                .delete_savepoint(checkpoint)
+                .await?;
+            if !connection.json {
+                println!("savepoint of checkpoint {checkpoint} of job {job} deleted");
+            }
+        }
+        SavepointsCommand::Restore { job, checkpoint } => {
+            let attempt = client(connection, &job)
+                .start_attempt_from(checkpoint)
+                .await?;
+            output(connection, &attempt, |attempt| {
+                format!(
+                    "job {job} restarted from checkpoint {checkpoint}: epoch {}, offsets {}",
+                    attempt.epoch,
+                    offsets(&attempt.recovery.offsets)
+                )
+            });
+        }
+    }
     Ok(())
 }
 

@@ -3,7 +3,9 @@
 //! `tokens`).
 
 use clap::{Parser, Subcommand};
-use sinkgate::cli::{CheckpointsCommand, Connection, JobsCommand, TokensCommand};
+use sinkgate::cli::{
+    CheckpointsCommand, Connection, JobsCommand, SavepointsCommand, TokensCommand,
+};
 use sinkgate::config::{Config, DatabaseConfig, LogFormat};
 
 #[derive(Parser)]
@@ -62,6 +64,13 @@ enum Command {
         connection: Connection,
         job: String,
     },
+    /// Take, list, delete and restart from savepoints.
+    Savepoints {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: SavepointsCommand,
+    },
     /// Issue, list and revoke processor tokens.
     Tokens {
         #[command(flatten)]
@@ -117,6 +126,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             limit,
         } => sinkgate::cli::dead_letters(&connection, &job, after, limit).await,
         Command::Promote { connection, job } => sinkgate::cli::promote(&connection, &job).await,
+        Command::Savepoints {
+            connection,
+            command,
+        } => sinkgate::cli::savepoints(&connection, command).await,
         Command::Tokens {
             connection,
             command,

@@ -206,6 +206,42 @@ async fn an_operator_manages_jobs_checkpoints_and_tokens(
         );
         let error = cli.refused(&token, &["jobs", "show", "wc"], "");
         assert!(error.starts_with("error: Unauthenticated"), "{error}");
+    }))
+    .await
+    .unwrap();
+
+    // Savepoints: a committed checkpoint kept, listed, restored, deleted.
+    let epoch = processor.start_attempt().await.unwrap().epoch;
+    let checkpoint = processor.trigger(epoch).await.unwrap().checkpoint_id;
+    for task in ["t0", "t1"] {
+        let ack = sinkgate_client::model::AckRequest {
+            task_id: task.into(),
+            epoch,
+            offsets: [(task.to_owned(), 7)].into(),
+            state: None,
+        };
+        processor.ack(checkpoint, &ack).await.unwrap();
+    }
+    blocking(Box::new(move |cli| {
+        let taken = cli.ok(&["savepoints", "create", "wc", "--label", "v1"]);
+        assert_eq!(
+            taken.trim(),
+            format!("savepoint \"v1\" keeps checkpoint {checkpoint} of job wc")
+        );
+        let listed = cli.ok(&["savepoints", "list", "wc"]);
+        let row: Vec<&str> = listed.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            &row[..2],
+            [checkpoint.to_string().as_str(), "v1"],
+            "{listed}"
+        );
+        let restored = cli.ok(&["savepoints", "restore", "wc", &checkpoint.to_string()]);
+        assert!(restored.contains("offsets t0=7 t1=7"), "{restored}");
+        cli.ok(&["savepoints", "delete", "wc", &checkpoint.to_string()]);
+        assert_eq!(
+            cli.json(&["savepoints", "list", "wc"]),
+            serde_json::json!([])
+        );
 
         assert_eq!(cli.ok(&["jobs", "delete", "wc"]).trim(), "job wc deleted");
         let error = cli.refused(ADMIN, &["jobs", "show", "wc"], "");

@@ -19,13 +19,10 @@ the fold of `changes`: never a checkpoint's history without its state.
 Exit status: 0 when every change is committed, 3 when fenced.
 """
 
-import argparse
-import json
-import os
 import sys
-import time
 
 import sinkgate
+from partitioned_log import arguments, main, owned_partitions, read_log, run_to_end
 
 # Keys per partition: small, so that keys change many times and deletes
 # meet earlier upserts within and across checkpoints.
@@ -37,11 +34,6 @@ def change(partition, offset, event):
     key = partition * 1000 + event["id"] % KEYS_PER_PARTITION
     op = "delete" if offset % 5 == 3 else "upsert"
     return key, op, event["payload"]
-
-
-def read_log(log_dir, partition):
-    with open(os.path.join(log_dir, f"partition-{partition}.ndjson")) as file:
-        return [json.loads(line) for line in file.read().splitlines() if line]
 
 
 def register(client, tasks):
@@ -62,8 +54,8 @@ def run(args):
     tasks = [f"task-{t}" for t in range(args.tasks)]
     if args.register:
         register(client, tasks)
-    owned = {task: [p for p in range(args.partitions) if p % args.tasks == t] for t, task in enumerate(tasks)}
-    logs = {p: read_log(args.log_dir, p) for p in range(args.partitions)}
+    owned = owned_partitions(tasks, args.partitions)
+    logs = read_log(args.log_dir, args.partitions)
 
     processor = sinkgate.Processor.start(client, tasks)
     offsets = {p: processor.resume_offset(str(p)) for p in range(args.partitions)}
@@ -100,42 +92,10 @@ def run(args):
         last = tasks[-1]
         processor.checkpoint(barrier, after_ack=lambda task: stage(task) if task != last else None)
 
-    batches = 0
-    while True:
-        for task in tasks:
-            batches += stage(task)
-        if batches >= args.checkpoint_batches or done():
-            checkpoint()
-            batches = 0
-            if done():
-                checkpoint()
-        if done():
-            print(f"epoch {processor.epoch}: all changes committed", flush=True)
-            return 0
-        if args.pause_ms:
-            time.sleep(args.pause_ms / 1000)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="one or more base URLs, comma-separated")
-    parser.add_argument("--job", default="changes")
-    parser.add_argument("--log-dir", required=True)
-    parser.add_argument("--tasks", type=int, default=2)
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--batch-rows", type=int, default=50)
-    parser.add_argument("--checkpoint-batches", type=int, default=8)
-    parser.add_argument("--pause-ms", type=int, default=0)
-    parser.add_argument("--register", action="store_true", help="register the job first (the tables must exist)")
-    parser.add_argument("--token", default=os.environ.get("SINKGATE_TOKEN"), help="bearer token")
-    args = parser.parse_args()
-    try:
-        return run(args)
-    except sinkgate.Fenced as fenced:
-        print(f"fenced: a newer attempt ended this epoch; stopping (start again to resume): {fenced}",
-              file=sys.stderr, flush=True)
-        return 3
+    return run_to_end(processor, tasks, stage, checkpoint, done, args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = arguments(__doc__, "changes")
+    parser.add_argument("--register", action="store_true", help="register the job first (the tables must exist)")
+    sys.exit(main(run, parser.parse_args()))

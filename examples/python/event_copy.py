@@ -20,27 +20,18 @@ The protocol, as `sinkgate.Processor` runs it:
 Exit status: 0 when every event is committed, 3 when fenced.
 """
 
-import argparse
-import json
-import os
 import sys
-import time
 
 import sinkgate
-
-
-def read_log(log_dir, partition):
-    with open(os.path.join(log_dir, f"partition-{partition}.ndjson")) as file:
-        return [line for line in file.read().splitlines() if line]
+from partitioned_log import arguments, main, owned_partitions, read_log, run_to_end
 
 
 def run(args):
-    token = args.token or os.environ.get("SINKGATE_TOKEN")
     # Retries a service that is down or restarting for as long as it takes.
-    client = sinkgate.Client(args.url.split(","), args.job, token, retry_for=None)
+    client = sinkgate.Client(args.url.split(","), args.job, args.token, retry_for=None)
     tasks = [f"task-{t}" for t in range(args.tasks)]
-    owned = {task: [p for p in range(args.partitions) if p % args.tasks == t] for t, task in enumerate(tasks)}
-    logs = {p: read_log(args.log_dir, p) for p in range(args.partitions)}
+    owned = owned_partitions(tasks, args.partitions)
+    logs = read_log(args.log_dir, args.partitions)
 
     if args.sink_table:
         client.put_job({"tasks": tasks, "sink": {"table": args.sink_table, "mode": "append"}})
@@ -56,8 +47,7 @@ def run(args):
             if not events:
                 continue
             rows = []
-            for i, line in enumerate(events):
-                event = json.loads(line)
+            for i, event in enumerate(events):
                 rows.append({"id": event["id"], "partition": p, "offset": offsets[p] + i, "payload": event["payload"]})
             processor.write(task, f"{p}-{offsets[p]}", rows)
             offsets[p] += len(events)
@@ -77,42 +67,10 @@ def run(args):
     def done():
         return all(offsets[p] >= len(logs[p]) for p in range(args.partitions))
 
-    batches = 0
-    while True:
-        for task in tasks:
-            batches += stage(task)
-        if batches >= args.checkpoint_batches or done():
-            checkpoint()
-            batches = 0
-            if done():
-                checkpoint()
-        if done():
-            print(f"epoch {processor.epoch}: all events committed", flush=True)
-            return 0
-        if args.pause_ms:
-            time.sleep(args.pause_ms / 1000)
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="one or more base URLs, comma-separated")
-    parser.add_argument("--job", default="events")
-    parser.add_argument("--log-dir", required=True)
-    parser.add_argument("--tasks", type=int, default=2)
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--batch-rows", type=int, default=50)
-    parser.add_argument("--checkpoint-batches", type=int, default=8)
-    parser.add_argument("--pause-ms", type=int, default=0)
-    parser.add_argument("--sink-table", help="register the job on this append sink first")
-    parser.add_argument("--token", help="bearer token (default: $SINKGATE_TOKEN)")
-    args = parser.parse_args()
-    try:
-        return run(args)
-    except sinkgate.Fenced as fenced:
-        print(f"fenced: a newer attempt, or a database failover, ended this epoch; stopping (start again to resume): {fenced}",
-              file=sys.stderr, flush=True)
-        return 3
+    return run_to_end(processor, tasks, stage, checkpoint, done, args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    parser = arguments(__doc__, "events")
+    parser.add_argument("--sink-table", help="register the job on this append sink first")
+    sys.exit(main(run, parser.parse_args()))

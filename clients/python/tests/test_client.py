@@ -98,3 +98,17 @@ def test_outputs_commit_together_and_deletes_remove_keys(service, db):
     assert db.execute("SELECT id, customer, total FROM orders").fetchall() == [(1, 2, 30)]
     assert db.execute("SELECT customer, name, email FROM customers").fetchall() == [(2, "bo", "bo@new")]
     assert client.checkpoint(checkpoint_id).checkpoint.promoted_outputs == {"orders": 1, "customers": 2}
+
+
+def test_state_is_saved_incrementally_restored_and_refused_when_corrupted(job, db):
+    state = "".join(f'"word-{i:07d}": {i % 1000},\n' for i in range(400_000)).encode()
+    first = job.save_state(state)
+    assert first.uploaded_chunks == len(first.stored.chunks) >= 4
+    assert job.save_state(state).uploaded_chunks == 0  # unchanged: nothing uploaded
+    changed = state.replace(b'"word-0200999": 999,', b'"word-0200999": 1000,')
+    again = job.save_state(changed)
+    assert again.uploaded_chunks == 1  # one key changed: one chunk
+    assert job.restore_state(again.stored) == changed
+    db.execute("UPDATE state_chunks SET content = 'x' WHERE sha256 = decode(%s, 'hex')", (again.stored.chunks[0],))
+    with pytest.raises(sinkgate.StateCorrupted):
+        job.restore_state(again.stored)

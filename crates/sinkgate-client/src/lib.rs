@@ -25,7 +25,9 @@ use sinkgate_api::{
     CheckpointStatus, DeadLetterList, IssuedToken, Job, JobList, JobSpec, PendingCheckpoint,
     PromotionResult, Recovery, StateHandle, TokenInfo, TokenRequest, TriggerRequest, WriteResult,
 };
-use sinkgate_api::{ChunkList, StoredChunk, StoredState};
+use sinkgate_api::{
+    ChunkList, Savepoint, SavepointList, SavepointRequest, StoredChunk, StoredState,
+};
 
 pub mod state;
 pub use sinkgate_api::{Problem, ProblemKind};
@@ -533,6 +535,51 @@ impl Client {
         })
         .await?;
         file.flush().map_err(|error| Error::Io(error.to_string()))
+    }
+
+    /// `POST /attempts` with `from_checkpoint`: restarts the job from a
+    /// savepoint or retained checkpoint (jobs whose every output is upsert).
+    pub async fn start_attempt_from(&self, checkpoint_id: i64) -> Result<Attempt> {
+        self.expect(
+            Method::POST,
+            &self.job_path("/attempts"),
+            Some(&serde_json::json!({"from_checkpoint": checkpoint_id})),
+        )
+        .await
+    }
+
+    /// `POST /savepoints` (admin): keeps a decided checkpoint (default: the
+    /// last one) until deleted.
+    pub async fn create_savepoint(
+        &self,
+        label: &str,
+        checkpoint_id: Option<i64>,
+    ) -> Result<Savepoint> {
+        let request = SavepointRequest {
+            label: label.to_owned(),
+            checkpoint_id,
+        };
+        self.expect(Method::POST, &self.job_path("/savepoints"), Some(&request))
+            .await
+    }
+
+    /// `GET /savepoints`, newest first.
+    pub async fn savepoints(&self) -> Result<Vec<Savepoint>> {
+        let list: SavepointList = self
+            .expect(Method::GET, &self.job_path("/savepoints"), None::<&()>)
+            .await?;
+        Ok(list.savepoints)
+    }
+
+    /// `DELETE /savepoints/{id}` (admin).
+    pub async fn delete_savepoint(&self, checkpoint_id: i64) -> Result<()> {
+        self.call::<Value>(
+            Method::DELETE,
+            &self.job_path(&format!("/savepoints/{checkpoint_id}")),
+            None::<&()>,
+        )
+        .await
+        .map(|_| ())
     }
 
     fn job_path(&self, suffix: &str) -> String {

@@ -15,6 +15,7 @@ from .errors import (
     PromotionBlocked,
     RowRejected,
     SinkgateError,
+    StateCorrupted,
     Transient,
 )
 from .models import (
@@ -29,8 +30,10 @@ from .models import (
     Output,
     OutputSpec,
     Recovery,
+    Savepoint,
     SinkSpec,
     StateHandle,
+    StoredState,
     WriteResult,
     delete_row,
 )
@@ -58,6 +61,9 @@ __all__ = [
     "RowRejected",
     "SinkSpec",
     "SinkgateError",
+    "Savepoint",
+    "StateCorrupted",
+    "StoredState",
     "StateHandle",
     "Transient",
     "WriteResult",

@@ -15,7 +15,9 @@ error answer is raised at once as the exception of its problem kind
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import time
 import urllib.parse
@@ -23,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import httpx
 
-from . import errors
+from . import errors, state
 from .models import (
     AckResult,
     Attempt,
@@ -36,7 +38,9 @@ from .models import (
     PendingCheckpoint,
     PromotionResult,
     Recovery,
+    Savepoint,
     StateHandle,
+    StoredState,
     TokenInfo,
     WriteResult,
     build,
@@ -104,10 +108,13 @@ class Client:
 
     # --- the protocol -----------------------------------------------------
 
-    def start_attempt(self) -> Attempt:
+    def start_attempt(self, from_checkpoint: Optional[int] = None) -> Attempt:
         """Starts a new epoch: fences every older instance and answers where
-        to resume (rolling a decided checkpoint forward first)."""
-        return build(Attempt, self._call("POST", "/attempts", json_body={}))
+        to resume (rolling a decided checkpoint forward first). With
+        ``from_checkpoint``, restarts from that savepoint or retained
+        checkpoint (jobs whose every output is upsert)."""
+        body = {} if from_checkpoint is None else {"from_checkpoint": from_checkpoint}
+        return build(Attempt, self._call("POST", "/attempts", json_body=body))
 
     def recovery(self) -> Recovery:
         return build(Recovery, self._call("GET", "/recovery"))
@@ -153,6 +160,63 @@ class Client:
             content_type="application/x-ndjson",
         )
         return build(WriteResult, answer)
+
+    # --- state --------------------------------------------------------------
+
+    def missing_chunks(self, chunks: Sequence[str]) -> List[str]:
+        """Which of these state chunks (SHA-256, hex) the store lacks."""
+        answer = self._call("POST", "/state/chunks/missing", json_body={"chunks": list(chunks)})
+        return list(answer["chunks"])
+
+    def put_chunk(self, sha256: str, content: bytes) -> Dict[str, Any]:
+        """Uploads a state chunk (the service checks it hashes to ``sha256``)."""
+        return self._call(
+            "PUT", f"/state/chunks/{sha256}", content=[content], content_type="application/octet-stream"
+        )
+
+    def get_chunk(self, sha256: str) -> bytes:
+        """A state chunk's bytes, checked against ``sha256`` (here and by the
+        service, which refuses a corrupted one with ``StateCorrupted``)."""
+        content = self._call("GET", f"/state/chunks/{sha256}", raw=True)
+        if hashlib.sha256(content).hexdigest() != sha256:
+            raise errors.SinkgateError(0, {"detail": f"state chunk {sha256} arrived with other content"})
+        return content
+
+    def save_state(self, data: Union[bytes, str, "os.PathLike[str]"]) -> state.Saved:
+        """Saves bytes (or a file, given its path: read a chunk at a time) in
+        the state store, incrementally: cut into chunks by content, only the
+        chunks the store lacks are uploaded. Put ``saved.stored`` in the ack's
+        state (``StateHandle(stored=saved.stored)``)."""
+        return state.save(self, data)
+
+    def restore_state(self, stored: Union[StoredState, Mapping[str, Any]], path: Optional[str] = None) -> Optional[bytes]:
+        """The saved state, downloaded and checked chunk by chunk: as bytes,
+        or written to ``path`` (then None)."""
+        return state.restore(self, stored, path)
+
+    def unreferenced_objects(self) -> List[str]:
+        """External objects (``StateHandle.objects``) that no retained
+        checkpoint or savepoint uses any more: delete them, then release them."""
+        return list(self._call("GET", "/state/objects/unreferenced")["uris"])
+
+    def release_objects(self, uris: Sequence[str]) -> None:
+        """Marks external objects deleted by their owner; no ack may use them again."""
+        self._call("POST", "/state/objects/released", json_body={"uris": list(uris)}, idempotent=False)
+
+    # --- savepoints -----------------------------------------------------------
+
+    def create_savepoint(self, label: str, checkpoint_id: Optional[int] = None) -> Savepoint:
+        """Keeps a decided checkpoint (default: the last) until deleted (admin)."""
+        body: Dict[str, Any] = {"label": label}
+        if checkpoint_id is not None:
+            body["checkpoint_id"] = checkpoint_id
+        return build(Savepoint, self._call("POST", "/savepoints", json_body=body))
+
+    def savepoints(self) -> List[Savepoint]:
+        return [build(Savepoint, item) for item in self._call("GET", "/savepoints")["savepoints"]]
+
+    def delete_savepoint(self, checkpoint_id: int) -> None:
+        self._call("DELETE", f"/savepoints/{checkpoint_id}", idempotent=False)
 
     def trigger(self, epoch: int) -> Checkpoint:
         """Triggers a checkpoint (409 ``Conflict`` when one is pending already)."""
@@ -256,6 +320,7 @@ class Client:
         content_type: Optional[str] = None,
         absolute: Optional[str] = None,
         idempotent: bool = True,
+        raw: bool = False,
     ) -> Any:
         path = absolute or f"/v1/jobs/{_quote(self.job)}{suffix}"
         deadline = None if self.retry_for is None else time.monotonic() + self.retry_for
@@ -281,6 +346,8 @@ class Client:
                     raise failure  # it may have been sent and acted on
             else:
                 if response.status_code < 300:
+                    if raw:
+                        return response.content
                     if response.status_code == 204 or not response.content:
                         return None
                     return response.json()

@@ -173,6 +173,13 @@ class BodyTimeout(SinkgateError):
     kind = "body-timeout"
 
 
+class StateCorrupted(SinkgateError):
+    """A stored state chunk no longer matches its SHA-256: the service
+    refuses to serve it. Restart from an older checkpoint or savepoint."""
+
+    kind = "state-corrupted"
+
+
 class Internal(SinkgateError):
     kind = "internal"
 
@@ -183,7 +190,7 @@ KINDS: Dict[str, Type[SinkgateError]] = {
         Overloaded, Timeout, Unavailable, TooEarly, Fenced, CheckpointAborted, RowRejected,
         OffsetRegression, PromotionBlocked, Validation, UnknownTask, NotFound, Conflict,
         BatchConflict, Unauthenticated, Forbidden, PayloadTooLarge, Malformed,
-        UnsupportedMediaType, BodyTimeout, Internal,
+        UnsupportedMediaType, BodyTimeout, StateCorrupted, Internal,
     )
 }
 

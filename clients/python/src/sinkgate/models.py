@@ -59,12 +59,36 @@ class ExternalState:
 
 
 @dataclass
+class StoredState:
+    """State in sinkgate's state store: its chunks (SHA-256, hex) in order."""
+
+    chunks: List[str] = field(default_factory=list)
+    size_bytes: int = 0
+
+
+@dataclass
 class StateHandle:
-    """A task's state at a checkpoint: small JSON inline, or a reference."""
+    """A task's state at a checkpoint: small JSON inline, a reference, state
+    in sinkgate's store (``Client.save_state``), and external objects it uses."""
 
     inline: Any = None
     external: Optional[ExternalState] = None
-    _nested = {"external": lambda value: _build(ExternalState, value)}
+    stored: Optional[StoredState] = None
+    objects: Optional[List[ExternalState]] = None
+    _nested = {
+        "external": lambda value: _build(ExternalState, value),
+        "stored": lambda value: _build(StoredState, value),
+        "objects": lambda items: [_build(ExternalState, item) for item in items],
+    }
+
+
+@dataclass
+class Savepoint:
+    """A decided checkpoint kept until deleted (``Client.create_savepoint``)."""
+
+    checkpoint_id: int
+    label: str
+    created_at: Optional[str] = None
 
 
 @dataclass

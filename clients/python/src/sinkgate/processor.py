@@ -57,12 +57,13 @@ class Processor:
         return int(self.attempt.recovery.offsets.get(str(partition), 0))
 
     def resume_state(self, task: str) -> Optional[Any]:
-        """The state ``task`` acked at the recovery point: its inline value, or
-        the ``ExternalState`` it referred to; None if none."""
+        """The state ``task`` acked at the recovery point: the ``StoredState``
+        it saved in the state store (``Client.restore_state`` gets it back),
+        the ``ExternalState`` it referred to, or its inline value; None if none."""
         recovered = self.attempt.recovery.tasks.get(task)
         if recovered is None or recovered.state is None:
             return None
-        return recovered.state.external or recovered.state.inline
+        return recovered.state.stored or recovered.state.external or recovered.state.inline
 
     def write(
         self, task: str, batch_key: str, rows: Sequence[Mapping[str, Any]], output: Optional[str] = None
