@@ -33,11 +33,11 @@ struct Args {
     /// Writer tasks (concurrent requests).
     #[arg(long, default_value_t = 2)]
     tasks: usize,
-    /// Scenarios to run: ingest, acks, commit, recovery, memory.
+    /// Scenarios to run: ingest, acks, commit, recovery, memory, state.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,acks,commit,recovery,memory"
+        default_value = "ingest,acks,commit,recovery,memory,state"
     )]
     scenarios: Vec<String>,
     /// Task counts for the acks scenario.
@@ -55,6 +55,9 @@ struct Args {
     /// Size of the NDJSON body streamed in the memory scenario, in MiB.
     #[arg(long, default_value_t = 1024)]
     memory_mib: u64,
+    /// Size of the state saved and restored in the state scenario, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    state_mib: u64,
     /// Write the report to this Markdown file (and the chart next to it).
     #[arg(long)]
     report: Option<std::path::PathBuf>,
@@ -671,38 +674,7 @@ async fn recovery(
 /// Memory: peak RSS of a separate `sinkgate serve` process (the release
 /// binary) while one client streams a large NDJSON body.
 async fn memory(pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Result<()> {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.local_addr()?.port()
-    };
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sinkgate"))
-        .args([
-            "serve",
-            "--insecure-no-auth",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("DATABASE_URL", &args.database_url)
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().unwrap();
-    let service = Service {
-        base: format!("http://127.0.0.1:{port}"),
-        http: reqwest::Client::new(),
-    };
-    for _ in 0..100 {
-        if service
-            .http
-            .get(format!("{}/readyz", service.base))
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (mut child, service, pid) = service_process(args).await?;
     let epoch = fresh_job(&service, pool, &["task-0".to_owned()], false).await?;
     let idle = peak_rss_kib(pid)?;
     // Rows of ~1 KiB, generated on the fly.
@@ -760,6 +732,207 @@ async fn memory(pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Resu
     Ok(())
 }
 
+/// A separate `sinkgate serve` process (the release binary), ready: its
+/// memory is measured apart from the benchmark's.
+async fn service_process(args: &Args) -> anyhow::Result<(tokio::process::Child, Service, u32)> {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    };
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_sinkgate"))
+        .args([
+            "serve",
+            "--insecure-no-auth",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("DATABASE_URL", &args.database_url)
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap();
+    let service = Service {
+        base: format!("http://127.0.0.1:{port}"),
+        http: reqwest::Client::new(),
+    };
+    for _ in 0..100 {
+        if service
+            .http
+            .get(format!("{}/readyz", service.base))
+            .send()
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((child, service, pid))
+}
+
+/// Forgets a process's peak RSS so far (Linux resets VmHWM); whether it could.
+fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// Writes `mib` MiB of incompressible, deterministic bytes (xorshift).
+fn random_file(path: &std::path::Path, mib: u64) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        for word in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        file.write_all(&block)?;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+/// The baseline of the state scenario: the file's bytes by a plain binary
+/// `COPY` into a table of 1 MiB `bytea` rows stored like the chunks (no
+/// compression), then out again into a file. Answers both times.
+async fn copy_file_through_postgres(
+    pool: &PgPool,
+    path: &std::path::Path,
+    out: &std::path::Path,
+) -> anyhow::Result<(Duration, Duration)> {
+    use futures::TryStreamExt;
+    use std::io::{Read, Write};
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS bench_state_copy;
+         CREATE TABLE bench_state_copy (part int, content bytea);
+         ALTER TABLE bench_state_copy ALTER COLUMN content SET STORAGE EXTERNAL",
+    )
+    .execute(pool)
+    .await?;
+    let started = Instant::now();
+    let mut conn = pool.acquire().await?;
+    let mut copy = conn
+        .copy_in_raw("COPY bench_state_copy (part, content) FROM STDIN (FORMAT binary)")
+        .await?;
+    let mut header = b"PGCOPY\n\xff\r\n\0".to_vec();
+    header.extend_from_slice(&[0u8; 8]);
+    copy.send(header).await?;
+    let mut file = std::fs::File::open(path)?;
+    let mut block = vec![0u8; 1 << 20];
+    let mut part: i32 = 0;
+    loop {
+        let read = file.read(&mut block)?;
+        if read == 0 {
+            break;
+        }
+        let mut tuple = Vec::with_capacity(read + 16);
+        tuple.extend_from_slice(&2i16.to_be_bytes());
+        tuple.extend_from_slice(&4i32.to_be_bytes());
+        tuple.extend_from_slice(&part.to_be_bytes());
+        tuple.extend_from_slice(&(read as i32).to_be_bytes());
+        tuple.extend_from_slice(&block[..read]);
+        copy.send(tuple).await?;
+        part += 1;
+    }
+    copy.send((-1i16).to_be_bytes().to_vec()).await?;
+    copy.finish().await?;
+    let copy_in = started.elapsed();
+
+    let started = Instant::now();
+    let mut stream = conn
+        .copy_out_raw(
+            "COPY (SELECT content FROM bench_state_copy ORDER BY part) TO STDOUT (FORMAT binary)",
+        )
+        .await?;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
+    while let Some(chunk) = stream.try_next().await? {
+        file.write_all(&chunk)?;
+    }
+    file.flush()?;
+    drop(stream);
+    let copy_out = started.elapsed();
+    sqlx::raw_sql("DROP TABLE bench_state_copy")
+        .execute(&mut *conn)
+        .await?;
+    Ok((copy_in, copy_out))
+}
+
+/// The state store: a state of `--state-mib` MiB saved through a separate
+/// service process (the Rust client's `save_state_file`: content-defined
+/// chunks, only the missing ones uploaded), saved again unchanged, then
+/// restored to a file; against a plain binary `COPY` of the same bytes.
+/// The service's peak RSS is taken per phase.
+async fn state_store(pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Result<()> {
+    let (mut child, service, pid) = service_process(args).await?;
+    fresh_job(&service, pool, &["task-0".to_owned()], true).await?;
+    let dir = tempfile::tempdir()?;
+    let state_path = dir.path().join("state");
+    random_file(&state_path, args.state_mib)?;
+    let client = sinkgate_client::Client::new(&[service.base.as_str()], "bench");
+    let idle = peak_rss_kib(pid)?;
+
+    reset_peak_rss(pid);
+    let started = Instant::now();
+    let saved = client.save_state_file(&state_path).await?;
+    let save_time = started.elapsed();
+    let save_peak = peak_rss_kib(pid)?;
+
+    let started = Instant::now();
+    let again = client.save_state_file(&state_path).await?;
+    let unchanged_time = started.elapsed();
+    anyhow::ensure!(
+        again.uploaded_chunks == 0,
+        "an unchanged state uploaded chunks"
+    );
+
+    reset_peak_rss(pid);
+    let restored_path = dir.path().join("restored");
+    let started = Instant::now();
+    client
+        .restore_state_file(&saved.stored, &restored_path)
+        .await?;
+    let restore_time = started.elapsed();
+    let restore_peak = peak_rss_kib(pid)?;
+    anyhow::ensure!(
+        std::fs::metadata(&restored_path)?.len() == args.state_mib * 1024 * 1024,
+        "the restored state has another size"
+    );
+    std::fs::remove_file(&restored_path)?;
+    let _ = service
+        .call(reqwest::Method::DELETE, "/v1/jobs/bench", None)
+        .await;
+    child.kill().await?;
+
+    let (copy_in, copy_out) =
+        copy_file_through_postgres(pool, &state_path, &dir.path().join("copied")).await?;
+
+    let mib = args.state_mib as f64;
+    let rate = |elapsed: Duration| mib / elapsed.as_secs_f64();
+    eprintln!(
+        "state: saved {mib} MiB in {save_time:?} ({} chunks), again in {unchanged_time:?}, restored in {restore_time:?}; COPY in {copy_in:?}, out {copy_out:?}; peak RSS {save_peak} / {restore_peak} KiB",
+        saved.stored.chunks.len()
+    );
+    report.push_str(&format!(
+        "\n## State store\n\nA state of {mib:.0} MiB (incompressible bytes) saved through a separate `sinkgate serve` process with the Rust client (`save_state_file`: content-defined chunks of about 1 MiB, {chunks} of them, each checked against its SHA-256), saved again unchanged, and restored to a file (`restore_state_file`, each chunk checked again). Baseline: the same bytes by a plain binary `COPY` into a table of 1 MiB `bytea` rows, and out again.\n\n| step | sinkgate | MiB/s | baseline | MiB/s | ratio | service peak RSS |\n|---|---:|---:|---|---:|---:|---:|\n| save | {:.1} s | {:.0} | `COPY … FROM STDIN` | {:.0} | {:.2} | {:.1} MiB |\n| save again, unchanged | {:.2} s | — | — | — | — | — |\n| restore | {:.1} s | {:.0} | `COPY … TO STDOUT` | {:.0} | {:.2} | {:.1} MiB |\n\nService RSS before: {:.1} MiB.\n",
+        save_time.as_secs_f64(),
+        rate(save_time),
+        rate(copy_in),
+        rate(save_time) / rate(copy_in),
+        save_peak as f64 / 1024.0,
+        unchanged_time.as_secs_f64(),
+        restore_time.as_secs_f64(),
+        rate(restore_time),
+        rate(copy_out),
+        rate(restore_time) / rate(copy_out),
+        restore_peak as f64 / 1024.0,
+        idle as f64 / 1024.0,
+        chunks = saved.stored.chunks.len(),
+    ));
+    Ok(())
+}
+
 /// Peak RSS while three clients at once send a 64 MiB JSON `/writes` body
 /// of empty rows (`{}`), the shape that multiplies a body's size in memory
 /// when every row is parsed. Each is refused (422, too many rows); the
@@ -767,8 +940,8 @@ async fn memory(pool: &PgPool, args: &Args, report: &mut String) -> anyhow::Resu
 async fn json_flood(service: &Service, pid: u32, epoch: i64) -> anyhow::Result<String> {
     const CLIENTS: usize = 3;
     const BODY_MIB: usize = 64;
-    // Forget the peak so far (the NDJSON upload's): Linux resets VmHWM.
-    let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+    // Forget the peak so far (the NDJSON upload's).
+    let reset = reset_peak_rss(pid);
     let before = peak_rss_kib(pid)?;
     let started = Instant::now();
     let sends = (0..CLIENTS).map(|client| {
@@ -975,6 +1148,7 @@ async fn main() -> anyhow::Result<()> {
             "commit" => commit_latency(&service, &pool, &args, &mut sections, &mut points).await?,
             "recovery" => recovery(&service, &pool, &args, &mut sections).await?,
             "memory" => memory(&pool, &args, &mut sections).await?,
+            "state" => state_store(&pool, &args, &mut sections).await?,
             other => anyhow::bail!("unknown scenario {other}"),
         }
     }

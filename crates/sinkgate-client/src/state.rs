@@ -11,6 +11,7 @@
 use std::collections::HashSet;
 use std::io::Read;
 
+use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
 use sinkgate_api::StoredState;
 
@@ -24,6 +25,10 @@ pub const MAX_CHUNK: u32 = 4 * 1024 * 1024;
 /// Chunks are checked against the store and uploaded in groups of about
 /// this many bytes (the most a save holds in memory, beside the state).
 const GROUP_BYTES: usize = 32 * 1024 * 1024;
+
+/// Chunks uploaded or downloaded at once (each is a round trip; the
+/// service and the database work on the others meanwhile).
+const IN_FLIGHT: usize = 4;
 
 /// What a save did.
 #[derive(Debug, Clone)]
@@ -96,13 +101,17 @@ async fn upload_missing(
     }
     let names: Vec<String> = group.iter().map(|(name, _)| name.clone()).collect();
     let mut missing: HashSet<String> = client.missing_chunks(&names).await?.into_iter().collect();
-    for (name, chunk) in group.drain(..) {
-        // A chunk that appears twice is uploaded once.
-        if missing.remove(&name) {
-            client.put_chunk(&name, &chunk).await?;
-            saved.uploaded_chunks += 1;
-            saved.uploaded_bytes += chunk.len() as u64;
-        }
+    // A chunk that appears twice is uploaded once.
+    let uploads: Vec<(String, Vec<u8>)> = group
+        .drain(..)
+        .filter(|(name, _)| missing.remove(name))
+        .collect();
+    let mut puts = stream::iter(uploads)
+        .map(|(name, chunk)| async move { client.put_chunk(&name, &chunk).await })
+        .buffer_unordered(IN_FLIGHT);
+    while let Some(stored) = puts.next().await {
+        saved.uploaded_chunks += 1;
+        saved.uploaded_bytes += stored?.size_bytes;
     }
     Ok(())
 }
@@ -114,8 +123,12 @@ pub async fn restore(
     mut sink: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
     let mut size = 0u64;
-    for name in &stored.chunks {
-        let chunk = client.get_chunk(name).await?;
+    // Downloaded a few ahead, handed over in order.
+    let mut chunks = stream::iter(stored.chunks.clone())
+        .map(|name| async move { client.get_chunk(&name).await })
+        .buffered(IN_FLIGHT);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
         size += chunk.len() as u64;
         sink(&chunk)?;
     }
