@@ -45,12 +45,14 @@ async fn run(args: &Args) -> Result<(), Error> {
     client
         .put_job(&JobSpec {
             tasks: tasks.clone(),
-            sink: SinkSpec {
+            sink: Some(SinkSpec {
                 table: "events".into(),
                 mode: SinkMode::Append,
                 key: vec![],
                 on_promotion_error: Default::default(),
-            },
+                partial_updates: false,
+            }),
+            outputs: None,
             checkpointing: None,
         })
         .await?;
