@@ -823,7 +823,7 @@ pub struct Problem {
     /// `promotion-blocked`, `conflict`, `validation`, `malformed`,
     /// `unsupported-media-type`, `too-early`, `payload-too-large`,
     /// `body-timeout`, `unauthenticated`, `forbidden`, `overloaded`,
-    /// `timeout`, `unavailable`, `internal`.
+    /// `timeout`, `unavailable`, `state-corrupted`, `internal`.
     #[serde(rename = "type")]
     pub problem_type: String,
     pub title: String,
