@@ -27,9 +27,15 @@ fn validate_ack(request: &AckRequest, limits: &Limits) -> Result<()> {
     }
     if let Some(state) = &request.state {
         if let Some(inline) = &state.inline {
-            let size = serde_json::to_vec(inline)
-                .map(|bytes| bytes.len())
-                .unwrap_or(usize::MAX);
+            let text = serde_json::to_string(inline).unwrap_or_default();
+            // PostgreSQL's jsonb cannot hold the NUL character.
+            if text.contains("\\u0000") {
+                return Err(Error::validation(
+                    "state.inline",
+                    "inline state contains the NUL character (\\u0000), which PostgreSQL's jsonb cannot store",
+                ));
+            }
+            let size = text.len();
             if size > limits.max_inline_state_bytes {
                 return Err(Error::validation(
                     "state.inline",
@@ -45,7 +51,11 @@ fn validate_ack(request: &AckRequest, limits: &Limits) -> Result<()> {
             require_name("state.external.checksum", &external.checksum, 512)?;
         }
         for (index, object) in state.objects.iter().enumerate() {
-            require_name(&format!("state.objects[{index}].uri"), &object.uri, 4096)?;
+            require_name(
+                &format!("state.objects[{index}].uri"),
+                &object.uri,
+                super::state::MAX_URI_BYTES,
+            )?;
             require_name(
                 &format!("state.objects[{index}].checksum"),
                 &object.checksum,

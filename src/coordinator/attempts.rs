@@ -264,6 +264,18 @@ async fn restore(conn: &mut PgConnection, job_id: &str, checkpoint_id: i64) -> R
     )
     .execute(&mut *conn)
     .await?;
+    // The checkpoints after it are a branch abandoned: a restart to one of
+    // them would skip what the new branch has not processed. Savepoints
+    // stay (an operator's explicit choice).
+    sqlx::query!(
+        "UPDATE checkpoints SET offsets_snapshot = NULL
+         WHERE job_id = $1 AND checkpoint_id > $2 AND offsets_snapshot IS NOT NULL
+           AND checkpoint_id NOT IN (SELECT checkpoint_id FROM savepoints WHERE job_id = $1)",
+        job_id,
+        checkpoint_id
+    )
+    .execute(&mut *conn)
+    .await?;
     tracing::info!(
         job = job_id,
         checkpoint = checkpoint_id,

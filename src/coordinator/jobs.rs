@@ -396,6 +396,14 @@ pub async fn delete(conn: &mut PgConnection, job_id: &str) -> Result<()> {
     for output in load_outputs(&mut *conn, job_id).await? {
         schema::drop_staging(&mut *conn, output.staging_id).await?;
     }
+    // The references first: the cascades from `jobs` run in no fixed order,
+    // and a chunk or object still referenced cannot go.
+    sqlx::query!("DELETE FROM state_refs WHERE job_id = $1", job_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query!("DELETE FROM external_refs WHERE job_id = $1", job_id)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query!("DELETE FROM jobs WHERE job_id = $1", job_id)
         .execute(&mut *conn)
         .await?;

@@ -339,7 +339,11 @@ pub async fn put_chunk(
     sha256: &str,
     content: Bytes,
 ) -> Result<StoredChunk> {
-    state::put_chunk(&mut *pool.acquire().await?, job_id, sha256, content).await
+    // A transaction, so that its share lock on the job holds off a delete.
+    let mut tx = pool.begin().await?;
+    let stored = state::put_chunk(&mut tx, job_id, sha256, content).await?;
+    tx.commit().await?;
+    Ok(stored)
 }
 
 /// A state chunk's content, checked against its SHA-256.

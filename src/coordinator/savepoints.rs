@@ -24,7 +24,10 @@ pub async fn create(
     require_name("label", &request.label, 200)?;
     // The lock a commit's pruning holds: what is checked here stays true.
     let job = load_job(&mut *conn, job_id, JobLock::NoKeyUpdate).await?;
-    let Some(checkpoint_id) = request.checkpoint_id.or(job.last_decided_id) else {
+    // By default the recovery point: after a restart from an older
+    // checkpoint, that one until the next decision.
+    let default = job.restored_from.or(job.last_decided_id);
+    let Some(checkpoint_id) = request.checkpoint_id.or(default) else {
         return Err(Error::validation(
             "checkpoint_id",
             format!("job {job_id:?} has no decided checkpoint yet"),

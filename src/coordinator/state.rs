@@ -35,6 +35,10 @@ pub const MAX_CHUNK_BYTES: usize = 16 << 20;
 /// Most chunk ids (or object URIs) in one request or one ack.
 pub const MAX_IDS: usize = 100_000;
 
+/// Longest URI of a shared external object (it is a key of the registry,
+/// and PostgreSQL's index entries hold at most about 2.7 KB).
+pub const MAX_URI_BYTES: usize = 2000;
+
 /// A chunk id: SHA-256 as 64 lowercase hex digits.
 pub fn parse_sha256(field: &str, text: &str) -> Result<[u8; 32]> {
     let valid = text.len() == 64
@@ -85,7 +89,7 @@ pub async fn missing(
     load_job(&mut *conn, job_id, JobLock::None).await?;
     let held: HashSet<Vec<u8>> = sqlx::query_scalar!(
         "UPDATE state_chunks SET last_used_at = now()
-         WHERE job_id = $1 AND sha256 = ANY ($2) RETURNING sha256",
+         WHERE job_id = $1 AND sha256 = ANY ($2) AND corrupted_at IS NULL RETURNING sha256",
         job_id,
         &digests
     )
@@ -130,7 +134,10 @@ pub async fn put_chunk(
     load_job(&mut *conn, job_id, JobLock::KeyShare).await?;
     let created: bool = sqlx::query_scalar!(
         r#"INSERT INTO state_chunks (job_id, sha256, size_bytes, content) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (job_id, sha256) DO UPDATE SET last_used_at = now()
+           ON CONFLICT (job_id, sha256) DO UPDATE SET last_used_at = now(),
+               -- A chunk found corrupted is repaired by the next upload of it.
+               content = CASE WHEN state_chunks.corrupted_at IS NULL THEN state_chunks.content ELSE EXCLUDED.content END,
+               corrupted_at = NULL
            RETURNING xmax = 0 AS "created!""#,
         job_id,
         &digest[..],
@@ -162,6 +169,16 @@ pub async fn get_chunk(conn: &mut PgConnection, job_id: &str, sha256: &str) -> R
     let actual: [u8; 32] = Sha256::digest(&content).into();
     if actual != digest {
         tracing::error!(job = job_id, chunk = sha256, actual = %hex(&actual), "a stored state chunk is corrupted");
+        // Reported missing from now on: the next save uploads it again,
+        // which repairs it (for every checkpoint that shares it).
+        sqlx::query!(
+            "UPDATE state_chunks SET corrupted_at = coalesce(corrupted_at, now())
+             WHERE job_id = $1 AND sha256 = $2",
+            job_id,
+            &digest[..]
+        )
+        .execute(&mut *conn)
+        .await?;
         return Err(Error::StateCorrupted(format!(
             "state chunk {sha256} of job {job_id:?} is corrupted in the database (its content hashes to {}); restore from an older checkpoint or savepoint",
             hex(&actual)
@@ -235,17 +252,14 @@ pub async fn record_references(
         .await?;
     }
 
-    let objects: Vec<(String, String)> =
-        state
-            .external
-            .iter()
-            .map(|object| ("state.external.uri".to_owned(), object.uri.clone()))
-            .chain(
-                state.objects.iter().enumerate().map(|(index, object)| {
-                    (format!("state.objects[{index}].uri"), object.uri.clone())
-                }),
-            )
-            .collect();
+    // The shared objects of `state.objects` (the single `state.external`
+    // reference stays the task's own business, as before).
+    let objects: Vec<(String, String)> = state
+        .objects
+        .iter()
+        .enumerate()
+        .map(|(index, object)| (format!("state.objects[{index}].uri"), object.uri.clone()))
+        .collect();
     if objects.is_empty() {
         return Ok(());
     }
@@ -313,6 +327,9 @@ pub async fn unreferenced_objects(conn: &mut PgConnection, job_id: &str) -> Resu
 /// referenced or unknown one is refused, naming it.
 pub async fn release_objects(conn: &mut PgConnection, job_id: &str, uris: &[String]) -> Result<()> {
     too_many("uris", uris.len())?;
+    for (index, uri) in uris.iter().enumerate() {
+        super::require_name(&format!("uris[{index}]"), uri, MAX_URI_BYTES)?;
+    }
     load_job(&mut *conn, job_id, JobLock::None).await?;
     // Locked first, then the references are read in a statement of their
     // own: it sees every ack that held the objects before this lock.

@@ -40,7 +40,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     )
 )]
 async fn start_attempt(
-    _: JobCaller,
+    JobCaller(caller): JobCaller,
     State(state): State<AppState>,
     ApiPath(job_id): ApiPath<String>,
     request: Request,
@@ -60,6 +60,12 @@ async fn start_attempt(
             ));
         }
         options = parse_json::<AttemptRequest>(&body)?;
+    }
+    if options.from_checkpoint.is_some() && !matches!(caller, crate::auth::Caller::Admin) {
+        // Rewinding a job is an operator's decision, as savepoints are.
+        return Err(Error::Forbidden(
+            "a restart from an older checkpoint needs the admin token".into(),
+        ));
     }
     Ok(Json(
         coordinator::attempt(&state.db, &job_id, &options).await?,

@@ -126,12 +126,13 @@ async fn get_chunk(
     ))
 }
 
-/// External objects that may be deleted.
+/// External objects that may be released, then deleted.
 ///
-/// Objects listed in acks (`state.objects`, `state.external`) that no
-/// retained checkpoint or savepoint references any more, and that were not
-/// released yet. Delete them from your store, then release them
-/// (`POST …/state/objects/released`).
+/// Objects listed in acks (`state.objects`) that no retained checkpoint or
+/// savepoint references any more, and that were not released yet. Release
+/// them (`POST …/state/objects/released`) and delete them from your store
+/// only once that answered 204: an ack may name an object again until it is
+/// released.
 #[utoipa::path(
     get, path = "/v1/jobs/{job}/state/objects/unreferenced", tag = "state",
     params(("job" = String, Path, description = "Job id")),
@@ -149,11 +150,11 @@ async fn unreferenced_objects(
     Ok(Json(ObjectList { uris }))
 }
 
-/// Release external objects (their owner deletes them).
+/// Release external objects, before their owner deletes them.
 ///
 /// All or nothing: each must be known and unreferenced. From then on an
-/// ack that lists a released object is refused, so a deletion never races
-/// a new use.
+/// ack that lists a released object is refused, so the deletion that
+/// follows a 204 never races a new use. After a 409, delete nothing.
 #[utoipa::path(
     post, path = "/v1/jobs/{job}/state/objects/released", tag = "state",
     params(("job" = String, Path, description = "Job id")),

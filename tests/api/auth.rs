@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use sinkgate::auth::AuthMode;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-use crate::helpers::{options, TestApp};
+use crate::helpers::{options, problem, TestApp};
 
 const ADMIN: &str = "admin-secret-for-tests";
 
@@ -457,5 +457,44 @@ async fn every_route_declares_who_may_call_it(_: PgPoolOptions, connect: PgConne
         .await
         .unwrap();
     assert_eq!(lower.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+// Rewinding a job to an older checkpoint is an operator's decision: a
+// processor token may start attempts, not restarts from a savepoint.
+#[sqlx::test]
+async fn only_the_admin_restarts_a_job_from_an_older_checkpoint(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = spawn_with_auth(&connect, options().limits).await;
+    let issued = own_and_other(&app, "own").await;
+    let token = issued["token"].as_str().unwrap();
+    let attempt = |token: &str, body: Value| {
+        app.http
+            .post(app.url("/v1/jobs/own/attempts"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    assert_eq!(
+        attempt(token, json!({})).await.unwrap().status(),
+        StatusCode::OK
+    );
+    let refused = problem(
+        attempt(token, json!({"from_checkpoint": 1})).await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert!(refused["detail"].as_str().unwrap().contains("admin"));
+    // The admin gets past the permission (to the job's own check: an
+    // append output cannot be rewound).
+    problem(
+        attempt(ADMIN, json!({"from_checkpoint": 1})).await.unwrap(),
+        StatusCode::CONFLICT,
+        "conflict",
+    )
+    .await;
     app.stop().await;
 }

@@ -180,6 +180,54 @@ async fn chunks_are_checked_on_upload_ack_and_download(
     let error = client.restore_state(&saved.stored).await.unwrap_err();
     assert_eq!(error.kind(), Some(ProblemKind::StateCorrupted), "{error}");
     assert!(started.elapsed() < Duration::from_secs(5), "not retried");
+    // Found corrupted, the chunk is reported missing: the next save
+    // uploads it again, which repairs it.
+    let repaired = client.save_state(b"hello").await.unwrap();
+    assert_eq!(repaired.uploaded_chunks, 1);
+    assert_eq!(client.restore_state(&saved.stored).await.unwrap(), b"hello");
+
+    // Bad input around state is a 422, never a 500.
+    let checkpoint = app.checkpoint("st", epoch).await;
+    for (state, field) in [
+        (
+            json!({"objects": [{"uri": "x".repeat(2001), "size_bytes": 1, "checksum": "c"}]}),
+            "state.objects[0].uri",
+        ),
+        (json!({"inline": {"a": "nul \u{0} here"}}), "state.inline"),
+    ] {
+        let refused = problem(
+            app.post(
+                &format!("/v1/jobs/st/checkpoints/{checkpoint}/acks"),
+                json!({"task_id": "t0", "epoch": epoch, "offsets": {"0": 2}, "state": state}),
+            )
+            .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+        )
+        .await;
+        assert_eq!(refused["field"], field, "{refused}");
+    }
+    let refused = problem(
+        app.post(
+            "/v1/jobs/st/state/objects/released",
+            json!({"uris": ["a\u{0}b"]}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert_eq!(refused["field"], "uris[0]");
+
+    // A job with stored state and references can be deleted, chunks and all.
+    let deleted = app
+        .http
+        .delete(app.url("/v1/jobs/st"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.count("state_chunks").await, 0);
     app.stop().await;
 }
 
@@ -403,6 +451,27 @@ async fn an_upsert_job_restarts_from_a_savepoint_and_an_append_job_refuses(
         .unwrap();
     let recovery = &restarted["recovery"];
     assert_eq!(recovery["checkpoint_id"], savepoint["checkpoint_id"]);
+    // A savepoint taken now keeps the recovery point, not the newest decision.
+    let deleted = app
+        .http
+        .delete(app.url(&format!(
+            "/v1/jobs/st/savepoints/{}",
+            savepoint["checkpoint_id"]
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let again: Value = app
+        .post("/v1/jobs/st/savepoints", json!({"label": "after-restart"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        again["checkpoint_id"], savepoint["checkpoint_id"],
+        "{again}"
+    );
     assert_eq!(recovery["offsets"]["0"], 30, "{restarted}");
     assert_eq!(recovery["tasks"]["t0"]["state"]["inline"]["at"], 30);
     // The replay acks from the savepoint's offsets on: no regression.
@@ -410,6 +479,22 @@ async fn an_upsert_job_restarts_from_a_savepoint_and_an_append_job_refuses(
     let answer = ack_with(&app, epoch, json!({"0": 35}), json!(null)).await;
     assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(app.recovery("st").await["offsets"]["0"], 35);
+    // The checkpoints after the savepoint are an abandoned branch: a
+    // restart to one of them would skip what this branch has not read.
+    let refused = problem(
+        app.post("/v1/jobs/st/attempts", json!({"from_checkpoint": 6}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation",
+    )
+    .await;
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no longer retained"),
+        "{refused}"
+    );
 
     // An append output cannot take its promoted rows back.
     app.sql("CREATE TABLE log (k text)").await;

@@ -520,21 +520,30 @@ impl Client {
         Ok(state)
     }
 
-    /// Restores into a file, a chunk at a time.
+    /// Restores into a file, a chunk at a time: written beside it first and
+    /// renamed over it once whole, so a failed restore leaves `path` as it was.
     pub async fn restore_state_file(
         &self,
         stored: &StoredState,
         path: &std::path::Path,
     ) -> Result<()> {
         use std::io::Write;
-        let file = std::fs::File::create(path).map_err(|error| Error::Io(error.to_string()))?;
-        let mut file = std::io::BufWriter::new(file);
-        state::restore(self, stored, |chunk| {
-            file.write_all(chunk)
-                .map_err(|error| Error::Io(error.to_string()))
-        })
-        .await?;
-        file.flush().map_err(|error| Error::Io(error.to_string()))
+        let io = |error: std::io::Error| Error::Io(error.to_string());
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = std::path::PathBuf::from(partial);
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(io)?);
+        let restored =
+            state::restore(self, stored, |chunk| file.write_all(chunk).map_err(io)).await;
+        let finished = restored.and_then(|()| file.flush().map_err(io));
+        drop(file);
+        match finished {
+            Ok(()) => std::fs::rename(&partial, path).map_err(io),
+            Err(error) => {
+                let _ = std::fs::remove_file(&partial);
+                Err(error)
+            }
+        }
     }
 
     /// `POST /attempts` with `from_checkpoint`: restarts the job from a

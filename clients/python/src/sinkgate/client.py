@@ -196,11 +196,14 @@ class Client:
 
     def unreferenced_objects(self) -> List[str]:
         """External objects (``StateHandle.objects``) that no retained
-        checkpoint or savepoint uses any more: delete them, then release them."""
+        checkpoint or savepoint uses any more: release them, and delete them
+        from your store only once the release succeeded."""
         return list(self._call("GET", "/state/objects/unreferenced")["uris"])
 
     def release_objects(self, uris: Sequence[str]) -> None:
-        """Marks external objects deleted by their owner; no ack may use them again."""
+        """Releases external objects before their owner deletes them: no ack
+        may use them again. Raises ``Conflict`` (delete nothing then) if one
+        is referenced again."""
         self._call("POST", "/state/objects/released", json_body={"uris": list(uris)}, idempotent=False)
 
     # --- savepoints -----------------------------------------------------------

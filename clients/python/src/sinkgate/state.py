@@ -84,7 +84,10 @@ def restore(client: "Client", stored: Union[StoredState, Mapping[str, Any]], pat
         stored = _build(StoredState, dict(stored))
     parts: List[bytes] = []
     size = 0
-    out = open(path, "wb") if path is not None else None
+    # Into a file beside the target, renamed over it once whole: a failed
+    # restore leaves the target as it was.
+    partial = None if path is None else f"{path}.partial"
+    out = open(partial, "wb") if partial is not None else None
     try:
         for name in stored.chunks:
             chunk = client.get_chunk(name)
@@ -93,9 +96,15 @@ def restore(client: "Client", stored: Union[StoredState, Mapping[str, Any]], pat
                 out.write(chunk)
             else:
                 parts.append(chunk)
-    finally:
+        if size != stored.size_bytes:
+            raise ValueError(f"the restored state is {size} bytes, not {stored.size_bytes}")
+    except BaseException:
         if out is not None:
             out.close()
-    if size != stored.size_bytes:
-        raise ValueError(f"the restored state is {size} bytes, not {stored.size_bytes}")
-    return None if out is not None else b"".join(parts)
+            os.remove(partial)
+        raise
+    if out is not None:
+        out.close()
+        os.replace(partial, path)
+        return None
+    return b"".join(parts)
