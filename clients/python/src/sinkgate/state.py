@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Deque, Iterator, List, Mapping, Optional, Tuple, Union
 
 from fastcdc import fastcdc
 
@@ -29,6 +31,9 @@ AVG_CHUNK = 1024 * 1024
 MAX_CHUNK = 4 * 1024 * 1024
 # Chunks are checked against the store and uploaded in groups of about this many bytes.
 GROUP_BYTES = 32 * 1024 * 1024
+# Chunks uploaded or downloaded at once (each is a round trip; the service
+# and the database work on the others meanwhile).
+IN_FLIGHT = 4
 
 
 @dataclass
@@ -71,12 +76,28 @@ def _upload_missing(client: "Client", group: List[Tuple[str, bytes]], saved: Sav
     if not group:
         return
     missing = set(client.missing_chunks([name for name, _ in group]))
+    uploads = []
     for name, chunk in group:
         if name in missing:  # a chunk that appears twice is uploaded once
             missing.discard(name)
-            client.put_chunk(name, chunk)
-            saved.uploaded_chunks += 1
-            saved.uploaded_bytes += len(chunk)
+            uploads.append((name, chunk))
+    with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
+        for _ in pool.map(lambda upload: client.put_chunk(*upload), uploads):
+            pass
+    saved.uploaded_chunks += len(uploads)
+    saved.uploaded_bytes += sum(len(chunk) for _, chunk in uploads)
+
+
+def _downloaded(client: "Client", names: List[str]) -> Iterator[bytes]:
+    """The chunks, in order, a few downloaded ahead (never more held)."""
+    with ThreadPoolExecutor(max_workers=IN_FLIGHT) as pool:
+        ahead: Deque[Future] = deque()
+        for name in names:
+            ahead.append(pool.submit(client.get_chunk, name))
+            if len(ahead) >= IN_FLIGHT:
+                yield ahead.popleft().result()
+        while ahead:
+            yield ahead.popleft().result()
 
 
 def restore(client: "Client", stored: Union[StoredState, Mapping[str, Any]], path: Optional[str] = None) -> Optional[bytes]:
@@ -89,8 +110,7 @@ def restore(client: "Client", stored: Union[StoredState, Mapping[str, Any]], pat
     partial = None if path is None else f"{path}.partial"
     out = open(partial, "wb") if partial is not None else None
     try:
-        for name in stored.chunks:
-            chunk = client.get_chunk(name)
+        for chunk in _downloaded(client, stored.chunks):
             size += len(chunk)
             if out is not None:
                 out.write(chunk)
