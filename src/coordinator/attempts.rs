@@ -7,7 +7,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
 use super::acks::decide_newest_complete;
-use super::commit::{commit_decided, staged_by_output, CommitOutcome};
+use super::commit::{commit_decided, staged_outputs, CommitOutcome};
 use super::{load_job, load_outputs, JobLock, JobRow};
 use crate::error::{Error, Result};
 use crate::metrics::AbortReason;
@@ -178,11 +178,8 @@ pub async fn start(conn: &mut PgConnection, job_id: &str, from: Option<i64>) -> 
     // After the roll forward nothing decided is left staged, so the orphans
     // are the whole staging table.
     let decided = job.last_decided_id.unwrap_or(0);
-    let orphans = staged_by_output(&mut *conn, job_id, decided, None).await?;
-    for output in load_outputs(&mut *conn, job_id).await? {
-        if let Some(staged) = orphans.get(&output.output) {
-            abort_orphans(&mut *conn, output.staging_id, &staged.tags, decided, true).await?;
-        }
+    for (output, staged) in staged_outputs(&mut *conn, job_id, decided, None).await? {
+        abort_orphans(&mut *conn, output.staging_id, &staged.tags, decided, true).await?;
     }
     // Every batch record is of the old epoch, whose writes are fenced from
     // now on: retries of them can no longer arrive.

@@ -12,10 +12,10 @@ use sqlx::{Connection, PgConnection};
 
 use std::collections::BTreeMap;
 
-use super::{load_job, load_outputs, JobLock, JobRow, OutputRow};
+use super::{load_job, JobLock, JobRow, OutputRow, SinkColumns};
 use crate::error::{Error, Result};
 use crate::model::{
-    DeadLetter, DeadLetterList, DeadLetterQuery, OnPromotionError, PromotionResult,
+    DeadLetter, DeadLetterList, DeadLetterQuery, OnPromotionError, PromotionResult, SinkMode,
 };
 use crate::sink::promote::{
     clear_promoted, is_row_error, promote, promote_with_dead_letters, Phase, Promoted,
@@ -56,7 +56,7 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
 
     // The batch records say which outputs and tags hold rows: a checkpoint
     // that staged nothing costs no promotion statement and no TRUNCATE.
-    let staged = staged_by_output(&mut *conn, &job.job_id, committed, Some(decided)).await?;
+    let staged = staged_outputs(&mut *conn, &job.job_id, committed, Some(decided)).await?;
     if staged.is_empty() {
         let nothing = Promoted {
             rows: 0,
@@ -79,8 +79,6 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
             dead_lettered: 0,
         });
     }
-    let outputs = load_outputs(&mut *conn, &job.job_id).await?;
-
     // A savepoint, so that a failed promotion rolls back only itself and the
     // decision (made earlier in this transaction) still commits.
     let mut savepoint = conn.begin().await?;
@@ -96,23 +94,22 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
     let mut by_output = BTreeMap::new();
     // Every output's deletes (reverse declaration order), then every
     // output's writes (declaration order): see `Phase`.
-    let with_rows = |output: &&OutputRow| staged.contains_key(&output.output);
-    let deletes = outputs
+    // (A phase with nothing to do costs no round trip.)
+    let deletes = staged
         .iter()
         .rev()
-        .filter(with_rows)
-        .filter(|output| output.on_promotion_error != OnPromotionError::DeadLetter)
-        .map(|output| (output, Phase::Deletes));
-    let writes = outputs.iter().filter(with_rows).map(|output| {
+        .filter(|(output, _)| output.on_promotion_error != OnPromotionError::DeadLetter)
+        .filter(|(output, range)| output.partial_updates || range.deletes)
+        .map(|(output, range)| (output, range, Phase::Deletes));
+    let writes = staged.iter().map(|(output, range)| {
         let phase = if output.on_promotion_error == OnPromotionError::DeadLetter {
             Phase::Both
         } else {
             Phase::Writes
         };
-        (output, phase)
+        (output, range, phase)
     });
-    for (output, phase) in deletes.chain(writes) {
-        let range = &staged[&output.output];
+    for (output, range, phase) in deletes.chain(writes) {
         let outcome = promote_output(
             &mut savepoint,
             output,
@@ -137,25 +134,23 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
                     Some(db) => db.message().to_owned(),
                     None => error.to_string(),
                 };
-                if outputs.len() > 1 {
+                if output.output != crate::model::DEFAULT_OUTPUT {
                     message = format!("output {:?}: {message}", output.output);
                 }
                 return record_failure(&mut *conn, job, decided, message).await;
             }
         }
     }
-    for output in &outputs {
-        if let Some(range) = staged.get(&output.output) {
-            clear_promoted(
-                &mut savepoint,
-                output.staging_id,
-                &range.tags,
-                committed,
-                decided,
-                job.next_checkpoint_id,
-            )
-            .await?;
-        }
+    for (output, range) in &staged {
+        clear_promoted(
+            &mut savepoint,
+            output.staging_id,
+            &range.tags,
+            committed,
+            decided,
+            job.next_checkpoint_id,
+        )
+        .await?;
     }
     savepoint.commit().await?;
     total.millis = started.elapsed().as_secs_f64() * 1e3;
@@ -179,9 +174,10 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
     })
 }
 
-/// Promotes one output's staged rows of (after, upto] under a savepoint of
-/// its own; with the `dead_letter` policy, a row's error starts over row by
-/// row (see [`promote_with_dead_letters`]).
+/// Promotes one phase of one output's staged rows of (after, upto]. Under
+/// the `dead_letter` policy it runs under a savepoint of its own, and a
+/// row's error starts over row by row (see [`promote_with_dead_letters`]);
+/// otherwise an error fails the whole promotion.
 async fn promote_output(
     conn: &mut PgConnection,
     output: &OutputRow,
@@ -191,17 +187,17 @@ async fn promote_output(
     phase: Phase,
 ) -> std::result::Result<Promoted, sqlx::Error> {
     let sink = output.sink_target();
+    if phase != Phase::Both || output.on_promotion_error != OnPromotionError::DeadLetter {
+        // A failure rolls back the whole promotion: no savepoint of its own.
+        return promote(conn, &sink, range, staged.deletes, phase).await;
+    }
     let mut attempt = conn.begin().await?;
     match promote(&mut attempt, &sink, range, staged.deletes, phase).await {
         Ok(promoted) => {
             attempt.commit().await?;
             Ok(promoted)
         }
-        Err(error)
-            if phase == Phase::Both
-                && output.on_promotion_error == OnPromotionError::DeadLetter
-                && is_row_error(&error) =>
-        {
+        Err(error) if is_row_error(&error) => {
             // The failed statement spoiled the savepoint; start over in a new one.
             attempt.rollback().await?;
             let mut attempt = conn.begin().await?;
@@ -348,19 +344,29 @@ pub struct StagedRange {
     pub deletes: bool,
 }
 
-/// Per output, what is staged in (after, upto], from the batch records.
-pub async fn staged_by_output(
+/// The outputs that have rows staged in (after, upto], in declaration
+/// order, each with what it has staged (from the batch records): one round
+/// trip, on every commit's path.
+pub async fn staged_outputs(
     conn: &mut PgConnection,
     job_id: &str,
     after: i64,
     upto: Option<i64>,
-) -> Result<BTreeMap<String, StagedRange>> {
+) -> Result<Vec<(OutputRow, StagedRange)>> {
     let rows = sqlx::query!(
-        r#"SELECT output, array_agg(DISTINCT checkpoint_tag) AS "tags!", bool_or(staged_deletes > 0) AS "deletes!"
-           FROM batches
-           WHERE job_id = $1 AND checkpoint_tag > $2 AND ($3::bigint IS NULL OR checkpoint_tag <= $3)
-             AND staged_rows > 0
-           GROUP BY output"#,
+        r#"SELECT o.job_id, o.output, o.ordinal, o.staging_id, o.sink_schema, o.sink_table,
+                  o.sink_mode AS "sink_mode: SinkMode", o.sink_key,
+                  o.sink_columns AS "sink_columns: SinkColumns",
+                  o.on_promotion_error AS "on_promotion_error: OnPromotionError", o.partial_updates,
+                  b.tags AS "tags!", b.deletes AS "deletes!"
+           FROM job_outputs o
+           JOIN (SELECT output, array_agg(DISTINCT checkpoint_tag) AS tags, bool_or(staged_deletes > 0) AS deletes
+                 FROM batches
+                 WHERE job_id = $1 AND checkpoint_tag > $2 AND ($3::bigint IS NULL OR checkpoint_tag <= $3)
+                   AND staged_rows > 0
+                 GROUP BY output) b ON b.output = o.output
+           WHERE o.job_id = $1
+           ORDER BY o.ordinal"#,
         job_id,
         after,
         upto
@@ -371,7 +377,19 @@ pub async fn staged_by_output(
         .into_iter()
         .map(|row| {
             (
-                row.output,
+                OutputRow {
+                    job_id: row.job_id,
+                    output: row.output,
+                    ordinal: row.ordinal,
+                    staging_id: row.staging_id,
+                    sink_schema: row.sink_schema,
+                    sink_table: row.sink_table,
+                    sink_mode: row.sink_mode,
+                    sink_key: row.sink_key,
+                    sink_columns: row.sink_columns,
+                    on_promotion_error: row.on_promotion_error,
+                    partial_updates: row.partial_updates,
+                },
                 StagedRange {
                     tags: row.tags,
                     deletes: row.deletes,
