@@ -14,6 +14,19 @@ use crate::model::{
     AbortRequest, AckRequest, AckResult, Checkpoint, CheckpointStatus, DeclineRequest, StateHandle,
 };
 
+/// Whether a JSON value has the NUL character in a string or a key.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        _ => false,
+    }
+}
+
 fn validate_ack(request: &AckRequest, limits: &Limits) -> Result<()> {
     require_name("task_id", &request.task_id, 200)?;
     for (partition, offset) in &request.offsets {
@@ -29,7 +42,7 @@ fn validate_ack(request: &AckRequest, limits: &Limits) -> Result<()> {
         if let Some(inline) = &state.inline {
             let text = serde_json::to_string(inline).unwrap_or_default();
             // PostgreSQL's jsonb cannot hold the NUL character.
-            if text.contains("\\u0000") {
+            if holds_nul(inline) {
                 return Err(Error::validation(
                     "state.inline",
                     "inline state contains the NUL character (\\u0000), which PostgreSQL's jsonb cannot store",

@@ -134,7 +134,14 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
                     Some(db) => db.message().to_owned(),
                     None => error.to_string(),
                 };
-                if output.output != crate::model::DEFAULT_OUTPUT {
+                // Named, unless it is the one output of a job with a `sink`.
+                let outputs: i64 = sqlx::query_scalar!(
+                    r#"SELECT count(*) AS "outputs!" FROM job_outputs WHERE job_id = $1"#,
+                    &job.job_id
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                if outputs > 1 || output.output != crate::model::DEFAULT_OUTPUT {
                     message = format!("output {:?}: {message}", output.output);
                 }
                 return record_failure(&mut *conn, job, decided, message).await;

@@ -328,7 +328,8 @@ pub async fn unreferenced_objects(conn: &mut PgConnection, job_id: &str) -> Resu
 pub async fn release_objects(conn: &mut PgConnection, job_id: &str, uris: &[String]) -> Result<()> {
     too_many("uris", uris.len())?;
     for (index, uri) in uris.iter().enumerate() {
-        super::require_name(&format!("uris[{index}]"), uri, MAX_URI_BYTES)?;
+        // The acks' limit (the registry holds nothing longer).
+        super::require_name(&format!("uris[{index}]"), uri, 4096)?;
     }
     load_job(&mut *conn, job_id, JobLock::None).await?;
     // Locked first, then the references are read in a statement of their

@@ -207,6 +207,15 @@ async fn chunks_are_checked_on_upload_ack_and_download(
         .await;
         assert_eq!(refused["field"], field, "{refused}");
     }
+    // The text `\u0000` (a backslash, then letters) is no NUL.
+    let accepted = app
+        .post(
+            &format!("/v1/jobs/st/checkpoints/{checkpoint}/acks"),
+            json!({"task_id": "t0", "epoch": epoch, "offsets": {"0": 2},
+                   "state": {"inline": {"escaped": "\\u0000 as text"}}}),
+        )
+        .await;
+    assert_eq!(accepted.status(), StatusCode::OK);
     let refused = problem(
         app.post(
             "/v1/jobs/st/state/objects/released",
