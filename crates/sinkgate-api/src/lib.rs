@@ -108,7 +108,9 @@ pub struct SinkSpec {
 
 /// One named output of a job: a sink table with its own mode and key.
 /// Every output of a job changes in the one transaction that commits a
-/// checkpoint.
+/// checkpoint. Its fields repeat [`SinkSpec`]'s rather than flatten it:
+/// serde's `flatten` cannot be combined with `deny_unknown_fields`, and a
+/// misspelt setting must be a 422, not ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"name": "counts", "table": "word_counts", "mode": "upsert", "key": ["word"]}))]
@@ -308,7 +310,7 @@ pub struct JobList {
 }
 
 /// What a task needs to restore, recorded with its ack.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"inline": {"any": "json"},
     "stored": {"chunks": ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"], "size_bytes": 4},

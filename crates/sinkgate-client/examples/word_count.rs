@@ -159,10 +159,8 @@ pub async fn run(args: &Args) -> Result<(), Error> {
                     .map(|p| (p.to_string(), offsets[p] as i64))
                     .collect();
                 let state = StateHandle {
-                    inline: None,
-                    external: None,
                     stored: Some(saved[index].clone()),
-                    objects: Vec::new(),
+                    ..StateHandle::default()
                 };
                 (owned, Some(state))
             };

@@ -2,7 +2,7 @@
 //!
 //! [`Client`] is one typed method per endpoint, using the server's own
 //! request and response types ([`sinkgate_api`], re-exported as [`model`]). Transient failures
-//! (connection refused while a replica restarts, 5xx, 429) are retried with
+//! (connection refused while a replica restarts, 429, 502, 503, 504) are retried with
 //! exponential backoff; every call is safe to retry because the protocol
 //! makes it so (batch ids, identical re-acks). A `fenced` answer becomes
 //! [`Error::Zombie`]: this instance's epoch is over and it must stop.
@@ -38,7 +38,8 @@ pub enum Error {
     /// The job has a newer epoch: another instance took over. Stop now.
     #[error("this instance is a zombie: its epoch is fenced (the job's current epoch is {current_epoch:?}); stop")]
     Zombie { current_epoch: Option<i64> },
-    /// The service refused the request (4xx); the problem document says why.
+    /// The service refused the request (4xx), or failed it for good (a 500:
+    /// a bug, or a corrupted state chunk); the problem document says why.
     #[error("{} ({}): {}", .0.title, .0.problem_type, .0.detail)]
     Refused(Box<Problem>),
     /// Transient failures went on past the retry budget.
@@ -65,6 +66,12 @@ impl Error {
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The answers that say "not now" (overloaded, a timeout, the database
+/// unavailable, a proxy without a backend): retried. Any other error answer
+/// is final, a 500 included (a bug, or a stored state chunk that is
+/// corrupted: the same again on every try). The Python client retries the same.
+const RETRIED_STATUSES: [u16; 4] = [429, 502, 503, 504];
 
 /// How one try of a request failed: for good, or worth another try (after
 /// at least `retry_after`, when the server said so).
@@ -127,7 +134,7 @@ impl Client {
     }
 
     /// Sends a request, retrying transient failures (connection errors,
-    /// 5xx, 429) for up to `retry_for`: exponential backoff with jitter from
+    /// 429, 502, 503, 504) for up to `retry_for`: exponential backoff with jitter from
     /// 20 ms to 1 s, but never sooner than the server's `Retry-After`. Each
     /// try goes to the next replica. Refusals (other 4xx) are final.
     async fn call<T: DeserializeOwned>(
@@ -225,7 +232,7 @@ impl Client {
     }
 
     /// Sends one try; a success comes back to be read, anything else is a
-    /// [`Failure`]: transient (no answer, 5xx, 429) or final (a refusal).
+    /// [`Failure`]: transient (no answer, [`RETRIED_STATUSES`]) or final.
     async fn send_once(
         &self,
         mut request: reqwest::RequestBuilder,
@@ -248,18 +255,14 @@ impl Client {
             .and_then(|value| value.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let text = response.text().await.unwrap_or_default();
-        let problem = serde_json::from_str::<Problem>(&text).ok();
-        // A corrupted chunk stays corrupted: no use retrying it.
-        let corrupted = problem
-            .as_ref()
-            .is_some_and(|problem| problem.kind() == Some(ProblemKind::StateCorrupted));
-        if (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) && !corrupted {
+        if RETRIED_STATUSES.contains(&status.as_u16()) {
             return Err(Failure::Transient {
                 failure: format!("{status}: {text}"),
                 retry_after,
             });
         }
-        let problem = problem.ok_or_else(|| Failure::Final(Error::Decode(text.clone())))?;
+        let problem: Problem =
+            serde_json::from_str(&text).map_err(|_| Failure::Final(Error::Decode(text.clone())))?;
         if problem.kind() == Some(ProblemKind::Fenced) {
             return Err(Failure::Final(Error::Zombie {
                 current_epoch: problem.current_epoch,
