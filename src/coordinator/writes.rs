@@ -4,9 +4,9 @@ use bytes::Bytes;
 use futures::Stream;
 use sqlx::PgConnection;
 
-use super::{load_outputs, lock_task, require_name, JobRow, OutputRow};
+use super::{require_name, JobRow, OutputRow, SinkColumns};
 use crate::error::{Error, Result};
-use crate::model::WriteResult;
+use crate::model::{OnPromotionError, SinkMode, WriteResult};
 use crate::sink::staging::{copy_rows, digest_rows, Rows};
 
 /// Who is writing which batch.
@@ -93,8 +93,8 @@ where
     .await?
     .ok_or_else(|| Error::not_found(format!("job {job_id:?} does not exist")))?;
     job.check_epoch(key.epoch)?;
-    let last_acked = lock_task(&mut *conn, job_id, key.task_id, false).await?;
-    let output = match write_output(&mut *conn, job_id, key.output).await {
+    let (last_acked, outputs) = task_and_outputs(&mut *conn, job_id, key.task_id).await?;
+    let output = match choose_output(job_id, outputs, key.output) {
         Ok(output) => output,
         // The job's outputs changed since this batch was staged (an output
         // added, so it must now be named; or removed): a retry still gets
@@ -173,13 +173,61 @@ where
     }))
 }
 
-/// The output a write goes to: the one it names, or the job's only one.
-async fn write_output(
+/// The writing task's last ack in this epoch, with its row share-locked
+/// (see [`super::lock_task`]), and the job's outputs: one round trip on
+/// every write's path.
+async fn task_and_outputs(
     conn: &mut PgConnection,
     job_id: &str,
+    task_id: &str,
+) -> Result<(Option<i64>, Vec<OutputRow>)> {
+    let rows = sqlx::query!(
+        r#"SELECT t.last_acked_id, o.job_id AS "job_id?", o.output AS "output?", o.ordinal AS "ordinal?",
+                  o.staging_id AS "staging_id?", o.sink_schema AS "sink_schema?", o.sink_table AS "sink_table?",
+                  o.sink_mode AS "sink_mode?: SinkMode", o.sink_key AS "sink_key?",
+                  o.sink_columns AS "sink_columns?: SinkColumns",
+                  o.on_promotion_error AS "on_promotion_error?: OnPromotionError",
+                  o.partial_updates AS "partial_updates?"
+           FROM tasks t LEFT JOIN job_outputs o ON o.job_id = t.job_id
+           WHERE t.job_id = $1 AND t.task_id = $2
+           ORDER BY o.ordinal
+           FOR SHARE OF t"#,
+        job_id,
+        task_id
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let Some(first) = rows.first() else {
+        return Err(Error::UnknownTask(task_id.to_owned()));
+    };
+    let last_acked = first.last_acked_id;
+    let outputs = rows
+        .into_iter()
+        .filter_map(|row| {
+            Some(OutputRow {
+                job_id: row.job_id?,
+                output: row.output?,
+                ordinal: row.ordinal?,
+                staging_id: row.staging_id?,
+                sink_schema: row.sink_schema?,
+                sink_table: row.sink_table?,
+                sink_mode: row.sink_mode?,
+                sink_key: row.sink_key?,
+                sink_columns: row.sink_columns?,
+                on_promotion_error: row.on_promotion_error?,
+                partial_updates: row.partial_updates?,
+            })
+        })
+        .collect();
+    Ok((last_acked, outputs))
+}
+
+/// The output a write goes to: the one it names, or the job's only one.
+fn choose_output(
+    job_id: &str,
+    mut outputs: Vec<OutputRow>,
     named: Option<&str>,
 ) -> Result<OutputRow> {
-    let mut outputs = load_outputs(&mut *conn, job_id).await?;
     let names = || {
         outputs
             .iter()
