@@ -57,11 +57,12 @@ pub const OWN_COLUMNS: [&str; 6] = [
 
 /// Names the promotion statements give columns of their own, beside the
 /// staging columns (partial updates).
-pub const STATEMENT_COLUMNS: [&str; 5] = [
+pub const STATEMENT_COLUMNS: [&str; 6] = [
     "_sinkgate_position",
     "_sinkgate_reset_at",
     "_sinkgate_live",
     "_sinkgate_reset",
+    "_sinkgate_locked",
     "_sinkgate_done",
 ];
 

@@ -13,9 +13,9 @@
 //!    new row: triggers and cascades see a delete and an insert).
 //! 2. [`write_merged`]: an existing key gets the columns its rows carried
 //!    and keeps the others; a new key is inserted, the columns nothing
-//!    carried at their defaults. Rows are updated first (`UPDATE` waits for
-//!    and re-reads a row another transaction holds, and skips one it
-//!    deleted); the keys left are inserted with `ON CONFLICT DO NOTHING`;
+//!    carried at their defaults. Existing rows are locked (waiting for a
+//!    row another transaction holds, skipping one it deleted), then
+//!    updated; the keys left are inserted with `ON CONFLICT DO NOTHING`;
 //!    a key that someone inserted meanwhile is updated on the next round.
 //!    Another writer's row is never overwritten wholesale, and no key is
 //!    dropped.
@@ -89,6 +89,7 @@ pub async fn merge_and_delete(
                 array_remove(ARRAY[{not_carried}]::text[], NULL) AS {OMITTED_COLUMN},
                 bool_or(s._sinkgate_reset_at IS NOT NULL) AS _sinkgate_reset,
                 bool_or({live}) AS _sinkgate_live,
+                false AS _sinkgate_locked,
                 false AS _sinkgate_done
          FROM (
              SELECT s.*, {DELETE_COLUMN} IS NOT TRUE
@@ -181,18 +182,35 @@ pub async fn write_merged(
             }
         })
         .collect();
+    // An existing key is locked first and counts as done once locked: a
+    // BEFORE UPDATE trigger that skips the row (returns NULL, as
+    // suppress_redundant_updates_trigger does) leaves it as the sink
+    // wants, and must not make the key look missing.
     let update = (!sets.is_empty()).then(|| {
-        format!(
-            "WITH written AS (
-                 UPDATE {target} t SET {sets} FROM {merged} m
-                 WHERE m._sinkgate_live AND NOT m._sinkgate_done AND {same}
-                 RETURNING {returned}
-             ), marked AS ({mark})
-             SELECT count(*) FROM written",
-            sets = sets.join(", "),
-            same = same_key(sink, "m"),
-            returned = returned.join(", "),
-            mark = mark_done("written"),
+        (
+            format!(
+                "WITH locked AS (
+                     SELECT {returned} FROM {target} t JOIN {merged} m ON {same}
+                     WHERE m._sinkgate_live AND NOT m._sinkgate_done
+                     FOR NO KEY UPDATE OF t
+                 )
+                 UPDATE {merged} m SET _sinkgate_locked = true FROM locked t WHERE {same}",
+                returned = returned.join(", "),
+                same = same_key(sink, "m"),
+            ),
+            format!(
+                "WITH written AS (
+                     UPDATE {target} t SET {sets} FROM {merged} m
+                     WHERE m._sinkgate_locked AND NOT m._sinkgate_done AND {same}
+                     RETURNING 1
+                 ), marked AS (
+                     UPDATE {merged} SET _sinkgate_done = true
+                     WHERE _sinkgate_locked AND NOT _sinkgate_done
+                 )
+                 SELECT count(*) FROM written",
+                sets = sets.join(", "),
+                same = same_key(sink, "m"),
+            ),
         )
     });
     let insert = format!(
@@ -211,7 +229,8 @@ pub async fn write_merged(
     );
     let mut written = 0u64;
     for _ in 0..MAX_ROUNDS {
-        if let Some(update) = &update {
+        if let Some((lock, update)) = &update {
+            sqlx::query(lock).execute(&mut *conn).await?;
             written += sqlx::query_scalar::<_, i64>(update)
                 .fetch_one(&mut *conn)
                 .await? as u64;
@@ -233,6 +252,6 @@ pub async fn write_merged(
         }
     }
     Err(sqlx::Error::Protocol(format!(
-        "keys of {target} kept being deleted and inserted by other writers during {MAX_ROUNDS} rounds of the promotion; it is retried"
+        "keys of {target} could not be written in {MAX_ROUNDS} rounds of the promotion: other writers kept deleting and inserting them, or a BEFORE INSERT trigger of the sink skips them (returns NULL); it is retried"
     )))
 }

@@ -736,3 +736,40 @@ async fn a_retry_after_the_outputs_changed_is_a_duplicate(
     assert_eq!(app.count("facts").await, 1);
     app.stop().await;
 }
+
+// A BEFORE UPDATE trigger that skips a row (here PostgreSQL's own
+// suppress_redundant_updates_trigger, for a row re-sent unchanged) leaves
+// the row as the sink wants; the promotion goes on.
+#[sqlx::test]
+async fn partial_updates_pass_a_trigger_that_skips_an_update(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn_with(&connect, helpers::quiet_options()).await;
+    app.sql("CREATE TABLE profiles (id bigint PRIMARY KEY, name text, email text)")
+        .await;
+    app.sql("CREATE TRIGGER unchanged BEFORE UPDATE ON profiles FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()")
+        .await;
+    app.sql("INSERT INTO profiles VALUES (1, 'Ann', 'ann@x')")
+        .await;
+    let spec = json!({"tasks": ["t0"],
+                      "sink": {"table": "profiles", "mode": "upsert", "key": ["id"], "partial_updates": true}});
+    created(app.put_job("p", spec).await).await;
+    let epoch = app.epoch("p").await;
+    stage(
+        &app,
+        "p",
+        "t0",
+        epoch,
+        "1",
+        json!([{"id": 1, "name": "Ann"}, {"id": 2, "name": "Bo"}]),
+    )
+    .await;
+    let (_, status) = app.commit("p", epoch, &["t0"]).await;
+    assert_eq!(status, "committed");
+    assert_eq!(
+        rows(&app, "SELECT id, name FROM profiles ORDER BY id").await,
+        vec![(1, Some("Ann".into())), (2, Some("Bo".into()))]
+    );
+    app.stop().await;
+}
