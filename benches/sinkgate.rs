@@ -43,6 +43,10 @@ struct Args {
     /// Task counts for the acks scenario.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     ack_tasks: Vec<usize>,
+    /// Tasks per ack request in the acks scenario: 1 is one request per
+    /// task; more is a batch ack per process running that many tasks.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    ack_batch: Vec<usize>,
     /// Acks per task count (at least).
     #[arg(long, default_value_t = 3000)]
     acks: usize,
@@ -227,12 +231,18 @@ impl Service {
 /// sinkgate: `tasks` writers stage `rows` rows in batches; every
 /// `checkpoint_rows` rows a checkpoint is triggered and acked by every task,
 /// which commits it. Timed until the last commit answered (rows visible).
+///
+/// `overlap`: the tasks ack with `promote=background` and go on writing the
+/// next checkpoint's rows while this one is promoted, as a processor that
+/// does not wait for visibility does; only the last checkpoint's acks wait.
+/// Otherwise every commit is awaited before the next rows are written.
 async fn sinkgate_ingest(
     service: &Service,
     pool: &PgPool,
     args: &Args,
     upsert: bool,
     ndjson: bool,
+    overlap: bool,
 ) -> anyhow::Result<Duration> {
     let tasks: Vec<String> = (0..args.tasks).map(|i| format!("task-{i}")).collect();
     let epoch = fresh_job(service, pool, &tasks, upsert).await?;
@@ -284,19 +294,26 @@ async fn sinkgate_ingest(
         writing += phase.elapsed();
         let phase = Instant::now();
         let id = service.trigger(epoch).await?;
+        let background = overlap && segment_end < args.rows;
+        let query = if background {
+            "?promote=background"
+        } else {
+            ""
+        };
         let mut last_status = String::new();
         for task in &tasks {
             let ack = service
                 .call(
                     reqwest::Method::POST,
-                    &format!("/v1/jobs/bench/checkpoints/{id}/acks"),
+                    &format!("/v1/jobs/bench/checkpoints/{id}/acks{query}"),
                     Some(json!({"task_id": task, "epoch": epoch, "offsets": {task.clone(): segment_end}})),
                 )
                 .await?;
             last_status = ack["status"].as_str().unwrap_or_default().to_owned();
         }
+        let expected = if background { "pending" } else { "committed" };
         anyhow::ensure!(
-            last_status == "committed",
+            last_status == expected,
             "checkpoint {id} ended {last_status}"
         );
         committing += phase.elapsed();
@@ -342,12 +359,15 @@ async fn ingest(
 ) -> anyhow::Result<()> {
     for upsert in [false, true] {
         let baseline = baseline_copy(pool, args.rows, upsert).await?;
-        for ndjson in [true, false] {
-            let ours = sinkgate_ingest(service, pool, args, upsert, ndjson).await?;
+        // Each variant with promotion overlapping the next checkpoint's
+        // staging; NDJSON also with every commit awaited, for reference.
+        for (ndjson, overlap) in [(true, true), (false, true), (true, false)] {
+            let ours = sinkgate_ingest(service, pool, args, upsert, ndjson, overlap).await?;
             let variant = format!(
-                "{}, {}",
+                "{}, {}{}",
                 if upsert { "upsert" } else { "append" },
-                if ndjson { "NDJSON" } else { "JSON" }
+                if ndjson { "NDJSON" } else { "JSON" },
+                if overlap { "" } else { ", each commit awaited" }
             );
             eprintln!("ingest {variant}: sinkgate {ours:?}, baseline {baseline:?}");
             figures.push(Figure {
@@ -395,7 +415,7 @@ async fn fresh_job(
         .call(
             reqwest::Method::PUT,
             "/v1/jobs/bench",
-            Some(json!({"tasks": tasks, "sink": sink, "checkpointing": {"max_concurrent": 1}})),
+            Some(json!({"tasks": tasks, "sink": sink, "checkpointing": {"max_concurrent": 4}})),
         )
         .await?;
     let attempt = service
@@ -449,11 +469,46 @@ async fn acks(
     service: &Service,
     pool: &PgPool,
     args: &Args,
+    connection_budget: ConnectionBudget,
     report: &mut String,
 ) -> anyhow::Result<()> {
-    report.push_str("\n## Acks\n\nK tasks ack checkpoint after checkpoint (all K acks of one checkpoint sent at once; the last one commits it). Baseline: the same number of single-row `INSERT` transactions from K concurrent workers on one pool of min(K, 64) connections.\n\n");
-    report.push_str("| tasks | acks | sinkgate acks/s | p50 ms | p99 ms | baseline tx/s | baseline p50 ms | baseline p99 ms | ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    report.push_str(&format!("\n## Acks\n\nK tasks ack checkpoint after checkpoint (all acks of one checkpoint sent at once; the last one commits it), either one request per task or, with B tasks per request, one batch ack (`/acks/batch`) per process running B of them. Latencies are per request. Baseline: the same number of single-row `INSERT` transactions from K concurrent workers on one pool of min(K, {baseline_connections}) connections (sized from the server's `max_connections`).\n\n", baseline_connections = connection_budget.baseline));
+    report.push_str("| tasks | tasks per request | acks | sinkgate acks/s | p50 ms | p99 ms | baseline tx/s | baseline p50 ms | baseline p99 ms | ratio |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for &k in &args.ack_tasks {
+        for &per_request in &args.ack_batch {
+            if per_request > k || (per_request > 1 && k % per_request != 0) {
+                continue;
+            }
+            ack_round(
+                service,
+                pool,
+                args,
+                connection_budget,
+                report,
+                k,
+                per_request,
+            )
+            .await?;
+        }
+    }
+    sqlx::raw_sql("DROP TABLE IF EXISTS bench_acks")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// One line of the acks scenario: `k` tasks, `per_request` of them per ack
+/// request.
+async fn ack_round(
+    service: &Service,
+    pool: &PgPool,
+    args: &Args,
+    connection_budget: ConnectionBudget,
+    report: &mut String,
+    k: usize,
+    per_request: usize,
+) -> anyhow::Result<()> {
+    {
         let tasks: Vec<String> = (0..k).map(|i| format!("task-{i}")).collect();
         let epoch = fresh_job(service, pool, &tasks, false).await?;
         let rounds = args.acks.div_ceil(k).max(3);
@@ -462,33 +517,35 @@ async fn acks(
         for _ in 0..rounds {
             let id = service.trigger(epoch).await?;
             let started = Instant::now();
-            let acks = tasks.iter().map(|task| async move {
+            let requests = tasks.chunks(per_request).map(|group| async move {
+                let acks: Vec<Value> = group
+                    .iter()
+                    .map(|task| json!({"task_id": task, "epoch": epoch, "offsets": {task.clone(): id}}))
+                    .collect();
+                let (path, body) = if per_request == 1 {
+                    (format!("/v1/jobs/bench/checkpoints/{id}/acks"), acks[0].clone())
+                } else {
+                    (format!("/v1/jobs/bench/checkpoints/{id}/acks/batch"), json!({ "acks": acks }))
+                };
                 let started = Instant::now();
-                service
-                    .call(
-                        reqwest::Method::POST,
-                        &format!("/v1/jobs/bench/checkpoints/{id}/acks"),
-                        Some(
-                            json!({"task_id": task, "epoch": epoch, "offsets": {task.clone(): id}}),
-                        ),
-                    )
-                    .await?;
+                service.call(reqwest::Method::POST, &path, Some(body)).await?;
                 anyhow::Ok(started.elapsed())
             });
-            latencies.extend(try_join_all(acks).await?);
+            latencies.extend(try_join_all(requests).await?);
             busy += started.elapsed();
         }
         latencies.sort();
-        let total = latencies.len();
+        let total = rounds * k;
 
         sqlx::raw_sql("DROP TABLE IF EXISTS bench_acks; CREATE TABLE bench_acks (id bigserial PRIMARY KEY, task int, at timestamptz DEFAULT now())")
             .execute(pool)
             .await?;
         let baseline_pool = PgPoolOptions::new()
-            .max_connections(k.min(64) as u32)
+            .max_connections(k.min(connection_budget.baseline) as u32)
             .connect(&args.database_url)
             .await?;
         let per_worker = total.div_ceil(k);
+        let total_requests = latencies.len();
         let started = Instant::now();
         let workers = (0..k).map(|worker| {
             let pool = baseline_pool.clone();
@@ -512,9 +569,11 @@ async fn acks(
         baseline.sort();
         let ours = total as f64 / busy.as_secs_f64();
         let theirs = baseline.len() as f64 / baseline_elapsed.as_secs_f64();
-        eprintln!("acks K={k}: {ours:.0}/s vs {theirs:.0}/s");
+        eprintln!(
+            "acks K={k} B={per_request}: {ours:.0}/s vs {theirs:.0}/s ({total_requests} requests)"
+        );
         report.push_str(&format!(
-            "| {k} | {total} | {ours:.0} | {:.1} | {:.1} | {theirs:.0} | {:.1} | {:.1} | {:.2} |\n",
+            "| {k} | {per_request} | {total} | {ours:.0} | {:.1} | {:.1} | {theirs:.0} | {:.1} | {:.1} | {:.2} |\n",
             percentile(&latencies, 0.5),
             percentile(&latencies, 0.99),
             percentile(&baseline, 0.5),
@@ -522,9 +581,6 @@ async fn acks(
             ours / theirs
         ));
     }
-    sqlx::raw_sql("DROP TABLE IF EXISTS bench_acks")
-        .execute(pool)
-        .await?;
     Ok(())
 }
 
@@ -1121,11 +1177,51 @@ fn machine() -> String {
     )
 }
 
+/// How many connections the harness takes: the service's pool and the
+/// acks baseline's, sized from what the server has free (its
+/// `max_connections`, less the superuser reserve and the sessions already
+/// open), so the run does not exhaust the server.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionBudget {
+    service: usize,
+    baseline: usize,
+}
+
+impl ConnectionBudget {
+    /// What the run needs at least: a service pool of 8 and a baseline of 8.
+    const MINIMUM: usize = 16;
+
+    async fn measure(database_url: &str) -> anyhow::Result<ConnectionBudget> {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(database_url).await?;
+        let free: i64 = sqlx::query_scalar(
+            "SELECT current_setting('max_connections')::int
+                    - current_setting('superuser_reserved_connections')::int
+                    - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        // Two left for the rest of the harness and whoever else connects.
+        let free = (free.max(0) as usize).saturating_sub(2);
+        anyhow::ensure!(
+            free >= Self::MINIMUM,
+            "the server has {free} connections free; the benchmark needs at least {} (raise max_connections or close other sessions)",
+            Self::MINIMUM
+        );
+        let service = (free / 3).clamp(8, 32);
+        let baseline = (free - service).min(64);
+        eprintln!(
+            "connections: {free} free; service pool {service}, acks baseline up to {baseline}"
+        );
+        Ok(ConnectionBudget { service, baseline })
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let connection_budget = ConnectionBudget::measure(&args.database_url).await?;
     let pool = PgPoolOptions::new()
-        .max_connections(32)
+        .max_connections(connection_budget.service as u32)
         .connect(&args.database_url)
         .await?;
     sinkgate::db::migrate(&pool).await?;
@@ -1144,7 +1240,7 @@ async fn main() -> anyhow::Result<()> {
     for scenario in &args.scenarios {
         match scenario.as_str() {
             "ingest" => ingest(&service, &pool, &args, &mut figures).await?,
-            "acks" => acks(&service, &pool, &args, &mut sections).await?,
+            "acks" => acks(&service, &pool, &args, connection_budget, &mut sections).await?,
             "commit" => commit_latency(&service, &pool, &args, &mut sections, &mut points).await?,
             "recovery" => recovery(&service, &pool, &args, &mut sections).await?,
             "memory" => memory(&pool, &args, &mut sections).await?,

@@ -121,6 +121,11 @@ pub enum Error {
     #[error("{0}")]
     StateCorrupted(String),
 
+    /// The error of one item of a request that carries several (`acks[3]`):
+    /// its problem names the item, and its `field` is prefixed with it.
+    #[error("{item}: {error}")]
+    Item { item: String, error: Box<Error> },
+
     /// Anything else: a bug or an unexpected database failure. Logged, not shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -138,6 +143,19 @@ impl Error {
 
     pub fn not_found(detail: impl Into<String>) -> Self {
         Error::NotFound(detail.into())
+    }
+
+    /// This error, as the error of item `item` (`acks[3]`) of a request.
+    /// Errors that are not the item's (the database, the service) stay as
+    /// they are.
+    pub fn of_item(self, item: impl Into<String>) -> Self {
+        match self {
+            Error::Unavailable | Error::Timeout(_) | Error::Overloaded | Error::Internal(_) => self,
+            error => Error::Item {
+                item: item.into(),
+                error: Box::new(error),
+            },
+        }
     }
 
     pub fn conflict(detail: impl Into<String>) -> Self {
@@ -168,6 +186,7 @@ impl Error {
             Error::Timeout(_) => ProblemKind::Timeout,
             Error::Unavailable => ProblemKind::Unavailable,
             Error::StateCorrupted(_) => ProblemKind::StateCorrupted,
+            Error::Item { error, .. } => error.kind(),
             Error::Internal(_) => ProblemKind::Internal,
         }
     }

@@ -74,9 +74,9 @@ use crate::error::{Error, Result};
 use crate::model::{
     AbortRequest, AckRequest, AckResult, Attempt, AttemptRequest, Checkpoint, CheckpointDetails,
     CheckpointListQuery, CheckpointStatus, DeadLetterList, DeadLetterQuery, DeclineRequest,
-    IssuedToken, Job, JobSpec, OnPromotionError, Output, PendingCheckpoint, PromotionResult,
-    Recovery, Savepoint, SavepointRequest, SinkMode, SinkSpec, StoredChunk, TokenInfo, TriggerKind,
-    WriteResult,
+    IssuedToken, Job, JobSpec, OnPromotionError, Output, PendingCheckpoint, PromoteMode,
+    PromotionResult, Recovery, Savepoint, SavepointRequest, SinkMode, SinkSpec, StoredChunk,
+    TokenInfo, TriggerKind, WriteResult,
 };
 use crate::sink::promote::SinkTarget;
 use crate::sink::schema::ColumnDef;
@@ -231,22 +231,72 @@ pub async fn wait_for_pending(
         .await
 }
 
-/// Records a task's ack (offsets and state) and, when it was the last
-/// one, decides and commits the checkpoint, in two transactions (see
-/// [`acks::record_ack`]). Answers with the checkpoint's status after this ack.
+/// Most acks one batch request carries.
+pub const MAX_BATCH_ACKS: usize = 1024;
+
+/// Records the acks of one or more tasks (offsets and state, in one
+/// transaction: all or none) and, when they complete the set, decides and
+/// commits the checkpoint: before answering (`PromoteMode::Inline`), or in
+/// the background once the acks are recorded. Two transactions (see
+/// [`acks::record_ack`]). Answers with the checkpoint's status after them.
+///
+/// `batch`: the acks came as a list, so a refused one is named by its
+/// place in it (`acks[i]`).
 pub async fn ack(
     pool: &PgPool,
     job_id: &str,
     checkpoint_id: i64,
-    request: &AckRequest,
+    requests: &[AckRequest],
+    batch: bool,
+    promote: PromoteMode,
     limits: &Limits,
 ) -> Result<AckResult> {
+    if requests.is_empty() {
+        return Err(Error::validation("acks", "a batch holds at least one ack"));
+    }
+    if requests.len() > MAX_BATCH_ACKS {
+        return Err(Error::validation(
+            "acks",
+            format!(
+                "a batch holds at most {MAX_BATCH_ACKS} acks, this one {}",
+                requests.len()
+            ),
+        ));
+    }
+    // Tasks are locked in task order, so two batches sharing tasks never
+    // wait for each other in a cycle.
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    order.sort_by(|&a, &b| requests[a].task_id.cmp(&requests[b].task_id));
+    for pair in order.windows(2) {
+        if requests[pair[0]].task_id == requests[pair[1]].task_id {
+            let later = pair[0].max(pair[1]);
+            return Err(Error::validation(
+                format!("acks[{later}].task_id"),
+                format!("task {:?} acks twice in one batch", requests[later].task_id),
+            ));
+        }
+    }
     let mut tx = pool.begin().await?;
-    let acks::RecordedAck {
-        result: mut recorded,
-        expired,
-    } = acks::record_ack(&mut tx, job_id, checkpoint_id, request, limits).await?;
+    let mut recorded = None;
+    let mut expired = false;
+    for index in order {
+        let request = &requests[index];
+        let one = acks::record_ack(&mut tx, job_id, checkpoint_id, request, limits)
+            .await
+            .map_err(|error| match batch {
+                true => error.of_item(format!("acks[{index}]")),
+                false => error,
+            })?;
+        expired |= one.expired;
+        recorded = Some(one.result);
+    }
     tx.commit().await?;
+    let mut recorded = recorded.unwrap_or(AckResult {
+        checkpoint_id,
+        status: CheckpointStatus::Pending,
+        acked_tasks: 0,
+        total_tasks: 0,
+    });
     if recorded.status != CheckpointStatus::Pending {
         return Ok(recorded);
     }
@@ -259,9 +309,18 @@ pub async fn ack(
     if recorded.acked_tasks < recorded.total_tasks && !expired {
         return Ok(recorded);
     }
-    let mut tx = pool.begin().await?;
-    let settled = acks::settle(&mut tx, job_id, checkpoint_id).await?;
-    tx.commit().await?;
+    if promote == PromoteMode::Background && !expired {
+        // Recorded: if this decision is lost (the service stops), the
+        // scheduler, a retried ack, or the next `/attempts` makes it.
+        let (pool, job_id) = (pool.clone(), job_id.to_owned());
+        tokio::spawn(async move {
+            if let Err(error) = settle(&pool, &job_id, checkpoint_id).await {
+                tracing::warn!(job_id, checkpoint_id, %error, "background decision failed; the scheduler will retry it");
+            }
+        });
+        return Ok(recorded);
+    }
+    let settled = settle(pool, job_id, checkpoint_id).await?;
     if settled.status == CheckpointStatus::Aborted {
         // Acks were missing: timed out, declined, aborted or fenced between
         // this ack's two transactions. Say which.
@@ -279,6 +338,14 @@ pub async fn ack(
             reason: reason.unwrap_or_else(|| "timeout".into()),
         });
     }
+    Ok(settled)
+}
+
+/// The second transaction of an ack that completed the set.
+async fn settle(pool: &PgPool, job_id: &str, checkpoint_id: i64) -> Result<AckResult> {
+    let mut tx = pool.begin().await?;
+    let settled = acks::settle(&mut tx, job_id, checkpoint_id).await?;
+    tx.commit().await?;
     Ok(settled)
 }
 

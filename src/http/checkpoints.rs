@@ -16,8 +16,9 @@ use super::AppState;
 use crate::coordinator;
 use crate::error::{Error, Result};
 use crate::model::{
-    AbortRequest, AckRequest, AckResult, Checkpoint, CheckpointDetails, CheckpointList,
-    CheckpointListQuery, DeclineRequest, PendingCheckpoint, PendingQuery, TriggerRequest,
+    AbortRequest, AckBatchRequest, AckParams, AckRequest, AckResult, Checkpoint, CheckpointDetails,
+    CheckpointList, CheckpointListQuery, DeclineRequest, PendingCheckpoint, PendingQuery,
+    TriggerRequest,
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -26,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(wait_for_pending))
         .routes(routes!(get_checkpoint))
         .routes(routes!(ack_checkpoint))
+        .routes(routes!(ack_checkpoint_batch))
         .routes(routes!(decline_checkpoint))
         .routes(routes!(abort_checkpoint))
 }
@@ -156,11 +158,12 @@ async fn get_checkpoint(
 ///
 /// Seals the task's staged rows into this checkpoint and records its offsets
 /// and state handle. The ack that completes the set decides the checkpoint
-/// and promotes its rows into the sink before answering (`committed`). An
+/// and promotes its rows into the sink before answering (`committed`), or,
+/// with `promote=background`, answers once recorded and promotes after. An
 /// identical re-ack answers as the first; a different one is 409.
 #[utoipa::path(
     post, path = "/v1/jobs/{job}/checkpoints/{id}/acks", tag = "checkpoints",
-    params(("job" = String, Path, description = "Job id"), ("id" = i64, Path, description = "Checkpoint id")),
+    params(("job" = String, Path, description = "Job id"), ("id" = i64, Path, description = "Checkpoint id"), AckParams),
     request_body = AckRequest,
     responses(
         (status = 200, description = "Acked; the checkpoint's status after this ack", body = AckResult),
@@ -178,10 +181,67 @@ async fn ack_checkpoint(
     _: JobCaller,
     State(state): State<AppState>,
     ApiPath((job_id, checkpoint_id)): ApiPath<(String, i64)>,
+    ApiQuery(params): ApiQuery<AckParams>,
     ApiJson(request): ApiJson<AckRequest>,
 ) -> Result<Json<AckResult>> {
+    let promote = params.promote.unwrap_or_default();
+    let acks = std::slice::from_ref(&request);
     Ok(Json(
-        coordinator::ack(&state.db, &job_id, checkpoint_id, &request, &state.limits).await?,
+        coordinator::ack(
+            &state.db,
+            &job_id,
+            checkpoint_id,
+            acks,
+            false,
+            promote,
+            &state.limits,
+        )
+        .await?,
+    ))
+}
+
+/// Ack a checkpoint for several tasks at once (one process running many).
+///
+/// The acks are recorded in one transaction, all or none, each checked as
+/// a single ack would be; a refused one is named by its place (`field`
+/// `acks[3].offsets.0`). A batch retried after a lost answer is answered
+/// as the first. When the batch completes the set it decides and promotes
+/// the checkpoint, as the last single ack does.
+#[utoipa::path(
+    post, path = "/v1/jobs/{job}/checkpoints/{id}/acks/batch", tag = "checkpoints",
+    params(("job" = String, Path, description = "Job id"), ("id" = i64, Path, description = "Checkpoint id"), AckParams),
+    request_body = AckBatchRequest,
+    responses(
+        (status = 200, description = "Every ack recorded; the checkpoint's status after them", body = AckResult),
+        (status = 404, description = "No such job or checkpoint (`not-found`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Fenced epoch (`fenced`), aborted checkpoint (`checkpoint-aborted`), a different re-ack or an ack out of order (`conflict`); nothing of the batch was recorded", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:sinkgate:problem:conflict", "title": "Conflict", "status": 409,
+                             "detail": "acks[1]: task \"task-1\" already acked checkpoint 42 with different offsets or state", "field": "acks[1]"})),
+        (status = 422, description = "Empty batch, more than 1024 acks, a task twice, or an ack a single ack would be refused for (`unknown-task`, `offset-regression`, `validation`), named `acks[i]`; nothing of the batch was recorded", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "urn:sinkgate:problem:offset-regression", "title": "Offset regression", "status": 422,
+                             "detail": "acks[3]: partition \"0\": offset 10 is below offset 5000, already committed or acked for this partition in this epoch",
+                             "field": "acks[3].offsets.0", "partition": "0", "committed_offset": 5000})),
+    )
+)]
+async fn ack_checkpoint_batch(
+    _: JobCaller,
+    State(state): State<AppState>,
+    ApiPath((job_id, checkpoint_id)): ApiPath<(String, i64)>,
+    ApiQuery(params): ApiQuery<AckParams>,
+    ApiJson(request): ApiJson<AckBatchRequest>,
+) -> Result<Json<AckResult>> {
+    let promote = params.promote.unwrap_or_default();
+    Ok(Json(
+        coordinator::ack(
+            &state.db,
+            &job_id,
+            checkpoint_id,
+            &request.acks,
+            true,
+            promote,
+            &state.limits,
+        )
+        .await?,
     ))
 }
 

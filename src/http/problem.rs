@@ -111,6 +111,17 @@ pub fn problem_for(error: &Error) -> Problem {
             ..base(error, S::SERVICE_UNAVAILABLE, "Service unavailable")
         },
         Error::StateCorrupted(_) => base(error, S::INTERNAL_SERVER_ERROR, "State corrupted"),
+        Error::Item { item, error: inner } => {
+            let problem = problem_for(inner);
+            Problem {
+                detail: error.to_string(),
+                field: Some(match problem.field {
+                    Some(field) => format!("{item}.{field}"),
+                    None => item.clone(),
+                }),
+                ..problem
+            }
+        }
         Error::Internal(_) => base(error, S::INTERNAL_SERVER_ERROR, "Internal error"),
     }
 }

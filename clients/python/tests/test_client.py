@@ -3,6 +3,8 @@ documents as the exceptions a processor acts on."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import sinkgate
@@ -112,3 +114,29 @@ def test_state_is_saved_incrementally_restored_and_refused_when_corrupted(job, d
     db.execute("UPDATE state_chunks SET content = 'x' WHERE sha256 = decode(%s, 'hex')", (again.stored.chunks[0],))
     with pytest.raises(sinkgate.StateCorrupted):
         job.restore_state(again.stored)
+
+
+def test_a_batch_ack_records_every_task_or_none_and_can_promote_in_background(service, db):
+    db.execute("CREATE TABLE hits (id bigint PRIMARY KEY, task text NOT NULL)")
+    client = sinkgate.Client(service, "hits")
+    tasks = ["t0", "t1", "t2"]
+    client.put_job({"tasks": tasks, "sink": {"table": "hits", "mode": "append"}})
+    epoch = client.start_attempt().epoch
+    for index, task in enumerate(tasks):
+        client.write(task, epoch, "b0", [{"id": index, "task": task}])
+    checkpoint = client.trigger(epoch).checkpoint_id
+    # One refused ack (an unknown task) refuses the batch, and says which.
+    with pytest.raises(errors.UnknownTask) as unknown:
+        client.ack_batch(checkpoint, epoch, {"t0": ({"0": 1}, None), "t9": ({"9": 1}, None)})
+    assert unknown.value.field == "acks[1].task_id"
+    assert client.checkpoint(checkpoint).checkpoint.acked_tasks == 0
+    answer = client.ack_batch(
+        checkpoint, epoch, {task: ({str(index): 1}, None) for index, task in enumerate(tasks)}, background=True
+    )
+    # Recorded, every task in; the promotion follows.
+    assert (answer.status, answer.acked_tasks, answer.total_tasks) == ("pending", 3, 3)
+    deadline = time.monotonic() + 10
+    while client.checkpoint(checkpoint).checkpoint.status != "committed":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert db.execute("SELECT count(*) FROM hits").fetchone()[0] == 3

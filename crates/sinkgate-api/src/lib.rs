@@ -667,6 +667,46 @@ pub struct AckRequest {
     pub state: Option<StateHandle>,
 }
 
+/// `POST /acks/batch` body: the acks of several tasks of one process,
+/// recorded in one transaction, all or none.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"acks": [
+    {"task_id": "task-0", "epoch": 3, "offsets": {"0": 5200}},
+    {"task_id": "task-1", "epoch": 3, "offsets": {"1": 4300}}
+]}))]
+pub struct AckBatchRequest {
+    /// One ack per task (at most 1024, each task once); each is checked as
+    /// a single ack would be, and a refused one is named `acks[i]`.
+    pub acks: Vec<AckRequest>,
+}
+
+/// When the ack that completes a checkpoint answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PromoteMode {
+    /// After the decision and the promotion (`committed`, or `completed`
+    /// when the promotion is blocked): the rows are visible.
+    #[default]
+    Inline,
+    /// Once the ack is recorded (`pending`, with `acked_tasks` equal to
+    /// `total_tasks` when it completed the set); the decision and
+    /// promotion follow in the background. The task may go on writing at
+    /// once, so the next checkpoint's staging overlaps this one's
+    /// promotion.
+    Background,
+}
+
+/// Query of the ack endpoints.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AckParams {
+    /// `inline` (default): the completing ack answers after the promotion;
+    /// `background`: it answers once recorded.
+    pub promote: Option<PromoteMode>,
+}
+
 /// `POST /acks` answer.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"checkpoint_id": 42, "status": "committed", "acked_tasks": 2, "total_tasks": 2}))]

@@ -21,9 +21,10 @@ use serde_json::Value;
 
 pub use sinkgate_api as model;
 use sinkgate_api::{
-    AbortRequest, AckRequest, AckResult, Attempt, Checkpoint, CheckpointDetails, CheckpointList,
-    CheckpointStatus, DeadLetterList, IssuedToken, Job, JobList, JobSpec, PendingCheckpoint,
-    PromotionResult, Recovery, StateHandle, TokenInfo, TokenRequest, TriggerRequest, WriteResult,
+    AbortRequest, AckBatchRequest, AckRequest, AckResult, Attempt, Checkpoint, CheckpointDetails,
+    CheckpointList, CheckpointStatus, DeadLetterList, IssuedToken, Job, JobList, JobSpec,
+    PendingCheckpoint, PromotionResult, Recovery, StateHandle, TokenInfo, TokenRequest,
+    TriggerRequest, WriteResult,
 };
 use sinkgate_api::{
     ChunkList, Savepoint, SavepointList, SavepointRequest, StoredChunk, StoredState,
@@ -359,6 +360,38 @@ impl Client {
             Method::POST,
             &self.job_path(&format!("/checkpoints/{checkpoint_id}/acks")),
             Some(ack),
+        )
+        .await
+    }
+
+    /// `POST /checkpoints/{id}/acks?promote=background`: answers once the
+    /// ack is recorded; when it completes the set, the promotion follows in
+    /// the background, so the task may write the next checkpoint's rows at
+    /// once.
+    pub async fn ack_in_background(
+        &self,
+        checkpoint_id: i64,
+        ack: &AckRequest,
+    ) -> Result<AckResult> {
+        self.expect(
+            Method::POST,
+            &self.job_path(&format!(
+                "/checkpoints/{checkpoint_id}/acks?promote=background"
+            )),
+            Some(ack),
+        )
+        .await
+    }
+
+    /// `POST /checkpoints/{id}/acks/batch`: the acks of several tasks of
+    /// this process in one request, recorded all or none.
+    pub async fn ack_batch(&self, checkpoint_id: i64, acks: &[AckRequest]) -> Result<AckResult> {
+        self.expect(
+            Method::POST,
+            &self.job_path(&format!("/checkpoints/{checkpoint_id}/acks/batch")),
+            Some(&AckBatchRequest {
+                acks: acks.to_vec(),
+            }),
         )
         .await
     }

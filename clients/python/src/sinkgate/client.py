@@ -21,7 +21,7 @@ import os
 import random
 import time
 import urllib.parse
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import httpx
 
@@ -50,6 +50,19 @@ from .models import (
 
 RETRIED_STATUSES = (429, 502, 503, 504)
 
+
+
+def ack_body(
+    task_id: str,
+    epoch: int,
+    offsets: Mapping[str, int],
+    state: Optional[Union[StateHandle, Mapping[str, Any]]],
+) -> Dict[str, Any]:
+    """One ack's JSON body."""
+    body: Dict[str, Any] = {"task_id": task_id, "epoch": epoch, "offsets": dict(offsets)}
+    if state is not None:
+        body["state"] = to_json(state)
+    return body
 
 class Client:
     """A client for one job (``job``) of a sinkgate service.
@@ -240,13 +253,41 @@ class Client:
         epoch: int,
         offsets: Mapping[str, int],
         state: Optional[Union[StateHandle, Mapping[str, Any]]] = None,
+        background: bool = False,
     ) -> AckResult:
         """The task has reached the checkpoint's barrier: everything it read
-        below ``offsets`` is staged; ``state`` is its state there."""
-        body: Dict[str, Any] = {"task_id": task_id, "epoch": epoch, "offsets": dict(offsets)}
-        if state is not None:
-            body["state"] = to_json(state)
-        return build(AckResult, self._call("POST", f"/checkpoints/{checkpoint_id}/acks", json_body=body))
+        below ``offsets`` is staged; ``state`` is its state there.
+
+        ``background``: answer once the ack is recorded; if it completes the
+        checkpoint, the promotion follows in the background and the task may
+        write its next rows at once (``status`` is then ``pending``)."""
+        params = {"promote": "background"} if background else None
+        return build(
+            AckResult,
+            self._call(
+                "POST",
+                f"/checkpoints/{checkpoint_id}/acks",
+                json_body=ack_body(task_id, epoch, offsets, state),
+                params=params,
+            ),
+        )
+
+    def ack_batch(
+        self,
+        checkpoint_id: int,
+        epoch: int,
+        acks: Mapping[str, Tuple[Mapping[str, int], Optional[Union[StateHandle, Mapping[str, Any]]]]],
+        background: bool = False,
+    ) -> AckResult:
+        """Acks for several tasks of this process in one request, recorded
+        all or none: ``acks`` maps each task id to its ``(offsets, state)``.
+        A refused ack raises with ``field`` naming it (``acks[2].offsets.0``)."""
+        body = {"acks": [ack_body(task, epoch, offsets, state) for task, (offsets, state) in acks.items()]}
+        params = {"promote": "background"} if background else None
+        return build(
+            AckResult,
+            self._call("POST", f"/checkpoints/{checkpoint_id}/acks/batch", json_body=body, params=params),
+        )
 
     def decline(self, checkpoint_id: int, task_id: str, epoch: int, reason: str) -> Checkpoint:
         """The task cannot take this checkpoint: it is aborted."""
