@@ -18,7 +18,8 @@ use crate::model::{
     DeadLetter, DeadLetterList, DeadLetterQuery, OnPromotionError, PromotionResult, SinkMode,
 };
 use crate::sink::promote::{
-    clear_promoted, is_row_error, promote, promote_with_dead_letters, Phase, Promoted,
+    chunks_to_tuples, clear_promoted, is_row_error, promote, promote_with_dead_letters, Holds,
+    Phase, Promoted,
 };
 
 /// What a commit attempt did.
@@ -99,7 +100,7 @@ pub async fn commit_decided(conn: &mut PgConnection, job: &mut JobRow) -> Result
         .iter()
         .rev()
         .filter(|(output, _)| output.on_promotion_error != OnPromotionError::DeadLetter)
-        .filter(|(output, range)| output.partial_updates || range.deletes)
+        .filter(|(output, range)| output.partial_updates || range.holds.deletes)
         .map(|(output, range)| (output, range, Phase::Deletes));
     let writes = staged.iter().map(|(output, range)| {
         let phase = if output.on_promotion_error == OnPromotionError::DeadLetter {
@@ -196,10 +197,18 @@ async fn promote_output(
     let sink = output.sink_target();
     if phase != Phase::Both || output.on_promotion_error != OnPromotionError::DeadLetter {
         // A failure rolls back the whole promotion: no savepoint of its own.
-        return promote(conn, &sink, range, staged.deletes, phase).await;
+        return promote(conn, &sink, range, staged.holds, phase).await;
+    }
+    let mut holds = staged.holds;
+    if holds.chunks {
+        // Staged as chunks before the policy became `dead_letter`: the
+        // row-by-row retry needs tuples.
+        chunks_to_tuples(&mut *conn, &sink, range).await?;
+        holds.chunks = false;
+        holds.tuples = true;
     }
     let mut attempt = conn.begin().await?;
-    match promote(&mut attempt, &sink, range, staged.deletes, phase).await {
+    match promote(&mut attempt, &sink, range, holds, phase).await {
         Ok(promoted) => {
             attempt.commit().await?;
             Ok(promoted)
@@ -208,9 +217,14 @@ async fn promote_output(
             // The failed statement spoiled the savepoint; start over in a new one.
             attempt.rollback().await?;
             let mut attempt = conn.begin().await?;
-            let promoted =
-                promote_with_dead_letters(&mut attempt, &sink, decided, range, staged.deletes)
-                    .await?;
+            let promoted = promote_with_dead_letters(
+                &mut attempt,
+                &sink,
+                decided,
+                range,
+                staged.holds.deletes,
+            )
+            .await?;
             attempt.commit().await?;
             Ok(promoted)
         }
@@ -347,8 +361,8 @@ pub async fn dead_letters(
 pub struct StagedRange {
     /// The tags that hold rows.
     pub tags: Vec<i64>,
-    /// Whether some of the rows are deletes by key.
-    pub deletes: bool,
+    /// Deletes by key, tuples, chunks: what the rows are.
+    pub holds: Holds,
 }
 
 /// The outputs that have rows staged in (after, upto], in declaration
@@ -365,9 +379,10 @@ pub async fn staged_outputs(
                   o.sink_mode AS "sink_mode: SinkMode", o.sink_key,
                   o.sink_columns AS "sink_columns: SinkColumns",
                   o.on_promotion_error AS "on_promotion_error: OnPromotionError", o.partial_updates,
-                  b.tags AS "tags!", b.deletes AS "deletes!"
+                  b.tags AS "tags!", b.deletes AS "deletes!", b.tuples AS "tuples!", b.chunks AS "chunks!"
            FROM job_outputs o
-           JOIN (SELECT output, array_agg(DISTINCT checkpoint_tag) AS tags, bool_or(staged_deletes > 0) AS deletes
+           JOIN (SELECT output, array_agg(DISTINCT checkpoint_tag) AS tags, bool_or(staged_deletes > 0) AS deletes,
+                        bool_or(staged_chunks = 0) AS tuples, bool_or(staged_chunks > 0) AS chunks
                  FROM batches
                  WHERE job_id = $1 AND checkpoint_tag > $2 AND ($3::bigint IS NULL OR checkpoint_tag <= $3)
                    AND staged_rows > 0
@@ -399,7 +414,11 @@ pub async fn staged_outputs(
                 },
                 StagedRange {
                     tags: row.tags,
-                    deletes: row.deletes,
+                    holds: Holds {
+                        deletes: row.deletes,
+                        tuples: row.tuples,
+                        chunks: row.chunks,
+                    },
                 },
             )
         })

@@ -649,6 +649,13 @@ impl OutputRow {
                 SinkMode::Append => &[],
             },
             deletes: self.sink_mode == SinkMode::Upsert,
+            chunked: self.sink_mode == SinkMode::Append
+                && self.on_promotion_error != OnPromotionError::DeadLetter
+                && self
+                    .sink_columns
+                    .0
+                    .iter()
+                    .all(crate::sink::staging::checked_in_rust),
         }
     }
 

@@ -148,7 +148,8 @@ where
     )
     .await?;
     sqlx::query!(
-        "UPDATE batches SET staged_rows = $5, staged_bytes = $6, digest = $7, staged_deletes = $8
+        "UPDATE batches SET staged_rows = $5, staged_bytes = $6, digest = $7, staged_deletes = $8,
+                staged_chunks = $9
          WHERE job_id = $1 AND epoch = $2 AND task_id = $3 AND batch_id = $4",
         job_id,
         key.epoch,
@@ -157,7 +158,8 @@ where
         staged.rows as i64,
         staged.bytes as i64,
         &staged.digest[..],
-        staged.deletes as i64
+        staged.deletes as i64,
+        staged.chunks as i32
     )
     .execute(&mut *conn)
     .await?;

@@ -30,6 +30,13 @@ pub struct CopyEncoder<'a> {
     deletes_allowed: bool,
     /// Pre-escaped `\t<tag>\t<task>\t<batch seq>\t` suffix shared by every row.
     suffix: Vec<u8>,
+    /// Rows for staging as tuples: sinkgate's columns follow the sink's,
+    /// and an omitted column is `\N` with its name in the omitted list.
+    /// Otherwise (a chunk's text) a row is the sink's columns only, and an
+    /// omitted one is left out: [`CopyEncoder::omitted`] says which.
+    own_columns: bool,
+    /// Indexes of the columns the last row omitted.
+    omitted: Vec<usize>,
     rows: u64,
     bytes: u64,
     deletes: u64,
@@ -63,12 +70,29 @@ impl<'a> CopyEncoder<'a> {
             required: columns.iter().map(|c| key.contains(&c.name)).collect(),
             deletes_allowed: deletes,
             suffix,
+            own_columns: true,
+            omitted: Vec::new(),
             rows: 0,
             bytes: 0,
             deletes: 0,
             scratch: String::new(),
             digest: RowDigest::default(),
         }
+    }
+
+    /// An encoder of chunk text (append outputs): each row is the sink's
+    /// columns it carries, and nothing of sinkgate's.
+    pub fn chunked(columns: &'a [ColumnDef]) -> Self {
+        CopyEncoder {
+            own_columns: false,
+            ..CopyEncoder::new(columns, &[], false, 0, "", 0)
+        }
+    }
+
+    /// The indexes of the columns the last row pushed omitted, in column
+    /// order.
+    pub fn omitted(&self) -> &[usize] {
+        &self.omitted
     }
 
     /// Rows encoded so far.
@@ -147,10 +171,17 @@ impl<'a> CopyEncoder<'a> {
 
         let start = out.len();
         let mut omitted: Vec<&str> = Vec::new();
-        for (index, (column, value)) in self.columns.iter().zip(&values).enumerate() {
-            if index > 0 {
+        self.omitted.clear();
+        // Columns written so far (each after a tab but the first).
+        let mut written = 0;
+        let own_columns = self.own_columns;
+        let mut separate = |out: &mut Vec<u8>| {
+            if written > 0 {
                 out.push(b'\t');
             }
+            written += 1;
+        };
+        for (index, (column, value)) in self.columns.iter().zip(&values).enumerate() {
             let value = value.map(|raw| raw.get());
             if delete && !self.required[index] {
                 // A delete names its key; anything else it carried would
@@ -164,6 +195,7 @@ impl<'a> CopyEncoder<'a> {
                     ));
                 }
                 omitted.push(&column.name);
+                separate(out);
                 out.extend_from_slice(b"\\N");
                 continue;
             }
@@ -178,7 +210,11 @@ impl<'a> CopyEncoder<'a> {
                 // default now): a default added later applies to it too.
                 None => {
                     omitted.push(&column.name);
-                    out.extend_from_slice(b"\\N");
+                    self.omitted.push(index);
+                    if own_columns {
+                        separate(out);
+                        out.extend_from_slice(b"\\N");
+                    }
                     None
                 }
                 Some("null") if self.required[index] => {
@@ -188,21 +224,30 @@ impl<'a> CopyEncoder<'a> {
                     Some("null in a NOT NULL column (omit the column to get its default)")
                 }
                 Some("null") => {
+                    separate(out);
                     out.extend_from_slice(b"\\N");
                     None
                 }
-                Some(raw) => match self.encode_value(column, raw, out) {
-                    Ok(()) => None,
-                    Err(detail) => {
+                Some(raw) => {
+                    separate(out);
+                    if let Err(detail) = self.encode_value(column, raw, out) {
                         out.truncate(start);
                         return Err(reject(row_number, &column.name, &detail));
                     }
-                },
+                    None
+                }
             };
             if let Some(detail) = problem {
                 out.truncate(start);
                 return Err(reject(row_number, &column.name, detail));
             }
+        }
+        if !own_columns {
+            out.push(b'\n');
+            self.digest.add(row);
+            self.rows += 1;
+            self.bytes += (out.len() - start) as u64;
+            return Ok(());
         }
         out.extend_from_slice(&self.suffix);
         out.extend_from_slice(self.rows.to_string().as_bytes());
@@ -538,7 +583,7 @@ fn array_literal(raw: &str, out: &mut String) -> Result<(), String> {
 }
 
 /// One double-quoted element of an array literal.
-fn quote_array_element(text: &str, out: &mut String) {
+pub fn quote_array_element(text: &str, out: &mut String) {
     out.push('"');
     for ch in text.chars() {
         if ch == '"' || ch == '\\' {

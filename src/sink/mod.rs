@@ -17,6 +17,14 @@
 //! (`job_<n>`, partitions `job_<n>_<slot>`), never after user text, so no
 //! job id or output name can name another's objects.
 //!
+//! An append output whose values the service checks completely itself
+//! (see [`staging::checked_in_rust`]) stages a batch not as tuples but as
+//! its COPY text, about 1 MiB per staging row ([`CHUNK_COLUMN`], the
+//! omitted columns in [`OMITTED_COLUMN`]), and promotion feeds that text to
+//! `COPY` into the sink: PostgreSQL writes each row once as a tuple, into
+//! the sink, with its multi-insert path. A chunk row lives in the same
+//! ring, so commit, abort and truncation treat it as any staged row.
+//!
 //! The table is list-partitioned into a fixed ring of [`SLOTS`] partitions by
 //! `tag % SLOTS`. The tags alive at any moment span (last committed, highest
 //! triggered + 1], which is almost always a handful, so after a commit the
@@ -45,7 +53,12 @@ pub const OMITTED_COLUMN: &str = "_sinkgate_omitted";
 /// True for a delete by key (upsert outputs); NULL for an upsert.
 pub const DELETE_COLUMN: &str = "_sinkgate_delete";
 
-/// Every column sinkgate adds to staging, in COPY order after the sink's.
+/// A chunk row's COPY text: the rows of (part of) one batch, for the
+/// sink's columns (see [`staging`]). NULL in a row staged as a tuple.
+pub const CHUNK_COLUMN: &str = "_sinkgate_chunk";
+
+/// Every column sinkgate adds to staging, in COPY order after the sink's
+/// (the chunk column, set only by its own statement, is not among them).
 pub const OWN_COLUMNS: [&str; 6] = [
     TAG_COLUMN,
     TASK_COLUMN,
@@ -71,6 +84,7 @@ pub const STATEMENT_COLUMNS: [&str; 6] = [
 /// a sink is refused at registration.
 pub fn is_reserved(name: &str) -> bool {
     OWN_COLUMNS.contains(&name)
+        || name == CHUNK_COLUMN
         || STATEMENT_COLUMNS.contains(&name)
         || name == crate::model::OP_FIELD
 }

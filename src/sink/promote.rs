@@ -16,8 +16,8 @@ use sqlx::{Connection, PgConnection};
 
 use super::schema::ColumnDef;
 use super::{
-    staging_partition, staging_table, DELETE_COLUMN, OMITTED_COLUMN, OWN_COLUMNS, ROW_COLUMN,
-    SEQ_COLUMN, SLOTS, TAG_COLUMN, TASK_COLUMN,
+    staging_partition, staging_table, CHUNK_COLUMN, DELETE_COLUMN, OMITTED_COLUMN, OWN_COLUMNS,
+    ROW_COLUMN, SEQ_COLUMN, SLOTS, TAG_COLUMN, TASK_COLUMN,
 };
 use crate::db::{qualified, quote_ident, quote_literal};
 use crate::model::SinkMode;
@@ -35,6 +35,17 @@ pub struct SinkTarget<'a> {
     pub columns: &'a [ColumnDef],
     /// Upsert only: rows update only the columns they carry.
     pub partial_updates: bool,
+}
+
+/// What the staged rows of a range are, from their batch records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holds {
+    /// Some rows are deletes by key.
+    pub deletes: bool,
+    /// Some batches were staged as tuples.
+    pub tuples: bool,
+    /// Some batches were staged as chunks of COPY text.
+    pub chunks: bool,
 }
 
 /// What a promotion did.
@@ -191,7 +202,7 @@ fn promotion_statement(sink: &SinkTarget<'_>, filter: &str, deletes: Deletes) ->
     if sink.mode == SinkMode::Append {
         return Statement {
             sql: format!(
-                "INSERT INTO {target} ({}) SELECT {} FROM {staging} s WHERE {filter}",
+                "INSERT INTO {target} ({}) SELECT {} FROM {staging} s WHERE {filter} AND s.{CHUNK_COLUMN} IS NULL",
                 names.join(", "),
                 values.join(", ")
             ),
@@ -309,13 +320,25 @@ pub async fn promote(
     conn: &mut PgConnection,
     sink: &SinkTarget<'_>,
     (after, upto): (i64, i64),
-    deletes: bool,
+    holds: Holds,
     phase: Phase,
 ) -> Result<Promoted, sqlx::Error> {
     let started = Instant::now();
     let filter = tag_filter(after, upto);
-    let with_deletes = deletes && sink.mode == SinkMode::Upsert;
+    let with_deletes = holds.deletes && sink.mode == SinkMode::Upsert;
     let rows = match phase {
+        Phase::Writes | Phase::Both if sink.mode == SinkMode::Append => {
+            let mut rows = 0;
+            if holds.tuples {
+                rows += promotion_statement(sink, &filter, Deletes::None)
+                    .run(&mut *conn, None)
+                    .await?;
+            }
+            if holds.chunks {
+                rows += copy_chunks(&mut *conn, sink, &filter).await?;
+            }
+            rows
+        }
         _ if sink.partial_updates => {
             let mut rows = 0;
             if phase != Phase::Writes {
@@ -352,6 +375,200 @@ pub async fn promote(
         dead_lettered: 0,
         millis: started.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// Appends the chunks staged in `filter` to the sink, each by a `COPY` of
+/// its text (PostgreSQL's multi-insert path), in staging order. A cursor
+/// hands them over one at a time on this connection, in this transaction:
+/// memory stays one chunk, whatever the checkpoint's volume. A chunk's
+/// column list leaves out the columns its rows omitted, so `COPY` gives
+/// them their defaults as an `INSERT` would.
+async fn copy_chunks(
+    conn: &mut PgConnection,
+    sink: &SinkTarget<'_>,
+    filter: &str,
+) -> Result<u64, sqlx::Error> {
+    let target = qualified(sink.schema, sink.table);
+    sqlx::query(&format!(
+        "DECLARE sinkgate_chunks NO SCROLL CURSOR FOR
+         SELECT {OMITTED_COLUMN}, {CHUNK_COLUMN} FROM {staging}
+         WHERE {filter} AND {CHUNK_COLUMN} IS NOT NULL
+         ORDER BY {TAG_COLUMN}, {SEQ_COLUMN}, {ROW_COLUMN}",
+        staging = staging_table(sink.staging_id),
+    ))
+    .persistent(false)
+    .execute(&mut *conn)
+    .await?;
+    let mut rows = 0;
+    loop {
+        let chunk: Option<(Option<Vec<String>>, Vec<u8>)> =
+            sqlx::query_as("FETCH NEXT FROM sinkgate_chunks")
+                .persistent(false)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some((omitted, text)) = chunk else {
+            break;
+        };
+        let omitted = omitted.unwrap_or_default();
+        let columns: Vec<String> = sink
+            .columns
+            .iter()
+            .filter(|column| !omitted.contains(&column.name))
+            .map(|column| quote_ident(&column.name))
+            .collect();
+        if columns.is_empty() {
+            // Rows that omitted every column: each gets every default.
+            let count = text.iter().filter(|&&byte| byte == b'\n').count();
+            rows += insert_defaults(&mut *conn, sink, &target, count).await?;
+            continue;
+        }
+        let mut copy = conn
+            .copy_in_raw(&format!(
+                "COPY {target} ({}) FROM STDIN",
+                columns.join(", ")
+            ))
+            .await?;
+        copy.send(text).await?;
+        rows += copy.finish().await?;
+    }
+    sqlx::query("CLOSE sinkgate_chunks")
+        .persistent(false)
+        .execute(&mut *conn)
+        .await?;
+    Ok(rows)
+}
+
+/// Turns the chunks staged in (after, upto] into staged tuples, in the
+/// same transaction: each line of a chunk becomes a staging row with the
+/// chunk's tag, task, batch and omitted columns, numbered in order within
+/// its batch. What promotion with dead letters needs (it retries rows one
+/// by one) when an output's policy became `dead_letter` while chunks were
+/// staged.
+pub async fn chunks_to_tuples(
+    conn: &mut PgConnection,
+    sink: &SinkTarget<'_>,
+    (after, upto): (i64, i64),
+) -> Result<(), sqlx::Error> {
+    let staging = staging_table(sink.staging_id);
+    let filter = tag_filter(after, upto);
+    sqlx::query(&format!(
+        "DECLARE sinkgate_chunks NO SCROLL CURSOR FOR
+         SELECT {TAG_COLUMN}, {TASK_COLUMN}, {SEQ_COLUMN}, {OMITTED_COLUMN}, {CHUNK_COLUMN} FROM {staging}
+         WHERE {filter} AND {CHUNK_COLUMN} IS NOT NULL
+         ORDER BY {TAG_COLUMN}, {SEQ_COLUMN}, {ROW_COLUMN}"
+    ))
+    .persistent(false)
+    .execute(&mut *conn)
+    .await?;
+    // (seq, next row index) of the batch being numbered.
+    let mut numbering = (i64::MIN, 0_i64);
+    loop {
+        type Chunk = (i64, String, i64, Option<Vec<String>>, Vec<u8>);
+        let chunk: Option<Chunk> = sqlx::query_as("FETCH NEXT FROM sinkgate_chunks")
+            .persistent(false)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some((tag, task, seq, omitted, text)) = chunk else {
+            break;
+        };
+        let omitted = omitted.unwrap_or_default();
+        let mut columns: Vec<String> = sink
+            .columns
+            .iter()
+            .filter(|column| !omitted.contains(&column.name))
+            .map(|column| quote_ident(&column.name))
+            .collect();
+        columns.extend(OWN_COLUMNS.map(String::from));
+        let mut own = Vec::new();
+        super::encode::escape_into(&task, &mut own);
+        let mut omitted_literal = String::new();
+        if omitted.is_empty() {
+            omitted_literal.push_str("\\N");
+        } else {
+            let mut array = String::from("{");
+            for (index, name) in omitted.iter().enumerate() {
+                if index > 0 {
+                    array.push(',');
+                }
+                super::encode::quote_array_element(name, &mut array);
+            }
+            array.push('}');
+            let mut escaped = Vec::new();
+            super::encode::escape_into(&array, &mut escaped);
+            omitted_literal = String::from_utf8_lossy(&escaped).into_owned();
+        }
+        if numbering.0 != seq {
+            numbering = (seq, 0);
+        }
+        let mut tuples = Vec::with_capacity(text.len() + text.len() / 4);
+        for line in text.split_inclusive(|&byte| byte == b'\n') {
+            let line = line.strip_suffix(b"\n").unwrap_or(line);
+            tuples.extend_from_slice(line);
+            if !columns_is_only_own(&omitted, sink) {
+                tuples.push(b'\t');
+            }
+            tuples.extend_from_slice(format!("{tag}\t").as_bytes());
+            tuples.extend_from_slice(&own);
+            tuples.extend_from_slice(
+                format!("\t{seq}\t{}\t{omitted_literal}\t\\N\n", numbering.1).as_bytes(),
+            );
+            numbering.1 += 1;
+        }
+        let mut copy = conn
+            .copy_in_raw(&format!(
+                "COPY {staging} ({}) FROM STDIN",
+                columns.join(", ")
+            ))
+            .await?;
+        copy.send(tuples).await?;
+        copy.finish().await?;
+    }
+    sqlx::query("CLOSE sinkgate_chunks")
+        .persistent(false)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!(
+        "DELETE FROM {staging} WHERE {filter} AND {CHUNK_COLUMN} IS NOT NULL"
+    ))
+    .persistent(false)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether a chunk's rows carry no sink column at all (every one omitted).
+fn columns_is_only_own(omitted: &[String], sink: &SinkTarget<'_>) -> bool {
+    sink.columns
+        .iter()
+        .all(|column| omitted.contains(&column.name))
+}
+
+/// Inserts `count` rows of defaults only, a thousand per statement.
+async fn insert_defaults(
+    conn: &mut PgConnection,
+    sink: &SinkTarget<'_>,
+    target: &str,
+    count: usize,
+) -> Result<u64, sqlx::Error> {
+    let Some(first) = sink.columns.first() else {
+        return Ok(0);
+    };
+    let mut inserted = 0;
+    let mut left = count;
+    while left > 0 {
+        let now = left.min(1000);
+        let values = vec!["(DEFAULT)"; now].join(", ");
+        inserted += sqlx::query(&format!(
+            "INSERT INTO {target} ({}) VALUES {values}",
+            quote_ident(&first.name)
+        ))
+        .persistent(false)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        left -= now;
+    }
+    Ok(inserted)
 }
 
 /// Whether a promotion error is the fault of some row (a value or a
@@ -453,9 +670,9 @@ async fn candidate_rows(
     let staging = staging_table(sink.staging_id);
     let filter = tag_filter(after, upto);
     let statement = match sink.mode {
-        SinkMode::Append => {
-            format!("SELECT {SEQ_COLUMN}, {ROW_COLUMN} FROM {staging} WHERE {filter} ORDER BY 1, 2")
-        }
+        SinkMode::Append => format!(
+            "SELECT {SEQ_COLUMN}, {ROW_COLUMN} FROM {staging} WHERE {filter} AND {CHUNK_COLUMN} IS NULL ORDER BY 1, 2"
+        ),
         SinkMode::Upsert | SinkMode::FirstWriteWins => {
             let key: Vec<String> = sink.key.iter().map(|k| quote_ident(k)).collect();
             format!(
@@ -489,7 +706,11 @@ async fn dead_letter(
         ),
         None => (error.to_string(), None),
     };
-    let own: Vec<String> = OWN_COLUMNS.iter().map(|c| quote_literal(c)).collect();
+    let own: Vec<String> = OWN_COLUMNS
+        .iter()
+        .chain([&CHUNK_COLUMN])
+        .map(|c| quote_literal(c))
+        .collect();
     sqlx::query(&format!(
         "INSERT INTO dead_letters (job_id, output, checkpoint_id, task_id, row, error, sqlstate)
          SELECT $1, $7, $2, s.{TASK_COLUMN},

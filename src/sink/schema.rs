@@ -393,6 +393,7 @@ fn staging_definition(columns: &[ColumnDef]) -> Vec<String> {
     definition.push(format!("{} bigint NOT NULL", super::ROW_COLUMN));
     definition.push(format!("{} text[]", super::OMITTED_COLUMN));
     definition.push(format!("{} boolean", super::DELETE_COLUMN));
+    definition.push(format!("{} bytea", super::CHUNK_COLUMN));
     definition
 }
 
@@ -429,6 +430,14 @@ pub async fn create_staging(
         .execute(&mut *conn)
         .await?;
     }
+    // Chunks are already compact COPY text: compressing them costs more
+    // than it saves (partitions follow the parent).
+    sqlx::query(&format!(
+        "ALTER TABLE {parent} ALTER COLUMN {} SET STORAGE EXTERNAL",
+        super::CHUNK_COLUMN
+    ))
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -490,6 +499,23 @@ pub async fn refresh_staging(
                 .await?;
             }
             Some(previous) if previous.data_type != column.data_type => {
+                // A chunk holds the column's values as text checked for the
+                // old type; it cannot be converted in place.
+                let in_chunks: bool = sqlx::query_scalar(&format!(
+                    "SELECT EXISTS (SELECT 1 FROM {table} WHERE {chunk} IS NOT NULL
+                       AND NOT ({literal} = ANY (coalesce({omitted}, '{{}}'))))",
+                    chunk = super::CHUNK_COLUMN,
+                    literal = crate::db::quote_literal(&column.name),
+                    omitted = super::OMITTED_COLUMN,
+                ))
+                .fetch_one(&mut *conn)
+                .await?;
+                if in_chunks {
+                    return Err(Error::conflict(format!(
+                        "the type of column {:?} changed while staged rows hold values of the old type; commit or abort what is staged first",
+                        column.name
+                    )));
+                }
                 let altered = sqlx::query(&format!(
                     "ALTER TABLE {table} ALTER COLUMN {name} TYPE {ty} USING {name}::{ty}",
                     ty = staging_type(column)

@@ -13,7 +13,8 @@ use sqlx::postgres::PgCopyIn;
 use sqlx::PgConnection;
 
 use super::encode::{copy_error_to_rejection, CopyEncoder, RowDigest};
-use super::schema::ColumnDef;
+use super::schema::{ColumnDef, ColumnKind};
+use super::{CHUNK_COLUMN, OMITTED_COLUMN, ROW_COLUMN, SEQ_COLUMN, TAG_COLUMN, TASK_COLUMN};
 use crate::db::quote_ident;
 use crate::error::{Error, Result};
 
@@ -36,6 +37,8 @@ pub enum Rows<'a, S> {
 pub struct Staged {
     pub rows: u64,
     pub bytes: u64,
+    /// Staging rows that hold chunks of COPY text (0: staged as tuples).
+    pub chunks: u64,
     /// Rows that are deletes by key.
     pub deletes: u64,
     /// SHA-256 of the rows as sent (see [`CopyEncoder::digest`]).
@@ -50,6 +53,41 @@ pub struct StagingTarget<'a> {
     pub key: &'a [String],
     /// Whether a row may be a delete by key (upsert outputs).
     pub deletes: bool,
+    /// Whether the batch may be staged as chunks of COPY text: an append
+    /// output (without dead letters, whose row-by-row retry needs tuples)
+    /// whose every column the service checks completely
+    /// ([`checked_in_rust`]).
+    pub chunked: bool,
+}
+
+/// Whether every value the encoder accepts for this column is one
+/// PostgreSQL accepts too, so that no value needs PostgreSQL's own parser
+/// at staging. True for booleans and integers (the encoder checks ranges
+/// and writes canonical digits) and for unbounded text (any UTF-8 without
+/// NUL, in a UTF-8 database). A typmod (`varchar(10)`), a domain, or any
+/// other type leaves the check to PostgreSQL, and the output stages tuples.
+pub fn checked_in_rust(column: &ColumnDef) -> bool {
+    match column.kind {
+        ColumnKind::Bool | ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8 => true,
+        ColumnKind::Text => matches!(
+            column.data_type.as_str(),
+            "text" | "character varying" | "citext"
+        ),
+        _ => false,
+    }
+}
+
+/// Whether the database stores text as UTF-8 (every valid string is then
+/// valid text). Asked once per process: a database's encoding is fixed.
+async fn server_is_utf8(conn: &mut PgConnection) -> Result<bool> {
+    static UTF8: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if let Some(utf8) = UTF8.get() {
+        return Ok(*utf8);
+    }
+    let utf8: bool = sqlx::query_scalar("SELECT current_setting('server_encoding') = 'UTF8'")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(*UTF8.get_or_init(|| utf8))
 }
 
 /// Stages one batch with tag `tag`. Returns what was staged, or the first
@@ -65,6 +103,9 @@ pub async fn copy_rows<S>(
 where
     S: Stream<Item = Result<Bytes, Error>> + Unpin,
 {
+    if target.chunked && server_is_utf8(&mut *conn).await? {
+        return stage_chunks(conn, target, tag, task_id, batch_seq, rows).await;
+    }
     let mut column_list: Vec<String> = target
         .columns
         .iter()
@@ -76,7 +117,6 @@ where
         super::staging_table(target.staging_id),
         column_list.join(", ")
     );
-    let mut copy = conn.copy_in_raw(&statement).await?;
     let mut encoder = CopyEncoder::new(
         target.columns,
         target.key,
@@ -85,24 +125,156 @@ where
         task_id,
         batch_seq,
     );
-    let mut buffer = Vec::with_capacity(SEND_CHUNK + 64 * 1024);
-
-    let fed = feed(&mut copy, &mut encoder, &mut buffer, rows).await;
-    let outcome = match fed {
-        Ok(()) => copy.finish().await.map_err(copy_failure),
-        Err(error) => {
-            // Best effort: the transaction is rolled back by the caller anyway.
-            let _ = copy.abort("batch rejected").await;
-            return Err(error);
-        }
+    let mut copy = TupleCopy {
+        copy: conn.copy_in_raw(&statement).await?,
+        buffer: Vec::with_capacity(SEND_CHUNK + 64 * 1024),
     };
-    outcome?;
+    if let Err(error) = feed(&mut copy, &mut encoder, rows).await {
+        // Best effort: the transaction is rolled back by the caller anyway.
+        let _ = copy.copy.abort("batch rejected").await;
+        return Err(error);
+    }
+    copy.copy.finish().await.map_err(copy_failure)?;
     Ok(Staged {
         rows: encoder.rows(),
         bytes: encoder.bytes(),
+        chunks: 0,
         deletes: encoder.deletes(),
         digest: encoder.digest(),
     })
+}
+
+/// Stages one batch as chunks of COPY text for the sink's columns: each
+/// staging row holds about [`SEND_CHUNK`] bytes of rows that omit the same
+/// columns (a change of omitted columns starts a new chunk, whose column
+/// list then leaves them out, so that promotion's `COPY` gives them their
+/// defaults). Every value was checked by the encoder, so nothing here can
+/// fail on a row that promotion would refuse for its type.
+async fn stage_chunks<S>(
+    conn: &mut PgConnection,
+    target: &StagingTarget<'_>,
+    tag: i64,
+    task_id: &str,
+    batch_seq: i64,
+    rows: Rows<'_, S>,
+) -> Result<Staged>
+where
+    S: Stream<Item = Result<Bytes, Error>> + Unpin,
+{
+    let mut encoder = CopyEncoder::chunked(target.columns);
+    let mut chunks = ChunkWriter {
+        conn,
+        statement: format!(
+            "INSERT INTO {} ({TAG_COLUMN}, {TASK_COLUMN}, {SEQ_COLUMN}, {ROW_COLUMN}, {OMITTED_COLUMN}, {CHUNK_COLUMN})
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            super::staging_table(target.staging_id)
+        ),
+        columns: target.columns,
+        tag,
+        task_id,
+        batch_seq,
+        buffer: Vec::with_capacity(SEND_CHUNK + 64 * 1024),
+        segments: Vec::new(),
+        written: 0,
+    };
+    feed(&mut chunks, &mut encoder, rows).await?;
+    Ok(Staged {
+        rows: encoder.rows(),
+        bytes: encoder.bytes(),
+        chunks: chunks.written,
+        deletes: 0,
+        digest: encoder.digest(),
+    })
+}
+
+/// Where the rows of a batch go, encoded, as its body is read.
+trait Destination {
+    /// Encodes one row (the text of a JSON object) into what is buffered.
+    fn push(&mut self, encoder: &mut CopyEncoder<'_>, row: &[u8]) -> Result<()>;
+
+    /// Sends what is buffered once it reaches [`SEND_CHUNK`] bytes, or
+    /// (`all`) whatever it is.
+    async fn send(&mut self, all: bool) -> Result<()>;
+}
+
+/// Tuples: one `COPY` into the staging table, fed in chunks.
+struct TupleCopy<'c> {
+    copy: PgCopyIn<&'c mut PgConnection>,
+    buffer: Vec<u8>,
+}
+
+impl Destination for TupleCopy<'_> {
+    fn push(&mut self, encoder: &mut CopyEncoder<'_>, row: &[u8]) -> Result<()> {
+        encoder.push(row, &mut self.buffer)
+    }
+
+    async fn send(&mut self, all: bool) -> Result<()> {
+        if self.buffer.len() >= SEND_CHUNK || (all && !self.buffer.is_empty()) {
+            let chunk =
+                std::mem::replace(&mut self.buffer, Vec::with_capacity(SEND_CHUNK + 64 * 1024));
+            self.copy.send(chunk).await.map_err(copy_failure)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows encoded but not yet staged, cut into chunks by omitted columns.
+struct ChunkWriter<'a> {
+    conn: &'a mut PgConnection,
+    statement: String,
+    columns: &'a [ColumnDef],
+    tag: i64,
+    task_id: &'a str,
+    batch_seq: i64,
+    buffer: Vec<u8>,
+    /// Where each run of rows omitting the same columns starts in
+    /// `buffer`, with those columns.
+    segments: Vec<(usize, Vec<usize>)>,
+    /// Chunks staged so far (the next one's index in the batch).
+    written: u64,
+}
+
+impl Destination for ChunkWriter<'_> {
+    fn push(&mut self, encoder: &mut CopyEncoder<'_>, row: &[u8]) -> Result<()> {
+        let start = self.buffer.len();
+        encoder.push(row, &mut self.buffer)?;
+        let omitted = encoder.omitted();
+        if self.segments.last().is_none_or(|(_, last)| last != omitted) {
+            self.segments.push((start, omitted.to_vec()));
+        }
+        Ok(())
+    }
+
+    /// Stages every buffered segment as a chunk row of its own.
+    async fn send(&mut self, all: bool) -> Result<()> {
+        if self.buffer.len() < SEND_CHUNK && !all {
+            return Ok(());
+        }
+        let segments = std::mem::take(&mut self.segments);
+        for (index, (start, omitted)) in segments.iter().enumerate() {
+            let end = segments
+                .get(index + 1)
+                .map_or(self.buffer.len(), |(next, _)| *next);
+            let omitted: Option<Vec<&str>> = (!omitted.is_empty()).then(|| {
+                omitted
+                    .iter()
+                    .map(|&column| self.columns[column].name.as_str())
+                    .collect()
+            });
+            sqlx::query(&self.statement)
+                .bind(self.tag)
+                .bind(self.task_id)
+                .bind(self.batch_seq)
+                .bind(self.written as i64)
+                .bind(omitted)
+                .bind(&self.buffer[*start..end])
+                .execute(&mut *self.conn)
+                .await?;
+            self.written += 1;
+        }
+        self.buffer.clear();
+        Ok(())
+    }
 }
 
 /// The digest that staging `rows` would record (see [`Staged::digest`]),
@@ -135,10 +307,11 @@ where
     Ok(digest.finish())
 }
 
+/// Reads a batch's rows (a JSON array, or NDJSON as it arrives) into
+/// `destination`, sending as the buffer fills and the rest at the end.
 async fn feed<S>(
-    copy: &mut PgCopyIn<&mut PgConnection>,
+    destination: &mut impl Destination,
     encoder: &mut CopyEncoder<'_>,
-    buffer: &mut Vec<u8>,
     rows: Rows<'_, S>,
 ) -> Result<()>
 where
@@ -147,8 +320,8 @@ where
     match rows {
         Rows::Json(rows) => {
             for row in rows {
-                encoder.push(row.get().as_bytes(), buffer)?;
-                flush_if_full(copy, buffer).await?;
+                destination.push(encoder, row.get().as_bytes())?;
+                destination.send(false).await?;
             }
         }
         Rows::Ndjson {
@@ -157,18 +330,13 @@ where
         } => {
             let mut lines = LineSplitter::new(max_bytes);
             while let Some(chunk) = body.next().await {
-                lines.feed(&chunk?, |line| push_line(encoder, line, buffer))?;
-                flush_if_full(copy, buffer).await?;
+                lines.feed(&chunk?, |line| push_line(destination, encoder, line))?;
+                destination.send(false).await?;
             }
-            lines.finish(|line| push_line(encoder, line, buffer))?;
+            lines.finish(|line| push_line(destination, encoder, line))?;
         }
     }
-    if !buffer.is_empty() {
-        copy.send(std::mem::take(buffer))
-            .await
-            .map_err(copy_failure)?;
-    }
-    Ok(())
+    destination.send(true).await
 }
 
 /// Cuts an NDJSON body into lines as its chunks arrive, within the body
@@ -234,20 +402,16 @@ fn row_text(line: &[u8]) -> Option<&[u8]> {
     (!line.iter().all(u8::is_ascii_whitespace)).then_some(line)
 }
 
-/// Encodes the row of one NDJSON line, if it has one.
-fn push_line(encoder: &mut CopyEncoder<'_>, line: &[u8], buffer: &mut Vec<u8>) -> Result<()> {
+/// Pushes the row of one NDJSON line, if it has one.
+fn push_line(
+    destination: &mut impl Destination,
+    encoder: &mut CopyEncoder<'_>,
+    line: &[u8],
+) -> Result<()> {
     match row_text(line) {
-        Some(row) => encoder.push(row, buffer),
+        Some(row) => destination.push(encoder, row),
         None => Ok(()),
     }
-}
-
-async fn flush_if_full(copy: &mut PgCopyIn<&mut PgConnection>, buffer: &mut Vec<u8>) -> Result<()> {
-    if buffer.len() >= SEND_CHUNK {
-        let chunk = std::mem::replace(buffer, Vec::with_capacity(SEND_CHUNK + 64 * 1024));
-        copy.send(chunk).await.map_err(copy_failure)?;
-    }
-    Ok(())
 }
 
 fn copy_failure(error: sqlx::Error) -> Error {

@@ -333,9 +333,25 @@ impl TestApp {
             .unwrap()
     }
 
-    /// Rows currently staged for a job.
+    /// Rows currently staged for a job: tuples, and the lines of chunks.
     pub async fn staged(&self, job: &str) -> i64 {
-        self.count(&self.staging_table(job).await).await
+        let table = self.staging_table(job).await;
+        sqlx::query_scalar(&format!(
+            "SELECT (count(*) FILTER (WHERE _sinkgate_chunk IS NULL)
+                   + coalesce(sum(length(convert_from(_sinkgate_chunk, 'UTF8'))
+                                  - length(replace(convert_from(_sinkgate_chunk, 'UTF8'), E'\\n', ''))), 0))::bigint
+             FROM {table}"
+        ))
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
+    /// Staging rows of a job that hold chunks of COPY text.
+    pub async fn staged_chunks(&self, job: &str) -> i64 {
+        let table = self.staging_table(job).await;
+        self.count(&format!("{table} WHERE _sinkgate_chunk IS NOT NULL"))
+            .await
     }
 
     /// The qualified name of a job's (first output's) staging table.

@@ -4,6 +4,7 @@
 mod acks;
 mod auth;
 mod checkpoints;
+mod chunks;
 mod concurrency;
 mod edges;
 mod epochs;
