@@ -379,10 +379,12 @@ pub async fn staged_outputs(
                   o.sink_mode AS "sink_mode: SinkMode", o.sink_key,
                   o.sink_columns AS "sink_columns: SinkColumns",
                   o.on_promotion_error AS "on_promotion_error: OnPromotionError", o.partial_updates,
-                  b.tags AS "tags!", b.deletes AS "deletes!", b.tuples AS "tuples!", b.chunks AS "chunks!"
+                  b.tags AS "tags!", b.deletes AS "deletes!", b.tuples AS "tuples!", b.chunks AS "chunks!",
+                  b.chunk_bytes AS "chunk_bytes!"
            FROM job_outputs o
            JOIN (SELECT output, array_agg(DISTINCT checkpoint_tag) AS tags, bool_or(staged_deletes > 0) AS deletes,
-                        bool_or(staged_chunks = 0) AS tuples, bool_or(staged_chunks > 0) AS chunks
+                        bool_or(staged_chunks = 0) AS tuples, bool_or(staged_chunks > 0) AS chunks,
+                        coalesce(sum(staged_bytes) FILTER (WHERE staged_chunks > 0), 0)::bigint AS chunk_bytes
                  FROM batches
                  WHERE job_id = $1 AND checkpoint_tag > $2 AND ($3::bigint IS NULL OR checkpoint_tag <= $3)
                    AND staged_rows > 0
@@ -418,6 +420,7 @@ pub async fn staged_outputs(
                         deletes: row.deletes,
                         tuples: row.tuples,
                         chunks: row.chunks,
+                        chunk_bytes: row.chunk_bytes,
                     },
                 },
             )

@@ -290,13 +290,25 @@ pub async fn ack(
         expired |= one.expired;
         recorded = Some(one.result);
     }
-    tx.commit().await?;
     let mut recorded = recorded.unwrap_or(AckResult {
         checkpoint_id,
         status: CheckpointStatus::Pending,
         acked_tasks: 0,
         total_tasks: 0,
     });
+    if recorded.status == CheckpointStatus::Pending
+        && !expired
+        && promote == PromoteMode::Inline
+        && recorded.acked_tasks >= recorded.total_tasks
+    {
+        // Every other ack is committed, and these complete the set: decide
+        // in this transaction (one commit, not two). Acks that complete it
+        // together, each unseen by the other, settle after their commits.
+        let settled = acks::settle(&mut tx, job_id, checkpoint_id).await?;
+        tx.commit().await?;
+        return settled_answer(pool, job_id, settled).await;
+    }
+    tx.commit().await?;
     if recorded.status != CheckpointStatus::Pending {
         return Ok(recorded);
     }
@@ -321,6 +333,13 @@ pub async fn ack(
         return Ok(recorded);
     }
     let settled = settle(pool, job_id, checkpoint_id).await?;
+    settled_answer(pool, job_id, settled).await
+}
+
+/// The answer to the ack that settled a checkpoint: its status, or, when
+/// acks were missing after all, why it was aborted.
+async fn settled_answer(pool: &PgPool, job_id: &str, settled: AckResult) -> Result<AckResult> {
+    let checkpoint_id = settled.checkpoint_id;
     if settled.status == CheckpointStatus::Aborted {
         // Acks were missing: timed out, declined, aborted or fenced between
         // this ack's two transactions. Say which.

@@ -46,6 +46,8 @@ pub struct Holds {
     pub tuples: bool,
     /// Some batches were staged as chunks of COPY text.
     pub chunks: bool,
+    /// Bytes of COPY text in those chunks.
+    pub chunk_bytes: i64,
 }
 
 /// What a promotion did.
@@ -335,7 +337,7 @@ pub async fn promote(
                     .await?;
             }
             if holds.chunks {
-                rows += copy_chunks(&mut *conn, sink, &filter).await?;
+                rows += copy_chunks(&mut *conn, sink, &filter, holds.chunk_bytes).await?;
             }
             rows
         }
@@ -377,65 +379,91 @@ pub async fn promote(
     })
 }
 
-/// Appends the chunks staged in `filter` to the sink, each by a `COPY` of
-/// its text (PostgreSQL's multi-insert path), in staging order. A cursor
-/// hands them over one at a time on this connection, in this transaction:
-/// memory stays one chunk, whatever the checkpoint's volume. A chunk's
-/// column list leaves out the columns its rows omitted, so `COPY` gives
-/// them their defaults as an `INSERT` would.
+/// Chunks of at most this many bytes in all are read at once, not
+/// through a cursor (two round trips fewer for a small checkpoint).
+const CHUNKS_READ_AT_ONCE: i64 = 4 << 20;
+
+/// Appends the chunks staged in `filter` (`bytes` of COPY text) to the
+/// sink, each by a `COPY` of its text (PostgreSQL's multi-insert path), in
+/// staging order. Beyond [`CHUNKS_READ_AT_ONCE`], a cursor hands them over
+/// one at a time on this connection, in this transaction: memory stays one
+/// chunk, whatever the checkpoint's volume. A chunk's column list leaves
+/// out the columns its rows omitted, so `COPY` gives them their defaults as
+/// an `INSERT` would.
 async fn copy_chunks(
     conn: &mut PgConnection,
     sink: &SinkTarget<'_>,
     filter: &str,
+    bytes: i64,
 ) -> Result<u64, sqlx::Error> {
-    let target = qualified(sink.schema, sink.table);
-    sqlx::query(&format!(
-        "DECLARE sinkgate_chunks NO SCROLL CURSOR FOR
-         SELECT {OMITTED_COLUMN}, {CHUNK_COLUMN} FROM {staging}
+    type Chunk = (Option<Vec<String>>, Vec<u8>);
+    let select = format!(
+        "SELECT {OMITTED_COLUMN}, {CHUNK_COLUMN} FROM {staging}
          WHERE {filter} AND {CHUNK_COLUMN} IS NOT NULL
          ORDER BY {TAG_COLUMN}, {SEQ_COLUMN}, {ROW_COLUMN}",
         staging = staging_table(sink.staging_id),
+    );
+    let mut rows = 0;
+    if bytes <= CHUNKS_READ_AT_ONCE {
+        let chunks: Vec<Chunk> = sqlx::query_as(&select)
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await?;
+        for chunk in chunks {
+            rows += copy_chunk(&mut *conn, sink, chunk).await?;
+        }
+        return Ok(rows);
+    }
+    sqlx::query(&format!(
+        "DECLARE sinkgate_chunks NO SCROLL CURSOR FOR {select}"
     ))
     .persistent(false)
     .execute(&mut *conn)
     .await?;
-    let mut rows = 0;
     loop {
-        let chunk: Option<(Option<Vec<String>>, Vec<u8>)> =
-            sqlx::query_as("FETCH NEXT FROM sinkgate_chunks")
-                .persistent(false)
-                .fetch_optional(&mut *conn)
-                .await?;
-        let Some((omitted, text)) = chunk else {
+        let chunk: Option<Chunk> = sqlx::query_as("FETCH NEXT FROM sinkgate_chunks")
+            .persistent(false)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some(chunk) = chunk else {
             break;
         };
-        let omitted = omitted.unwrap_or_default();
-        let columns: Vec<String> = sink
-            .columns
-            .iter()
-            .filter(|column| !omitted.contains(&column.name))
-            .map(|column| quote_ident(&column.name))
-            .collect();
-        if columns.is_empty() {
-            // Rows that omitted every column: each gets every default.
-            let count = text.iter().filter(|&&byte| byte == b'\n').count();
-            rows += insert_defaults(&mut *conn, sink, &target, count).await?;
-            continue;
-        }
-        let mut copy = conn
-            .copy_in_raw(&format!(
-                "COPY {target} ({}) FROM STDIN",
-                columns.join(", ")
-            ))
-            .await?;
-        copy.send(text).await?;
-        rows += copy.finish().await?;
+        rows += copy_chunk(&mut *conn, sink, chunk).await?;
     }
     sqlx::query("CLOSE sinkgate_chunks")
         .persistent(false)
         .execute(&mut *conn)
         .await?;
     Ok(rows)
+}
+
+/// `COPY` of one chunk into the sink; its rows.
+async fn copy_chunk(
+    conn: &mut PgConnection,
+    sink: &SinkTarget<'_>,
+    (omitted, text): (Option<Vec<String>>, Vec<u8>),
+) -> Result<u64, sqlx::Error> {
+    let target = qualified(sink.schema, sink.table);
+    let omitted = omitted.unwrap_or_default();
+    let columns: Vec<String> = sink
+        .columns
+        .iter()
+        .filter(|column| !omitted.contains(&column.name))
+        .map(|column| quote_ident(&column.name))
+        .collect();
+    if columns.is_empty() {
+        // Rows that omitted every column: each gets every default.
+        let count = text.iter().filter(|&&byte| byte == b'\n').count();
+        return insert_defaults(&mut *conn, sink, &target, count).await;
+    }
+    let mut copy = conn
+        .copy_in_raw(&format!(
+            "COPY {target} ({}) FROM STDIN",
+            columns.join(", ")
+        ))
+        .await?;
+    copy.send(text).await?;
+    copy.finish().await
 }
 
 /// Turns the chunks staged in (after, upto] into staged tuples, in the
