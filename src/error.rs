@@ -150,7 +150,14 @@ impl Error {
     /// they are.
     pub fn of_item(self, item: impl Into<String>) -> Self {
         match self {
-            Error::Unavailable | Error::Timeout(_) | Error::Overloaded | Error::Internal(_) => self,
+            // The database's, the service's, or the checkpoint's (every
+            // ack of the request names the same one).
+            Error::Unavailable
+            | Error::Timeout(_)
+            | Error::Overloaded
+            | Error::Internal(_)
+            | Error::NotFound(_)
+            | Error::CheckpointAborted { .. } => self,
             error => Error::Item {
                 item: item.into(),
                 error: Box::new(error),

@@ -305,8 +305,6 @@ pub async fn record_ack(
              WHERE job_id = $1 AND task_id = $3 AND (SELECT ok FROM complete)
          )
          SELECT (SELECT count(*) FROM claimed) AS "claimed!",
-                -- Acks of this checkpoint this transaction sees, before this one.
-                (SELECT count(*) FROM acks WHERE job_id = $1 AND checkpoint_id = $2) AS "acked_before!",
                 (SELECT jsonb_build_array(f.source_partition, f.previous_offset)
                  FROM floors f WHERE f.previous_offset > ($5 ->> f.source_partition)::bigint
                  ORDER BY f.source_partition LIMIT 1) AS "regression: Json<(String, i64)>""#,
@@ -320,8 +318,7 @@ pub async fn record_ack(
     )
     .fetch_one(&mut *conn)
     .await?;
-    let (claimed, regression, acked_before) =
-        (recorded.claimed, recorded.regression, recorded.acked_before);
+    let (claimed, regression) = (recorded.claimed, recorded.regression);
     if let Some(Json((partition, floor))) = regression {
         // Rolled back by the caller.
         return Err(Error::OffsetRegression {
@@ -357,15 +354,13 @@ pub async fn record_ack(
     // Acked tasks as far as this transaction sees; the caller counts again
     // after its commit.
     Ok(RecordedAck {
-        result: answer(acked_before as i32 + 1),
+        result: answer(0),
         expired: false,
     })
 }
 
 /// What [`record_ack`] found.
 pub struct RecordedAck {
-    /// `acked_tasks`: the acks of the checkpoint this transaction sees,
-    /// this one included.
     pub result: AckResult,
     /// A retry of an ack recorded earlier, for a checkpoint that is still
     /// pending past its deadline: [`settle`] says what became of it.

@@ -203,7 +203,7 @@ async fn promote_output(
     if holds.chunks {
         // Staged as chunks before the policy became `dead_letter`: the
         // row-by-row retry needs tuples.
-        chunks_to_tuples(&mut *conn, &sink, range).await?;
+        chunks_to_tuples(&mut *conn, sink.staging_id, Some(range)).await?;
         holds.chunks = false;
         holds.tuples = true;
     }

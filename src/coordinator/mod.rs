@@ -231,6 +231,10 @@ pub async fn wait_for_pending(
         .await
 }
 
+/// Decisions with promotion running in the background at once, in this
+/// process (`PromoteMode::Background`).
+static BACKGROUND_SETTLES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 /// Most acks one batch request carries.
 pub const MAX_BATCH_ACKS: usize = 1024;
 
@@ -296,18 +300,6 @@ pub async fn ack(
         acked_tasks: 0,
         total_tasks: 0,
     });
-    if recorded.status == CheckpointStatus::Pending
-        && !expired
-        && promote == PromoteMode::Inline
-        && recorded.acked_tasks >= recorded.total_tasks
-    {
-        // Every other ack is committed, and these complete the set: decide
-        // in this transaction (one commit, not two). Acks that complete it
-        // together, each unseen by the other, settle after their commits.
-        let settled = acks::settle(&mut tx, job_id, checkpoint_id).await?;
-        tx.commit().await?;
-        return settled_answer(pool, job_id, settled).await;
-    }
     tx.commit().await?;
     if recorded.status != CheckpointStatus::Pending {
         return Ok(recorded);
@@ -322,15 +314,20 @@ pub async fn ack(
         return Ok(recorded);
     }
     if promote == PromoteMode::Background && !expired {
-        // Recorded: if this decision is lost (the service stops), the
-        // scheduler, a retried ack, or the next `/attempts` makes it.
-        let (pool, job_id) = (pool.clone(), job_id.to_owned());
-        tokio::spawn(async move {
-            if let Err(error) = settle(&pool, &job_id, checkpoint_id).await {
-                tracing::warn!(job_id, checkpoint_id, %error, "background decision failed; the scheduler will retry it");
-            }
-        });
-        return Ok(recorded);
+        // At most a few at once (each holds a connection for a promotion);
+        // beyond that the ack settles before answering, as inline.
+        if let Ok(permit) = BACKGROUND_SETTLES.try_acquire() {
+            // Recorded: if this decision is lost (the service stops), the
+            // scheduler, a retried ack, or the next `/attempts` makes it.
+            let (pool, job_id) = (pool.clone(), job_id.to_owned());
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(error) = settle(&pool, &job_id, checkpoint_id).await {
+                    tracing::warn!(job_id, checkpoint_id, %error, "background decision failed; the scheduler will retry it");
+                }
+            });
+            return Ok(recorded);
+        }
     }
     let settled = settle(pool, job_id, checkpoint_id).await?;
     settled_answer(pool, job_id, settled).await

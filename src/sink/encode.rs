@@ -638,6 +638,7 @@ mod tests {
             kind,
             nullable,
             default_expr: None,
+            builtin: true,
         }
     }
 

@@ -20,7 +20,8 @@
 //! An append output whose values the service checks completely itself
 //! (see [`staging::checked_in_rust`]) stages a batch not as tuples but as
 //! its COPY text, about 1 MiB per staging row ([`CHUNK_COLUMN`], the
-//! omitted columns in [`OMITTED_COLUMN`]), and promotion feeds that text to
+//! columns it holds in [`CHUNK_COLUMNS_COLUMN`], those its rows omitted in
+//! [`OMITTED_COLUMN`]), and promotion feeds that text to
 //! `COPY` into the sink: PostgreSQL writes each row once as a tuple, into
 //! the sink, with its multi-insert path. A chunk row lives in the same
 //! ring, so commit, abort and truncation treat it as any staged row.
@@ -56,9 +57,12 @@ pub const DELETE_COLUMN: &str = "_sinkgate_delete";
 /// A chunk row's COPY text: the rows of (part of) one batch, for the
 /// sink's columns (see [`staging`]). NULL in a row staged as a tuple.
 pub const CHUNK_COLUMN: &str = "_sinkgate_chunk";
+/// A chunk row's columns, by name, in the order of its text: what its
+/// promotion's `COPY` names, whatever the sink's column order is by then.
+pub const CHUNK_COLUMNS_COLUMN: &str = "_sinkgate_columns";
 
 /// Every column sinkgate adds to staging, in COPY order after the sink's
-/// (the chunk column, set only by its own statement, is not among them).
+/// (the chunk columns, set only by their own statement, are not among them).
 pub const OWN_COLUMNS: [&str; 6] = [
     TAG_COLUMN,
     TASK_COLUMN,
@@ -85,6 +89,7 @@ pub const STATEMENT_COLUMNS: [&str; 6] = [
 pub fn is_reserved(name: &str) -> bool {
     OWN_COLUMNS.contains(&name)
         || name == CHUNK_COLUMN
+        || name == CHUNK_COLUMNS_COLUMN
         || STATEMENT_COLUMNS.contains(&name)
         || name == crate::model::OP_FIELD
 }

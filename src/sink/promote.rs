@@ -16,8 +16,8 @@ use sqlx::{Connection, PgConnection};
 
 use super::schema::ColumnDef;
 use super::{
-    staging_partition, staging_table, CHUNK_COLUMN, DELETE_COLUMN, OMITTED_COLUMN, OWN_COLUMNS,
-    ROW_COLUMN, SEQ_COLUMN, SLOTS, TAG_COLUMN, TASK_COLUMN,
+    staging_partition, staging_table, CHUNK_COLUMN, CHUNK_COLUMNS_COLUMN, DELETE_COLUMN,
+    OMITTED_COLUMN, OWN_COLUMNS, ROW_COLUMN, SEQ_COLUMN, SLOTS, TAG_COLUMN, TASK_COLUMN,
 };
 use crate::db::{qualified, quote_ident, quote_literal};
 use crate::model::SinkMode;
@@ -336,7 +336,12 @@ pub async fn promote(
                     .run(&mut *conn, None)
                     .await?;
             }
-            if holds.chunks {
+            if holds.chunks && !copy_allowed(&mut *conn, sink).await? {
+                chunks_to_tuples(&mut *conn, sink.staging_id, Some((after, upto))).await?;
+                rows += promotion_statement(sink, &filter, Deletes::None)
+                    .run(&mut *conn, None)
+                    .await?;
+            } else if holds.chunks {
                 rows += copy_chunks(&mut *conn, sink, &filter, holds.chunk_bytes).await?;
             }
             rows
@@ -396,9 +401,9 @@ async fn copy_chunks(
     filter: &str,
     bytes: i64,
 ) -> Result<u64, sqlx::Error> {
-    type Chunk = (Option<Vec<String>>, Vec<u8>);
+    type Chunk = (Vec<String>, Vec<u8>);
     let select = format!(
-        "SELECT {OMITTED_COLUMN}, {CHUNK_COLUMN} FROM {staging}
+        "SELECT {CHUNK_COLUMNS_COLUMN}, {CHUNK_COLUMN} FROM {staging}
          WHERE {filter} AND {CHUNK_COLUMN} IS NOT NULL
          ORDER BY {TAG_COLUMN}, {SEQ_COLUMN}, {ROW_COLUMN}",
         staging = staging_table(sink.staging_id),
@@ -437,25 +442,20 @@ async fn copy_chunks(
     Ok(rows)
 }
 
-/// `COPY` of one chunk into the sink; its rows.
+/// `COPY` of one chunk (the columns its text holds, and the text) into
+/// the sink; its rows.
 async fn copy_chunk(
     conn: &mut PgConnection,
     sink: &SinkTarget<'_>,
-    (omitted, text): (Option<Vec<String>>, Vec<u8>),
+    (carried, text): (Vec<String>, Vec<u8>),
 ) -> Result<u64, sqlx::Error> {
     let target = qualified(sink.schema, sink.table);
-    let omitted = omitted.unwrap_or_default();
-    let columns: Vec<String> = sink
-        .columns
-        .iter()
-        .filter(|column| !omitted.contains(&column.name))
-        .map(|column| quote_ident(&column.name))
-        .collect();
-    if columns.is_empty() {
+    if carried.is_empty() {
         // Rows that omitted every column: each gets every default.
         let count = text.iter().filter(|&&byte| byte == b'\n').count();
         return insert_defaults(&mut *conn, sink, &target, count).await;
     }
+    let columns: Vec<String> = carried.iter().map(|name| quote_ident(name)).collect();
     let mut copy = conn
         .copy_in_raw(&format!(
             "COPY {target} ({}) FROM STDIN",
@@ -466,22 +466,27 @@ async fn copy_chunk(
     copy.finish().await
 }
 
-/// Turns the chunks staged in (after, upto] into staged tuples, in the
-/// same transaction: each line of a chunk becomes a staging row with the
-/// chunk's tag, task, batch and omitted columns, numbered in order within
-/// its batch. What promotion with dead letters needs (it retries rows one
-/// by one) when an output's policy became `dead_letter` while chunks were
-/// staged.
+/// Turns staged chunks into staged tuples, in the caller's transaction:
+/// each line of a chunk becomes a staging row with the chunk's tag, task,
+/// batch and omitted columns, numbered in order within its batch. Those of
+/// tags in `range` (after, upto], or all. What promotion needs where `COPY`
+/// into the sink would not do what an `INSERT` does (see [`copy_allowed`]),
+/// or with dead letters (it retries rows one by one), and what a column's
+/// new type needs (staged tuples are converted in place).
 pub async fn chunks_to_tuples(
     conn: &mut PgConnection,
-    sink: &SinkTarget<'_>,
-    (after, upto): (i64, i64),
+    staging_id: i64,
+    range: Option<(i64, i64)>,
 ) -> Result<(), sqlx::Error> {
-    let staging = staging_table(sink.staging_id);
-    let filter = tag_filter(after, upto);
+    let staging = staging_table(staging_id);
+    let filter = match range {
+        Some((after, upto)) => tag_filter(after, upto),
+        None => "true".to_owned(),
+    };
     sqlx::query(&format!(
         "DECLARE sinkgate_chunks NO SCROLL CURSOR FOR
-         SELECT {TAG_COLUMN}, {TASK_COLUMN}, {SEQ_COLUMN}, {OMITTED_COLUMN}, {CHUNK_COLUMN} FROM {staging}
+         SELECT {TAG_COLUMN}, {TASK_COLUMN}, {SEQ_COLUMN}, {OMITTED_COLUMN}, {CHUNK_COLUMNS_COLUMN}, {CHUNK_COLUMN}
+         FROM {staging}
          WHERE {filter} AND {CHUNK_COLUMN} IS NOT NULL
          ORDER BY {TAG_COLUMN}, {SEQ_COLUMN}, {ROW_COLUMN}"
     ))
@@ -491,55 +496,51 @@ pub async fn chunks_to_tuples(
     // (seq, next row index) of the batch being numbered.
     let mut numbering = (i64::MIN, 0_i64);
     loop {
-        type Chunk = (i64, String, i64, Option<Vec<String>>, Vec<u8>);
+        type Chunk = (i64, String, i64, Option<Vec<String>>, Vec<String>, Vec<u8>);
         let chunk: Option<Chunk> = sqlx::query_as("FETCH NEXT FROM sinkgate_chunks")
             .persistent(false)
             .fetch_optional(&mut *conn)
             .await?;
-        let Some((tag, task, seq, omitted, text)) = chunk else {
+        let Some((tag, task, seq, omitted, carried, text)) = chunk else {
             break;
         };
-        let omitted = omitted.unwrap_or_default();
-        let mut columns: Vec<String> = sink
-            .columns
-            .iter()
-            .filter(|column| !omitted.contains(&column.name))
-            .map(|column| quote_ident(&column.name))
-            .collect();
+        let mut columns: Vec<String> = carried.iter().map(|name| quote_ident(name)).collect();
         columns.extend(OWN_COLUMNS.map(String::from));
+        // What follows each line: the tab after its last value, then
+        // tag, task, batch, row (per line), omitted columns, delete flag.
         let mut own = Vec::new();
+        if !carried.is_empty() {
+            own.push(b'\t');
+        }
+        own.extend_from_slice(format!("{tag}\t").as_bytes());
         super::encode::escape_into(&task, &mut own);
-        let mut omitted_literal = String::new();
-        if omitted.is_empty() {
-            omitted_literal.push_str("\\N");
-        } else {
-            let mut array = String::from("{");
-            for (index, name) in omitted.iter().enumerate() {
-                if index > 0 {
-                    array.push(',');
+        own.extend_from_slice(format!("\t{seq}\t").as_bytes());
+        let mut omitted_text = Vec::new();
+        match omitted.filter(|omitted| !omitted.is_empty()) {
+            None => omitted_text.extend_from_slice(b"\\N"),
+            Some(omitted) => {
+                let mut array = String::from("{");
+                for (index, name) in omitted.iter().enumerate() {
+                    if index > 0 {
+                        array.push(',');
+                    }
+                    super::encode::quote_array_element(name, &mut array);
                 }
-                super::encode::quote_array_element(name, &mut array);
+                array.push('}');
+                super::encode::escape_into(&array, &mut omitted_text);
             }
-            array.push('}');
-            let mut escaped = Vec::new();
-            super::encode::escape_into(&array, &mut escaped);
-            omitted_literal = String::from_utf8_lossy(&escaped).into_owned();
         }
         if numbering.0 != seq {
             numbering = (seq, 0);
         }
-        let mut tuples = Vec::with_capacity(text.len() + text.len() / 4);
+        let mut tuples = Vec::with_capacity(text.len() + text.len() / 2);
         for line in text.split_inclusive(|&byte| byte == b'\n') {
-            let line = line.strip_suffix(b"\n").unwrap_or(line);
-            tuples.extend_from_slice(line);
-            if !columns_is_only_own(&omitted, sink) {
-                tuples.push(b'\t');
-            }
-            tuples.extend_from_slice(format!("{tag}\t").as_bytes());
+            tuples.extend_from_slice(line.strip_suffix(b"\n").unwrap_or(line));
             tuples.extend_from_slice(&own);
-            tuples.extend_from_slice(
-                format!("\t{seq}\t{}\t{omitted_literal}\t\\N\n", numbering.1).as_bytes(),
-            );
+            tuples.extend_from_slice(numbering.1.to_string().as_bytes());
+            tuples.push(b'\t');
+            tuples.extend_from_slice(&omitted_text);
+            tuples.extend_from_slice(b"\t\\N\n");
             numbering.1 += 1;
         }
         let mut copy = conn
@@ -561,14 +562,39 @@ pub async fn chunks_to_tuples(
     .persistent(false)
     .execute(&mut *conn)
     .await?;
+    // Their batches are tuples now: promotion must read them as such.
+    let (after, upto) = range.unwrap_or((i64::MIN, i64::MAX));
+    sqlx::query(
+        "UPDATE batches b SET staged_chunks = 0 FROM job_outputs o
+         WHERE o.staging_id = $1 AND b.job_id = o.job_id AND b.output = o.output
+           AND b.staged_chunks > 0 AND b.checkpoint_tag > $2 AND b.checkpoint_tag <= $3",
+    )
+    .bind(staging_id)
+    .bind(after)
+    .bind(upto)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
-/// Whether a chunk's rows carry no sink column at all (every one omitted).
-fn columns_is_only_own(omitted: &[String], sink: &SinkTarget<'_>) -> bool {
-    sink.columns
-        .iter()
-        .all(|column| omitted.contains(&column.name))
+/// Whether `COPY` into the sink does what an `INSERT` would: not when the
+/// sink has rules (`COPY` ignores them), row-level security applies to this
+/// session (`COPY FROM` refuses it), or statement-level insert triggers
+/// (they would fire once per chunk, not once per promotion). Asked at each
+/// promotion of chunks: any of these may come after the job's registration.
+pub async fn copy_allowed(
+    conn: &mut PgConnection,
+    sink: &SinkTarget<'_>,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT NOT c.relhasrules AND NOT row_security_active(c.oid)
+                AND NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
+                                AND t.tgenabled <> 'D' AND (t.tgtype & 1) = 0 AND (t.tgtype & 4) <> 0)
+         FROM pg_class c WHERE c.oid = $1::regclass",
+    )
+    .bind(qualified(sink.schema, sink.table))
+    .fetch_one(&mut *conn)
+    .await
 }
 
 /// Inserts `count` rows of defaults only, a thousand per statement.
@@ -736,7 +762,7 @@ async fn dead_letter(
     };
     let own: Vec<String> = OWN_COLUMNS
         .iter()
-        .chain([&CHUNK_COLUMN])
+        .chain([&CHUNK_COLUMN, &CHUNK_COLUMNS_COLUMN])
         .map(|c| quote_literal(c))
         .collect();
     sqlx::query(&format!(

@@ -58,6 +58,12 @@ pub struct ColumnDef {
     /// The default expression (`pg_get_expr`), applied at promotion when the
     /// staged value is null.
     pub default_expr: Option<String>,
+    /// The type is one of PostgreSQL's own base types (in `pg_catalog`, not
+    /// a domain, enum or extension type that happens to share a name).
+    /// Recorded since migration 0013; false for columns recorded before,
+    /// until the job is put again.
+    #[serde(default)]
+    pub builtin: bool,
 }
 
 impl ColumnDef {
@@ -87,6 +93,7 @@ struct CatalogColumn {
     nullable: bool,
     default_expr: Option<String>,
     generated: bool,
+    builtin: bool,
 }
 
 /// Looks the sink up and validates it against the spec. Errors name the
@@ -245,7 +252,8 @@ async fn writable_columns(
                 CASE WHEN a.attidentity = 'd'
                      THEN format('nextval(%L::regclass)', pg_get_serial_sequence($1::oid::regclass::text, a.attname))
                      ELSE pg_get_expr(d.adbin, d.adrelid) END AS default_expr,
-                (a.attgenerated <> '' OR a.attidentity = 'a') AS "generated!"
+                (a.attgenerated <> '' OR a.attidentity = 'a') AS "generated!",
+                (t.typnamespace = 'pg_catalog'::regnamespace AND t.typtype = 'b') AS "builtin!"
          FROM pg_attribute a
          JOIN pg_type t ON t.oid = a.atttypid
          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -275,6 +283,7 @@ async fn writable_columns(
             data_type: column.data_type,
             nullable: column.nullable,
             default_expr: column.default_expr,
+            builtin: column.builtin,
         });
     }
     Ok(columns)
@@ -394,6 +403,7 @@ fn staging_definition(columns: &[ColumnDef]) -> Vec<String> {
     definition.push(format!("{} text[]", super::OMITTED_COLUMN));
     definition.push(format!("{} boolean", super::DELETE_COLUMN));
     definition.push(format!("{} bytea", super::CHUNK_COLUMN));
+    definition.push(format!("{} text[]", super::CHUNK_COLUMNS_COLUMN));
     definition
 }
 
@@ -499,29 +509,19 @@ pub async fn refresh_staging(
                 .await?;
             }
             Some(previous) if previous.data_type != column.data_type => {
-                // A chunk holds the column's values as text checked for the
-                // old type; it cannot be converted in place.
+                // Chunks hold the column's values as text of the old type:
+                // staged as tuples first, they are converted with the rest.
                 let in_chunks: bool = sqlx::query_scalar(&format!(
-                    "SELECT EXISTS (SELECT 1 FROM {table} WHERE {chunk} IS NOT NULL
-                       AND NOT ({literal} = ANY (coalesce({omitted}, '{{}}'))))",
-                    chunk = super::CHUNK_COLUMN,
+                    "SELECT EXISTS (SELECT 1 FROM {table} WHERE {literal} = ANY ({columns}))",
                     literal = crate::db::quote_literal(&column.name),
-                    omitted = super::OMITTED_COLUMN,
+                    columns = super::CHUNK_COLUMNS_COLUMN,
                 ))
                 .fetch_one(&mut *conn)
                 .await?;
                 if in_chunks {
-                    return Err(Error::conflict(format!(
-                        "the type of column {:?} changed while staged rows hold values of the old type; commit or abort what is staged first",
-                        column.name
-                    )));
+                    super::promote::chunks_to_tuples(&mut *conn, staging_id, None).await?;
                 }
-                let altered = sqlx::query(&format!(
-                    "ALTER TABLE {table} ALTER COLUMN {name} TYPE {ty} USING {name}::{ty}",
-                    ty = staging_type(column)
-                ))
-                .execute(&mut *conn)
-                .await;
+                let altered = convert_column(&mut *conn, &table, &name, staging_type(column)).await;
                 if let Err(error) = altered {
                     if crate::sink::promote::is_row_error(&error) {
                         return Err(Error::conflict(format!(
@@ -538,6 +538,46 @@ pub async fn refresh_staging(
         }
     }
     Ok(())
+}
+
+/// Converts a staging column to `ty` as an `INSERT` into the sink would
+/// convert its values (an assignment cast: a value too long for
+/// `varchar(n)` is an error, never cut short), and only where no such cast
+/// exists (`text` to `integer`, say) with an explicit cast, which then
+/// parses each value and fails on any it cannot.
+async fn convert_column(
+    conn: &mut PgConnection,
+    table: &str,
+    name: &str,
+    ty: &str,
+) -> std::result::Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let mut attempt = conn.begin().await?;
+    let assigned = sqlx::query(&format!(
+        "ALTER TABLE {table} ALTER COLUMN {name} TYPE {ty}"
+    ))
+    .execute(&mut *attempt)
+    .await;
+    match assigned {
+        Ok(_) => attempt.commit().await,
+        // 42804: no assignment cast from the old type.
+        Err(error)
+            if error
+                .as_database_error()
+                .and_then(|db| db.code())
+                .as_deref()
+                == Some("42804") =>
+        {
+            attempt.rollback().await?;
+            sqlx::query(&format!(
+                "ALTER TABLE {table} ALTER COLUMN {name} TYPE {ty} USING {name}::{ty}"
+            ))
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Drops a job's staging table (and partitions) if it exists.

@@ -14,7 +14,10 @@ use sqlx::PgConnection;
 
 use super::encode::{copy_error_to_rejection, CopyEncoder, RowDigest};
 use super::schema::{ColumnDef, ColumnKind};
-use super::{CHUNK_COLUMN, OMITTED_COLUMN, ROW_COLUMN, SEQ_COLUMN, TAG_COLUMN, TASK_COLUMN};
+use super::{
+    CHUNK_COLUMN, CHUNK_COLUMNS_COLUMN, OMITTED_COLUMN, ROW_COLUMN, SEQ_COLUMN, TAG_COLUMN,
+    TASK_COLUMN,
+};
 use crate::db::quote_ident;
 use crate::error::{Error, Result};
 
@@ -62,17 +65,18 @@ pub struct StagingTarget<'a> {
 
 /// Whether every value the encoder accepts for this column is one
 /// PostgreSQL accepts too, so that no value needs PostgreSQL's own parser
-/// at staging. True for booleans and integers (the encoder checks ranges
-/// and writes canonical digits) and for unbounded text (any UTF-8 without
-/// NUL, in a UTF-8 database). A typmod (`varchar(10)`), a domain, or any
+/// at staging. True for PostgreSQL's own booleans and integers (the
+/// encoder checks ranges and writes canonical digits) and unbounded text
+/// (any UTF-8 without NUL, in a UTF-8 database). A typmod (`varchar(10)`),
+/// a domain, an enum or extension type (even one named `int4`), or any
 /// other type leaves the check to PostgreSQL, and the output stages tuples.
 pub fn checked_in_rust(column: &ColumnDef) -> bool {
+    if !column.builtin {
+        return false;
+    }
     match column.kind {
         ColumnKind::Bool | ColumnKind::Int2 | ColumnKind::Int4 | ColumnKind::Int8 => true,
-        ColumnKind::Text => matches!(
-            column.data_type.as_str(),
-            "text" | "character varying" | "citext"
-        ),
+        ColumnKind::Text => matches!(column.data_type.as_str(), "text" | "character varying"),
         _ => false,
     }
 }
@@ -165,8 +169,8 @@ where
     let mut chunks = ChunkWriter {
         conn,
         statement: format!(
-            "INSERT INTO {} ({TAG_COLUMN}, {TASK_COLUMN}, {SEQ_COLUMN}, {ROW_COLUMN}, {OMITTED_COLUMN}, {CHUNK_COLUMN})
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO {} ({TAG_COLUMN}, {TASK_COLUMN}, {SEQ_COLUMN}, {ROW_COLUMN}, {OMITTED_COLUMN}, {CHUNK_COLUMNS_COLUMN}, {CHUNK_COLUMN})
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
             super::staging_table(target.staging_id)
         ),
         columns: target.columns,
@@ -255,18 +259,22 @@ impl Destination for ChunkWriter<'_> {
             let end = segments
                 .get(index + 1)
                 .map_or(self.buffer.len(), |(next, _)| *next);
-            let omitted: Option<Vec<&str>> = (!omitted.is_empty()).then(|| {
-                omitted
-                    .iter()
-                    .map(|&column| self.columns[column].name.as_str())
-                    .collect()
-            });
+            let mut carried: Vec<&str> = Vec::new();
+            let mut left_out: Vec<&str> = Vec::new();
+            for (index, column) in self.columns.iter().enumerate() {
+                match omitted.contains(&index) {
+                    true => left_out.push(&column.name),
+                    false => carried.push(&column.name),
+                }
+            }
+            let omitted = (!left_out.is_empty()).then_some(left_out);
             sqlx::query(&self.statement)
                 .bind(self.tag)
                 .bind(self.task_id)
                 .bind(self.batch_seq)
                 .bind(self.written as i64)
                 .bind(omitted)
+                .bind(carried)
                 .bind(&self.buffer[*start..end])
                 .execute(&mut *self.conn)
                 .await?;

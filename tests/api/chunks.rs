@@ -173,7 +173,8 @@ async fn rows_of_defaults_only_and_sink_changes_under_staged_chunks(
         "{}",
         refreshed.text().await.unwrap()
     );
-    // A changed type: staged values were checked for the old one.
+    // A narrowed type that a staged value does not fit: refused, and what
+    // is staged stays as it was (a cast would have cut "one" short).
     app.sql("ALTER TABLE ev_sink ALTER COLUMN note TYPE varchar(2)")
         .await;
     let refused = app
@@ -183,6 +184,7 @@ async fn rows_of_defaults_only_and_sink_changes_under_staged_chunks(
         )
         .await;
     problem(refused, StatusCode::CONFLICT, "conflict").await;
+    assert!(app.staged_chunks("ev").await >= 3);
     app.sql("ALTER TABLE ev_sink ALTER COLUMN note TYPE text")
         .await;
     assert_eq!(commit(&app, epoch, 4).await, "committed");
@@ -293,5 +295,191 @@ async fn chunks_of_a_fenced_epoch_are_thrown_away(_: PgPoolOptions, connect: PgC
     write_ok(&app, next, "b", json!([{"id": 1}])).await;
     assert_eq!(commit(&app, next, 1).await, "committed");
     assert_eq!(app.count("ev_sink").await, 1);
+    app.stop().await;
+}
+
+/// Puts job `ev` again (after an `ALTER TABLE` of its sink).
+async fn put_again(app: &TestApp, table: &str) -> reqwest::Response {
+    app.put_job(
+        "ev",
+        json!({"tasks": ["t0"], "sink": {"table": table, "mode": "append"}}),
+    )
+    .await
+}
+
+#[sqlx::test]
+async fn chunk_values_stay_in_their_columns_when_the_sink_changes_its_column_order(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql("CREATE TABLE ev_sink (a text, b text, c text, n int)")
+        .await;
+    let epoch = append_job(&app, "ev_sink", "block").await;
+    write_ok(
+        &app,
+        epoch,
+        "a",
+        json!([{"a": "A", "b": "B", "c": "C", "n": 1}]),
+    )
+    .await;
+    assert!(app.staged_chunks("ev").await >= 1);
+    // b dropped and added again: the sink's order is now a, c, n, b.
+    app.sql("ALTER TABLE ev_sink DROP COLUMN b; ALTER TABLE ev_sink ADD COLUMN b text")
+        .await;
+    let refreshed = put_again(&app, "ev_sink").await;
+    assert_eq!(
+        refreshed.status(),
+        StatusCode::OK,
+        "{}",
+        refreshed.text().await.unwrap()
+    );
+    // A widened type: staged chunks become tuples and are converted.
+    app.sql("ALTER TABLE ev_sink ALTER COLUMN n TYPE bigint")
+        .await;
+    let widened = put_again(&app, "ev_sink").await;
+    assert_eq!(
+        widened.status(),
+        StatusCode::OK,
+        "{}",
+        widened.text().await.unwrap()
+    );
+    write_ok(
+        &app,
+        epoch,
+        "b",
+        json!([{"a": "A2", "b": "B2", "c": "C2", "n": 5_000_000_000_i64}]),
+    )
+    .await;
+    assert_eq!(commit(&app, epoch, 2).await, "committed");
+    let rows = rows_of(&app, "SELECT * FROM ev_sink ORDER BY a").await;
+    assert_eq!(
+        rows,
+        vec![
+            json!({"a": "A", "b": "B", "c": "C", "n": 1}),
+            json!({"a": "A2", "b": "B2", "c": "C2", "n": 5_000_000_000_i64}),
+        ]
+    );
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn rules_row_security_and_statement_triggers_see_what_an_insert_would_do(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql(
+        "CREATE TABLE ev_sink (id bigint PRIMARY KEY, note text);
+         CREATE TABLE ev_audit (id bigint);
+         CREATE TABLE ev_statements (at timestamptz DEFAULT clock_timestamp());",
+    )
+    .await;
+    let epoch = append_job(&app, "ev_sink", "block").await;
+    let rows = |first: i64| -> String {
+        (first..first + 30_000)
+            .map(|id| format!("{}\n", json!({"id": id, "note": "y".repeat(60)})))
+            .collect()
+    };
+    let commit_ndjson = |batch: &'static str, first: i64| {
+        let app = &app;
+        async move {
+            let written = app
+                .write_ndjson("ev", "t0", epoch, batch, rows(first))
+                .await;
+            assert_eq!(written.status(), StatusCode::CREATED);
+            assert!(app.staged_chunks("ev").await >= 2, "several chunks");
+            assert_eq!(commit(app, epoch, first + 30_000).await, "committed");
+        }
+    };
+    // A rule that copies every insert: COPY would skip it.
+    app.sql(
+        "CREATE RULE audit AS ON INSERT TO ev_sink DO ALSO INSERT INTO ev_audit VALUES (NEW.id)",
+    )
+    .await;
+    commit_ndjson("a", 0).await;
+    assert_eq!(app.count("ev_audit").await, 30_000);
+    app.sql("DROP RULE audit ON ev_sink").await;
+    // Forced row-level security: COPY FROM would be refused.
+    app.sql(
+        "ALTER TABLE ev_sink ENABLE ROW LEVEL SECURITY; ALTER TABLE ev_sink FORCE ROW LEVEL SECURITY;
+         CREATE POLICY everything ON ev_sink USING (true) WITH CHECK (true);",
+    )
+    .await;
+    commit_ndjson("b", 30_000).await;
+    app.sql("ALTER TABLE ev_sink DISABLE ROW LEVEL SECURITY")
+        .await;
+    // A statement trigger fires once per promotion, not once per chunk.
+    app.sql(
+        "CREATE FUNCTION note_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO ev_statements DEFAULT VALUES; RETURN NULL; END $$;
+         CREATE TRIGGER statements AFTER INSERT ON ev_sink FOR EACH STATEMENT EXECUTE FUNCTION note_statement();",
+    )
+    .await;
+    commit_ndjson("c", 60_000).await;
+    assert_eq!(app.count("ev_statements").await, 1);
+    assert_eq!(app.count("ev_sink").await, 90_000);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_type_that_only_shares_a_name_is_checked_by_postgres_at_staging(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql(
+        "CREATE SCHEMA lookalike;
+         CREATE DOMAIN lookalike.int4 AS integer CHECK (VALUE > 0);
+         CREATE TABLE ev_sink (id lookalike.int4, note text);",
+    )
+    .await;
+    let epoch = append_job(&app, "ev_sink", "block").await;
+    let refused = app
+        .write("ev", "t0", epoch, "a", json!([{"id": 1}, {"id": -5}]))
+        .await;
+    let body = problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "row-rejected").await;
+    assert_eq!(body["row"], 2, "{body}");
+    write_ok(&app, epoch, "b", json!([{"id": 7}])).await;
+    assert_eq!(app.staged_chunks("ev").await, 0, "a domain stages tuples");
+    assert_eq!(commit(&app, epoch, 1).await, "committed");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_narrowed_column_never_cuts_staged_tuples_short(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    // A timestamptz column: the output stages tuples.
+    app.sql("CREATE TABLE ev_sink (id bigint, note text, at timestamptz DEFAULT now())")
+        .await;
+    let epoch = append_job(&app, "ev_sink", "block").await;
+    write_ok(
+        &app,
+        epoch,
+        "a",
+        json!([{"id": 1, "note": "three"}, {"id": 2, "note": "42"}]),
+    )
+    .await;
+    assert_eq!(app.staged_chunks("ev").await, 0);
+    app.sql("ALTER TABLE ev_sink ALTER COLUMN note TYPE varchar(2)")
+        .await;
+    let refused = put_again(&app, "ev_sink").await;
+    let body = problem(refused, StatusCode::CONFLICT, "conflict").await;
+    assert!(body["detail"].as_str().unwrap().contains("note"), "{body}");
+    app.sql("ALTER TABLE ev_sink ALTER COLUMN note TYPE text")
+        .await;
+    app.sql("DELETE FROM ev_sink").await;
+    assert_eq!(commit(&app, epoch, 2).await, "committed");
+    let rows = rows_of(&app, "SELECT id, note FROM ev_sink ORDER BY id").await;
+    assert_eq!(
+        rows,
+        vec![
+            json!({"id": 1, "note": "three"}),
+            json!({"id": 2, "note": "42"})
+        ]
+    );
     app.stop().await;
 }
