@@ -40,6 +40,9 @@ struct Args {
         default_value = "ingest,acks,commit,recovery,memory,state"
     )]
     scenarios: Vec<String>,
+    /// Sink modes of the ingest scenario: append, upsert.
+    #[arg(long, value_delimiter = ',', default_value = "append,upsert")]
+    ingest_modes: Vec<String>,
     /// Task counts for the acks scenario.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
     ack_tasks: Vec<usize>,
@@ -358,6 +361,10 @@ async fn ingest(
     figures: &mut Vec<Figure>,
 ) -> anyhow::Result<()> {
     for upsert in [false, true] {
+        let mode = if upsert { "upsert" } else { "append" };
+        if !args.ingest_modes.iter().any(|wanted| wanted == mode) {
+            continue;
+        }
         let baseline = baseline_copy(pool, args.rows, upsert).await?;
         // Each variant with promotion overlapping the next checkpoint's
         // staging; NDJSON also with every commit awaited, for reference.
