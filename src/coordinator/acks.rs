@@ -27,7 +27,7 @@ fn holds_nul(value: &serde_json::Value) -> bool {
     }
 }
 
-fn validate_ack(request: &AckRequest, limits: &Limits) -> Result<()> {
+pub fn validate_ack(request: &AckRequest, limits: &Limits) -> Result<()> {
     require_name("task_id", &request.task_id, 200)?;
     for (partition, offset) in &request.offsets {
         require_name("offsets", partition, 200)?;
@@ -357,6 +357,167 @@ pub async fn record_ack(
         result: answer(0),
         expired: false,
     })
+}
+
+/// What [`record_new_acks`] did.
+pub enum NewAcks {
+    /// Every ack is recorded.
+    Recorded(AckResult),
+    /// Not the common case; nothing was written (locks may be held).
+    Unsuited,
+    /// A regression or a claimed partition: something was written, and the
+    /// transaction must be rolled back before anything else.
+    Refused,
+}
+
+/// The common case of one or several acks, in two statements whatever
+/// their number: every ack valid ([`validate_ack`], checked before), every
+/// task known, every ack of the job's current epoch, new, and in order (the
+/// checkpoint pending and in time, no task past it, no offset below a
+/// committed one, no partition twice, no stored state or objects to
+/// reference). `requests` are in task order (the order their task rows are
+/// locked). Anything else is left to [`record_ack`], one ack at a time,
+/// which gives each its exact answer.
+pub async fn record_new_acks(
+    conn: &mut PgConnection,
+    job_id: &str,
+    checkpoint_id: i64,
+    requests: &[&AckRequest],
+) -> Result<NewAcks> {
+    let references = |request: &&AckRequest| {
+        request
+            .state
+            .as_ref()
+            .is_some_and(|state| state.stored.is_some() || !state.objects.is_empty())
+    };
+    if requests.iter().any(references) {
+        return Ok(NewAcks::Unsuited);
+    }
+    let tasks: Vec<String> = requests.iter().map(|r| r.task_id.clone()).collect();
+    let mut partitions: Vec<String> = Vec::new();
+    for request in requests {
+        partitions.extend(request.offsets.keys().cloned());
+    }
+    let mut distinct = partitions.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < partitions.len() {
+        return Ok(NewAcks::Unsuited);
+    }
+    // Job, tasks (in task order) and checkpoint locked as `record_ack`
+    // locks them, with the offset floors, in one round trip.
+    let rows = sqlx::query!(
+        r#"SELECT j.epoch, j.epoch_timeline, sinkgate_timeline() AS "server_timeline!", t.task_id,
+                t.last_acked_id, c.status AS "status: CheckpointStatus", c.task_count,
+                c.status = 'pending'
+                  AND c.triggered_at + make_interval(secs => j.timeout_ms::double precision / 1000) < now()
+                  AS "expired!",
+                (SELECT coalesce(jsonb_agg(jsonb_build_array(f.source_partition, f.next_offset)), '[]')
+                 FROM committed_offsets f
+                 WHERE f.job_id = $1 AND f.source_partition = ANY ($4)) AS "floors!: Json<Vec<(String, i64)>>"
+         FROM jobs j
+         JOIN tasks t ON t.job_id = j.job_id AND t.task_id = ANY ($3)
+         JOIN checkpoints c ON c.job_id = j.job_id AND c.checkpoint_id = $2
+         WHERE j.job_id = $1
+         ORDER BY t.task_id
+         FOR KEY SHARE OF j FOR UPDATE OF t FOR SHARE OF c"#,
+        job_id,
+        checkpoint_id,
+        &tasks,
+        &partitions
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if rows.len() != requests.len() {
+        return Ok(NewAcks::Unsuited);
+    }
+    let in_order = rows.iter().zip(requests).all(|(row, request)| {
+        row.task_id == request.task_id
+            && row.epoch != 0
+            && row.epoch == request.epoch
+            && row.epoch_timeline == row.server_timeline
+            && row.status == CheckpointStatus::Pending
+            && !row.expired
+            && row.last_acked_id.is_none_or(|last| last < checkpoint_id)
+    });
+    let floors_hold = rows.first().is_some_and(|row| {
+        row.floors.0.iter().all(|(partition, floor)| {
+            requests
+                .iter()
+                .filter_map(|request| request.offsets.get(partition))
+                .all(|offset| offset >= floor)
+        })
+    });
+    if !in_order || !floors_hold {
+        return Ok(NewAcks::Unsuited);
+    }
+    let epoch = rows[0].epoch;
+    let total_tasks = rows[0].task_count;
+    let offsets: Vec<Json<&BTreeMap<String, i64>>> = requests
+        .iter()
+        .map(|request| Json(&request.offsets))
+        .collect();
+    let states: Vec<Option<Json<&StateHandle>>> = requests
+        .iter()
+        .map(|request| request.state.as_ref().map(Json))
+        .collect();
+    // As `record_ack`'s statement, for every ack at once.
+    let recorded = sqlx::query!(
+        r#"WITH input AS (
+             SELECT * FROM unnest($3::text[], $5::jsonb[], $6::jsonb[]) AS i(task_id, offsets, state)
+         ), offsets AS (
+             SELECT i.task_id, o.key AS partition, o.value::bigint AS next_offset
+             FROM input i, jsonb_each_text(i.offsets) AS o
+         ), floors AS (
+             INSERT INTO ack_floors AS f (job_id, source_partition, epoch, next_offset)
+             SELECT $1, partition, $4, next_offset FROM offsets ORDER BY partition
+             ON CONFLICT (job_id, source_partition) DO UPDATE SET
+                 previous_offset = CASE WHEN f.epoch = EXCLUDED.epoch THEN f.next_offset END,
+                 next_offset = CASE WHEN f.epoch = EXCLUDED.epoch
+                                    THEN greatest(f.next_offset, EXCLUDED.next_offset)
+                                    ELSE EXCLUDED.next_offset END,
+                 epoch = EXCLUDED.epoch
+             RETURNING source_partition, previous_offset
+         ), claimed AS (
+             INSERT INTO ack_partitions (job_id, checkpoint_id, source_partition, task_id)
+             SELECT $1, $2, partition, task_id FROM offsets
+             ON CONFLICT DO NOTHING RETURNING 1
+         ), complete AS (
+             SELECT count(*) = (SELECT count(*) FROM offsets) AS ok FROM claimed
+         ), regressed AS (
+             SELECT 1 FROM floors f JOIN offsets o ON o.partition = f.source_partition
+             WHERE f.previous_offset > o.next_offset
+         ), recorded AS (
+             INSERT INTO acks (job_id, checkpoint_id, task_id, epoch, offsets, state)
+             SELECT $1, $2, i.task_id, $4, i.offsets, i.state FROM input i, complete
+             WHERE ok AND NOT EXISTS (SELECT FROM regressed)
+         ), moved AS (
+             UPDATE tasks SET last_acked_id = $2
+             WHERE job_id = $1 AND task_id = ANY ($3) AND (SELECT ok FROM complete)
+               AND NOT EXISTS (SELECT FROM regressed)
+         )
+         SELECT (SELECT ok FROM complete) AND NOT EXISTS (SELECT FROM regressed) AS "recorded!""#,
+        job_id,
+        checkpoint_id,
+        &tasks,
+        epoch,
+        &offsets as _,
+        &states as _
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !recorded.recorded {
+        return Ok(NewAcks::Refused);
+    }
+    for _ in requests {
+        crate::metrics::ack_recorded(job_id);
+    }
+    Ok(NewAcks::Recorded(AckResult {
+        checkpoint_id,
+        status: CheckpointStatus::Pending,
+        acked_tasks: 0,
+        total_tasks,
+    }))
 }
 
 /// What [`record_ack`] found.

@@ -280,19 +280,36 @@ pub async fn ack(
             ));
         }
     }
+    let of_item = |index: usize| {
+        move |error: Error| match batch {
+            true => error.of_item(format!("acks[{index}]")),
+            false => error,
+        }
+    };
+    for &index in &order {
+        acks::validate_ack(&requests[index], limits).map_err(of_item(index))?;
+    }
+    let ordered: Vec<&AckRequest> = order.iter().map(|&index| &requests[index]).collect();
     let mut tx = pool.begin().await?;
     let mut recorded = None;
     let mut expired = false;
-    for index in order {
-        let request = &requests[index];
-        let one = acks::record_ack(&mut tx, job_id, checkpoint_id, request, limits)
-            .await
-            .map_err(|error| match batch {
-                true => error.of_item(format!("acks[{index}]")),
-                false => error,
-            })?;
-        expired |= one.expired;
-        recorded = Some(one.result);
+    match acks::record_new_acks(&mut tx, job_id, checkpoint_id, &ordered).await? {
+        acks::NewAcks::Recorded(result) => recorded = Some(result),
+        outcome => {
+            if let acks::NewAcks::Refused = outcome {
+                tx.rollback().await?;
+                tx = pool.begin().await?;
+            }
+            // One by one, each with its exact answer or refusal.
+            for index in order {
+                let request = &requests[index];
+                let one = acks::record_ack(&mut tx, job_id, checkpoint_id, request, limits)
+                    .await
+                    .map_err(of_item(index))?;
+                expired |= one.expired;
+                recorded = Some(one.result);
+            }
+        }
     }
     let mut recorded = recorded.unwrap_or(AckResult {
         checkpoint_id,

@@ -314,6 +314,22 @@ async fn a_batch_acks_for_several_tasks_all_or_none(_: PgPoolOptions, connect: P
         app.checkpoint_details("ev", checkpoint).await["acked_tasks"],
         2
     );
+    // A retried ack (its answer was lost) with a new one: the new one is
+    // recorded, the retry answered as before.
+    let mixed = ack_batch(
+        &app,
+        checkpoint,
+        epoch,
+        &[("t0", json!({"0": 5})), ("t3", json!({"3": 1}))],
+        "",
+    )
+    .await;
+    let body: Value = mixed.json().await.unwrap();
+    assert_eq!(
+        (body["status"].clone(), body["acked_tasks"].clone()),
+        (json!("pending"), json!(3)),
+        "{body}"
+    );
     assert_eq!(app.count("ev_sink").await, 0);
 
     // The batch that completes the set commits every task's rows.
