@@ -419,7 +419,7 @@ pub async fn record_new_acks(
          JOIN tasks t ON t.job_id = j.job_id AND t.task_id = ANY ($3)
          JOIN checkpoints c ON c.job_id = j.job_id AND c.checkpoint_id = $2
          WHERE j.job_id = $1
-         ORDER BY t.task_id
+         ORDER BY t.task_id COLLATE "C"
          FOR KEY SHARE OF j FOR UPDATE OF t FOR SHARE OF c"#,
         job_id,
         checkpoint_id,

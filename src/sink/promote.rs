@@ -330,18 +330,20 @@ pub async fn promote(
     let with_deletes = holds.deletes && sink.mode == SinkMode::Upsert;
     let rows = match phase {
         Phase::Writes | Phase::Both if sink.mode == SinkMode::Append => {
+            let mut holds = holds;
+            if holds.chunks && !copy_allowed(&mut *conn, sink).await? {
+                // Every row through the one `INSERT … SELECT` below, once.
+                chunks_to_tuples(&mut *conn, sink.staging_id, Some((after, upto))).await?;
+                holds.chunks = false;
+                holds.tuples = true;
+            }
             let mut rows = 0;
             if holds.tuples {
                 rows += promotion_statement(sink, &filter, Deletes::None)
                     .run(&mut *conn, None)
                     .await?;
             }
-            if holds.chunks && !copy_allowed(&mut *conn, sink).await? {
-                chunks_to_tuples(&mut *conn, sink.staging_id, Some((after, upto))).await?;
-                rows += promotion_statement(sink, &filter, Deletes::None)
-                    .run(&mut *conn, None)
-                    .await?;
-            } else if holds.chunks {
+            if holds.chunks {
                 rows += copy_chunks(&mut *conn, sink, &filter, holds.chunk_bytes).await?;
             }
             rows
@@ -579,9 +581,11 @@ pub async fn chunks_to_tuples(
 
 /// Whether `COPY` into the sink does what an `INSERT` would: not when the
 /// sink has rules (`COPY` ignores them), row-level security applies to this
-/// session (`COPY FROM` refuses it), or statement-level insert triggers
-/// (they would fire once per chunk, not once per promotion). Asked at each
-/// promotion of chunks: any of these may come after the job's registration.
+/// session (`COPY FROM` refuses it), or insert triggers that see a
+/// statement's rows together (statement-level ones, and row-level ones with
+/// a transition table: each `COPY` of a chunk would be a statement of its
+/// own). Asked at each promotion of chunks: any of these may come after the
+/// job's registration.
 pub async fn copy_allowed(
     conn: &mut PgConnection,
     sink: &SinkTarget<'_>,
@@ -589,7 +593,8 @@ pub async fn copy_allowed(
     sqlx::query_scalar(
         "SELECT NOT c.relhasrules AND NOT row_security_active(c.oid)
                 AND NOT EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal
-                                AND t.tgenabled <> 'D' AND (t.tgtype & 1) = 0 AND (t.tgtype & 4) <> 0)
+                                AND t.tgenabled <> 'D' AND (t.tgtype & 4) <> 0
+                                AND ((t.tgtype & 1) = 0 OR t.tgnewtable IS NOT NULL))
          FROM pg_class c WHERE c.oid = $1::regclass",
     )
     .bind(qualified(sink.schema, sink.table))

@@ -483,3 +483,68 @@ async fn a_narrowed_column_never_cuts_staged_tuples_short(
     );
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn a_range_of_tuples_and_chunks_is_promoted_once_where_copy_is_not_allowed(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    // No unique key: a row promoted twice would show.
+    app.sql("CREATE TABLE ev_sink (id bigint, note text)").await;
+    let epoch = append_job(&app, "ev_sink", "block").await;
+    write_ok(&app, epoch, "a", json!([{"id": 1}, {"id": 2}])).await;
+    assert!(app.staged_chunks("ev").await >= 1);
+    // A column the service does not check: later batches stage tuples.
+    app.sql("ALTER TABLE ev_sink ADD COLUMN at timestamptz DEFAULT now()")
+        .await;
+    let refreshed = put_again(&app, "ev_sink").await;
+    assert_eq!(refreshed.status(), StatusCode::OK);
+    write_ok(&app, epoch, "b", json!([{"id": 3}, {"id": 4}, {"id": 5}])).await;
+    // And a statement trigger: COPY is not allowed.
+    app.sql(
+        "CREATE FUNCTION seen() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+         CREATE TRIGGER seen AFTER INSERT ON ev_sink FOR EACH STATEMENT EXECUTE FUNCTION seen();",
+    )
+    .await;
+    assert_eq!(commit(&app, epoch, 5).await, "committed");
+    let ids = rows_of(&app, "SELECT id FROM ev_sink ORDER BY id").await;
+    assert_eq!(ids, (1..=5).map(|id| json!({"id": id})).collect::<Vec<_>>());
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn a_row_trigger_sees_every_row_of_the_promotion_in_its_transition_table(
+    _: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let app = TestApp::spawn(&connect).await;
+    app.sql(
+        "CREATE TABLE ev_sink (id bigint, note text);
+         CREATE TABLE ev_seen (id bigint, rows bigint);
+         CREATE FUNCTION seen() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO ev_seen SELECT NEW.id, count(*) FROM inserted; RETURN NULL; END $$;
+         CREATE TRIGGER seen AFTER INSERT ON ev_sink REFERENCING NEW TABLE AS inserted
+           FOR EACH ROW EXECUTE FUNCTION seen();",
+    )
+    .await;
+    let epoch = append_job(&app, "ev_sink", "block").await;
+    // Three rows of 600 KB: more than one chunk.
+    let rows: Vec<Value> = (1..=3)
+        .map(|id| json!({"id": id, "note": "z".repeat(600_000)}))
+        .collect();
+    let body: String = rows.iter().map(|row| format!("{row}\n")).collect();
+    let written = app.write_ndjson("ev", "t0", epoch, "a", body).await;
+    assert_eq!(written.status(), StatusCode::CREATED);
+    assert!(app.staged_chunks("ev").await >= 2);
+    assert_eq!(commit(&app, epoch, 3).await, "committed");
+    let seen = rows_of(&app, "SELECT * FROM ev_seen ORDER BY id").await;
+    assert_eq!(
+        seen,
+        (1..=3)
+            .map(|id| json!({"id": id, "rows": 3}))
+            .collect::<Vec<_>>(),
+        "as from one INSERT of the three rows"
+    );
+    app.stop().await;
+}
