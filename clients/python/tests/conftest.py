@@ -42,8 +42,22 @@ def database_url() -> Iterator[str]:
     try:
         yield f"{server}/{name}"
     finally:
-        with psycopg.connect(base, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_database(base, name)
+
+
+def _drop_database(base: str, name: str) -> None:
+    """Drops the test's database, ending its sessions. An autovacuum worker
+    that just started on it belongs to the server, which this role may not
+    end (`InsufficientPrivilege`): it is gone a moment later."""
+    for attempt in range(50):
+        try:
+            with psycopg.connect(base, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except psycopg.errors.InsufficientPrivilege:
+            if attempt == 49:
+                raise
+            time.sleep(0.1)
 
 
 @pytest.fixture
