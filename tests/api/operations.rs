@@ -55,6 +55,32 @@ fn committed_openapi_document_is_current() {
     );
 }
 
+/// Every `$ref` of the document names a schema it defines (a generator
+/// stops at the first that does not).
+#[test]
+fn every_reference_in_the_openapi_document_resolves() {
+    fn references<'v>(value: &'v Value, found: &mut Vec<&'v str>) {
+        match value {
+            Value::Object(fields) => {
+                if let Some(Value::String(target)) = fields.get("$ref") {
+                    found.push(target);
+                }
+                fields.values().for_each(|field| references(field, found));
+            }
+            Value::Array(items) => items.iter().for_each(|item| references(item, found)),
+            _ => {}
+        }
+    }
+    let spec: Value = serde_json::from_str(&sinkgate::http::openapi().to_json().unwrap()).unwrap();
+    let mut found = Vec::new();
+    references(&spec, &mut found);
+    assert!(!found.is_empty());
+    for target in found {
+        let pointer = target.strip_prefix('#').expect("a local reference");
+        assert!(spec.pointer(pointer).is_some(), "{target} does not resolve");
+    }
+}
+
 #[test]
 fn every_operation_documents_its_errors() {
     let spec: Value = serde_json::from_str(&sinkgate::http::openapi().to_json().unwrap()).unwrap();

@@ -704,6 +704,7 @@ pub enum PromoteMode {
 pub struct AckParams {
     /// `inline` (default): the completing ack answers after the promotion;
     /// `background`: it answers once recorded.
+    #[param(inline)]
     pub promote: Option<PromoteMode>,
 }
 
