@@ -93,9 +93,10 @@ class Processor:
         """Takes a checkpoint and waits until it is committed; its id.
 
         Triggers one (or takes ``checkpoint_id``, from ``next_barrier``), acks
-        it from every task with what ``barrier(task)`` returns, calling
-        ``after_ack(task)`` after each task's ack (a task may go on staging
-        its next rows there: they belong to the next checkpoint). A checkpoint
+        it from every task with what ``barrier(task)`` returns (all the
+        process's tasks in one request), calling ``after_ack(task)`` for each
+        task once acked (a task may go on staging its next rows there: they
+        belong to the next checkpoint). A checkpoint
         aborted on the way (a timeout) is retried with a new one, after a
         pause; nothing staged is lost. Safe to call again after it raised
         half-way: a task that already acked this checkpoint is not asked
@@ -116,15 +117,15 @@ class Processor:
             try:
                 status = "pending"
                 acked = self._acked.setdefault(checkpoint_id, set())
-                for task in self.tasks:
-                    if task in acked:
-                        continue
-                    offsets, state = barrier(task)
-                    if isinstance(state, ExternalState):
-                        state = StateHandle(external=state)
-                    elif state is not None and not isinstance(state, StateHandle):
-                        state = StateHandle(inline=state)
+                waiting = [task for task in self.tasks if task not in acked]
+                barriers = {task: _handle(barrier(task)) for task in waiting}
+                if len(barriers) == 1:
+                    task, (offsets, state) = next(iter(barriers.items()))
                     status = self.client.ack(checkpoint_id, task, self.epoch, offsets, state).status
+                elif barriers:
+                    # Every task of this process in one request, all or none.
+                    status = self.client.ack_batch(checkpoint_id, self.epoch, barriers).status
+                for task in waiting:
                     acked.add(task)
                     if after_ack is not None:
                         after_ack(task)
@@ -188,3 +189,14 @@ class Processor:
 def offsets_of(values: Dict[Any, int]) -> Dict[str, int]:
     """Offsets with partition names as the API takes them (strings)."""
     return {str(partition): int(offset) for partition, offset in values.items()}
+
+
+def _handle(barrier: Barrier) -> Tuple[Mapping[str, int], Optional[StateHandle]]:
+    """A task's barrier as an ack carries it: offsets, and the state as a
+    handle (inline JSON, or an external reference)."""
+    offsets, state = barrier
+    if isinstance(state, ExternalState):
+        return offsets, StateHandle(external=state)
+    if state is not None and not isinstance(state, StateHandle):
+        return offsets, StateHandle(inline=state)
+    return offsets, state
