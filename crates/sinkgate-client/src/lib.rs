@@ -716,7 +716,8 @@ impl Processor {
     }
 
     /// Triggers a checkpoint, acks it from every task with what
-    /// `barrier(task)` returns (its offsets and state handle), and waits
+    /// `barrier(task)` returns (its offsets and state handle; all tasks in
+    /// one request), and waits
     /// until it is committed. A checkpoint aborted on the way (timeout) is
     /// retried with a new one; nothing staged is lost.
     pub async fn checkpoint(
@@ -735,28 +736,29 @@ impl Processor {
                 }
                 Err(error) => return Err(error),
             };
-            let mut status = CheckpointStatus::Pending;
-            let mut aborted = false;
-            for task in &self.tasks {
-                let (offsets, state) = barrier(task);
-                let ack = AckRequest {
-                    task_id: task.clone(),
-                    epoch: self.epoch,
-                    offsets,
-                    state,
-                };
-                match self.client.ack(checkpoint_id, &ack).await {
-                    Ok(result) => status = result.status,
-                    Err(error) if error.kind() == Some(ProblemKind::CheckpointAborted) => {
-                        aborted = true;
-                        break;
+            // Every task of this process in one request, all or none.
+            let acks: Vec<AckRequest> = self
+                .tasks
+                .iter()
+                .map(|task| {
+                    let (offsets, state) = barrier(task);
+                    AckRequest {
+                        task_id: task.clone(),
+                        epoch: self.epoch,
+                        offsets,
+                        state,
                     }
-                    Err(error) => return Err(error),
-                }
-            }
-            if aborted {
-                continue;
-            }
+                })
+                .collect();
+            let acked = match acks.as_slice() {
+                [one] => self.client.ack(checkpoint_id, one).await,
+                _ => self.client.ack_batch(checkpoint_id, &acks).await,
+            };
+            let mut status = match acked {
+                Ok(result) => result.status,
+                Err(error) if error.kind() == Some(ProblemKind::CheckpointAborted) => continue,
+                Err(error) => return Err(error),
+            };
             while matches!(
                 status,
                 CheckpointStatus::Pending | CheckpointStatus::Completed
