@@ -273,53 +273,12 @@ pub async fn record_ack(
         });
     }
 
-    // Claim the partitions (one task per partition per checkpoint: a unique
-    // key, so concurrent acks cannot both claim one), raise each
-    // partition's floor for this epoch (the row lock of the upsert orders
-    // concurrent acks of one partition, and `previous_offset` tells this ack
-    // what the floor was), and, only if every claim held, record the ack;
-    // one statement. A regression is found in its answer and rolls it all
-    // back.
-    let recorded = sqlx::query!(
-        r#"WITH floors AS (
-             INSERT INTO ack_floors AS f (job_id, source_partition, epoch, next_offset)
-             SELECT $1, o.key, $4, o.value::bigint FROM jsonb_each_text($5) AS o ORDER BY o.key
-             ON CONFLICT (job_id, source_partition) DO UPDATE SET
-                 previous_offset = CASE WHEN f.epoch = EXCLUDED.epoch THEN f.next_offset END,
-                 next_offset = CASE WHEN f.epoch = EXCLUDED.epoch
-                                    THEN greatest(f.next_offset, EXCLUDED.next_offset)
-                                    ELSE EXCLUDED.next_offset END,
-                 epoch = EXCLUDED.epoch
-             RETURNING source_partition, previous_offset
-         ), claimed AS (
-             INSERT INTO ack_partitions (job_id, checkpoint_id, source_partition, task_id)
-             SELECT $1, $2, p, $3 FROM unnest($7::text[]) AS p
-             ON CONFLICT DO NOTHING RETURNING 1
-         ), complete AS (
-             SELECT count(*) = cardinality($7::text[]) AS ok FROM claimed
-         ), recorded AS (
-             INSERT INTO acks (job_id, checkpoint_id, task_id, epoch, offsets, state)
-             SELECT $1, $2, $3, $4, $5, $6 FROM complete WHERE ok
-         ), moved AS (
-             UPDATE tasks SET last_acked_id = $2
-             WHERE job_id = $1 AND task_id = $3 AND (SELECT ok FROM complete)
-         )
-         SELECT (SELECT count(*) FROM claimed) AS "claimed!",
-                (SELECT jsonb_build_array(f.source_partition, f.previous_offset)
-                 FROM floors f WHERE f.previous_offset > ($5 ->> f.source_partition)::bigint
-                 ORDER BY f.source_partition LIMIT 1) AS "regression: Json<(String, i64)>""#,
-        job_id,
-        checkpoint_id,
-        request.task_id,
-        request.epoch,
-        Json(&request.offsets) as _,
-        request.state.as_ref().map(Json) as _,
-        &partitions
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let (claimed, regression) = (recorded.claimed, recorded.regression);
-    if let Some(Json((partition, floor))) = regression {
+    // Claims, floors and the ack, in one statement (see `insert_acks`).
+    let Inserted {
+        claimed,
+        regression,
+    } = insert_acks(&mut *conn, job_id, checkpoint_id, request.epoch, &[request]).await?;
+    if let Some((partition, floor)) = regression {
         // Rolled back by the caller.
         return Err(Error::OffsetRegression {
             offset: request.offsets[&partition],
@@ -453,6 +412,46 @@ pub async fn record_new_acks(
     }
     let epoch = rows[0].epoch;
     let total_tasks = rows[0].task_count;
+    let inserted = insert_acks(&mut *conn, job_id, checkpoint_id, epoch, requests).await?;
+    if inserted.regression.is_some() || (inserted.claimed as usize) < partitions.len() {
+        return Ok(NewAcks::Refused);
+    }
+    for _ in requests {
+        crate::metrics::ack_recorded(job_id);
+    }
+    Ok(NewAcks::Recorded(AckResult {
+        checkpoint_id,
+        status: CheckpointStatus::Pending,
+        acked_tasks: 0,
+        total_tasks,
+    }))
+}
+
+/// What [`insert_acks`] did.
+struct Inserted {
+    /// Partitions claimed (fewer than acked: another task holds one).
+    claimed: i64,
+    /// The first partition whose floor, set in this epoch, is above its
+    /// acked offset, with that floor.
+    regression: Option<(String, i64)>,
+}
+
+/// The acks' one recording statement (one ack, or many at once). Claims
+/// the partitions (one task per partition per checkpoint: a unique key, so
+/// concurrent acks cannot both claim one), raises each partition's floor
+/// for this epoch (in partition order; the row lock of the upsert orders
+/// concurrent acks of one partition, and `previous_offset` says what the
+/// floor was), and, only if every claim held, records the acks and moves
+/// their tasks. A regression or a missing claim is in the answer; the
+/// caller then rolls it all back.
+async fn insert_acks(
+    conn: &mut PgConnection,
+    job_id: &str,
+    checkpoint_id: i64,
+    epoch: i64,
+    requests: &[&AckRequest],
+) -> Result<Inserted> {
+    let tasks: Vec<&str> = requests.iter().map(|r| r.task_id.as_str()).collect();
     let offsets: Vec<Json<&BTreeMap<String, i64>>> = requests
         .iter()
         .map(|request| Json(&request.offsets))
@@ -461,8 +460,7 @@ pub async fn record_new_acks(
         .iter()
         .map(|request| request.state.as_ref().map(Json))
         .collect();
-    // As `record_ack`'s statement, for every ack at once.
-    let recorded = sqlx::query!(
+    let inserted = sqlx::query!(
         r#"WITH input AS (
              SELECT * FROM unnest($3::text[], $5::jsonb[], $6::jsonb[]) AS i(task_id, offsets, state)
          ), offsets AS (
@@ -484,40 +482,31 @@ pub async fn record_new_acks(
              ON CONFLICT DO NOTHING RETURNING 1
          ), complete AS (
              SELECT count(*) = (SELECT count(*) FROM offsets) AS ok FROM claimed
-         ), regressed AS (
-             SELECT 1 FROM floors f JOIN offsets o ON o.partition = f.source_partition
-             WHERE f.previous_offset > o.next_offset
          ), recorded AS (
              INSERT INTO acks (job_id, checkpoint_id, task_id, epoch, offsets, state)
-             SELECT $1, $2, i.task_id, $4, i.offsets, i.state FROM input i, complete
-             WHERE ok AND NOT EXISTS (SELECT FROM regressed)
+             SELECT $1, $2, i.task_id, $4, i.offsets, i.state FROM input i, complete WHERE ok
          ), moved AS (
              UPDATE tasks SET last_acked_id = $2
              WHERE job_id = $1 AND task_id = ANY ($3) AND (SELECT ok FROM complete)
-               AND NOT EXISTS (SELECT FROM regressed)
          )
-         SELECT (SELECT ok FROM complete) AND NOT EXISTS (SELECT FROM regressed) AS "recorded!""#,
+         SELECT (SELECT count(*) FROM claimed) AS "claimed!",
+                (SELECT jsonb_build_array(f.source_partition, f.previous_offset)
+                 FROM floors f JOIN offsets o ON o.partition = f.source_partition
+                 WHERE f.previous_offset > o.next_offset
+                 ORDER BY f.source_partition LIMIT 1) AS "regression: Json<(String, i64)>""#,
         job_id,
         checkpoint_id,
-        &tasks,
+        &tasks as _,
         epoch,
         &offsets as _,
         &states as _
     )
     .fetch_one(&mut *conn)
     .await?;
-    if !recorded.recorded {
-        return Ok(NewAcks::Refused);
-    }
-    for _ in requests {
-        crate::metrics::ack_recorded(job_id);
-    }
-    Ok(NewAcks::Recorded(AckResult {
-        checkpoint_id,
-        status: CheckpointStatus::Pending,
-        acked_tasks: 0,
-        total_tasks,
-    }))
+    Ok(Inserted {
+        claimed: inserted.claimed,
+        regression: inserted.regression.map(|Json(found)| found),
+    })
 }
 
 /// What [`record_ack`] found.
