@@ -235,8 +235,7 @@ pub async fn wait_for_pending(
 /// process (`PromoteMode::Background`).
 static BACKGROUND_SETTLES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
-/// Most acks one batch request carries.
-pub const MAX_BATCH_ACKS: usize = 1024;
+pub use crate::model::MAX_BATCH_ACKS;
 
 /// Records the acks of one or more tasks (offsets and state, in one
 /// transaction: all or none) and, when they complete the set, decides and

@@ -140,3 +140,17 @@ def test_a_batch_ack_records_every_task_or_none_and_can_promote_in_background(se
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert db.execute("SELECT count(*) FROM hits").fetchone()[0] == 3
+
+
+def test_a_process_of_more_tasks_than_one_batch_takes_checkpoints(service, db):
+    db.execute("CREATE TABLE many (id bigint PRIMARY KEY)")
+    client = sinkgate.Client(service, "many")
+    tasks = [f"t{index}" for index in range(1100)]
+    client.put_job({"tasks": tasks, "sink": {"table": "many", "mode": "append"}})
+    processor = sinkgate.Processor.start(client, tasks)
+    processor.write("t7", "b0", [{"id": 7}])
+    seen = []
+    checkpoint = processor.checkpoint(lambda task: ({task: 1}, None), after_ack=seen.append)
+    assert client.checkpoint(checkpoint).checkpoint.acked_tasks == 1100
+    assert sorted(seen) == sorted(tasks)
+    assert db.execute("SELECT count(*) FROM many").fetchone()[0] == 1

@@ -667,6 +667,9 @@ pub struct AckRequest {
     pub state: Option<StateHandle>,
 }
 
+/// Most acks one batch request carries.
+pub const MAX_BATCH_ACKS: usize = 1024;
+
 /// `POST /acks/batch` body: the acks of several tasks of one process,
 /// recorded in one transaction, all or none.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -31,7 +31,7 @@ use sinkgate_api::{
 };
 
 pub mod state;
-pub use sinkgate_api::{Problem, ProblemKind};
+pub use sinkgate_api::{Problem, ProblemKind, MAX_BATCH_ACKS};
 
 /// What can go wrong when calling sinkgate.
 #[derive(Debug, thiserror::Error)]
@@ -384,7 +384,8 @@ impl Client {
     }
 
     /// `POST /checkpoints/{id}/acks/batch`: the acks of several tasks of
-    /// this process in one request, recorded all or none.
+    /// this process in one request (at most [`MAX_BATCH_ACKS`]), recorded
+    /// all or none.
     pub async fn ack_batch(&self, checkpoint_id: i64, acks: &[AckRequest]) -> Result<AckResult> {
         self.expect(
             Method::POST,
@@ -736,29 +737,39 @@ impl Processor {
                 }
                 Err(error) => return Err(error),
             };
-            // Every task of this process in one request, all or none.
-            let acks: Vec<AckRequest> = self
-                .tasks
-                .iter()
-                .map(|task| {
-                    let (offsets, state) = barrier(task);
-                    AckRequest {
-                        task_id: task.clone(),
-                        epoch: self.epoch,
-                        offsets,
-                        state,
+            // The process's tasks in as few requests as the service takes,
+            // each all or none.
+            let mut status = CheckpointStatus::Pending;
+            let mut aborted = false;
+            for group in self.tasks.chunks(MAX_BATCH_ACKS) {
+                let acks: Vec<AckRequest> = group
+                    .iter()
+                    .map(|task| {
+                        let (offsets, state) = barrier(task);
+                        AckRequest {
+                            task_id: task.clone(),
+                            epoch: self.epoch,
+                            offsets,
+                            state,
+                        }
+                    })
+                    .collect();
+                let acked = match acks.as_slice() {
+                    [one] => self.client.ack(checkpoint_id, one).await,
+                    _ => self.client.ack_batch(checkpoint_id, &acks).await,
+                };
+                match acked {
+                    Ok(result) => status = result.status,
+                    Err(error) if error.kind() == Some(ProblemKind::CheckpointAborted) => {
+                        aborted = true;
+                        break;
                     }
-                })
-                .collect();
-            let acked = match acks.as_slice() {
-                [one] => self.client.ack(checkpoint_id, one).await,
-                _ => self.client.ack_batch(checkpoint_id, &acks).await,
-            };
-            let mut status = match acked {
-                Ok(result) => result.status,
-                Err(error) if error.kind() == Some(ProblemKind::CheckpointAborted) => continue,
-                Err(error) => return Err(error),
-            };
+                    Err(error) => return Err(error),
+                }
+            }
+            if aborted {
+                continue;
+            }
             while matches!(
                 status,
                 CheckpointStatus::Pending | CheckpointStatus::Completed

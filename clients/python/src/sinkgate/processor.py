@@ -28,6 +28,9 @@ from .client import Client
 from .models import Attempt, ExternalState, StateHandle, WriteResult
 
 Barrier = Tuple[Mapping[str, int], Optional[Any]]
+
+#: Most acks the service takes in one batch request.
+MAX_BATCH_ACKS = 1024
 """What a task hands over at a barrier: its source offsets (partition → the
 next offset to read), and its state (``StateHandle``, a JSON-able value kept
 inline, or None)."""
@@ -93,10 +96,11 @@ class Processor:
         """Takes a checkpoint and waits until it is committed; its id.
 
         Triggers one (or takes ``checkpoint_id``, from ``next_barrier``), acks
-        it from every task with what ``barrier(task)`` returns (all the
-        process's tasks in one request), calling ``after_ack(task)`` for each
-        task once acked (a task may go on staging its next rows there: they
-        belong to the next checkpoint). A checkpoint
+        it from every task with what ``barrier(task)`` returns (the
+        process's tasks in one request, up to 1024 a request; every barrier
+        of a request is asked before it is sent), then calls
+        ``after_ack(task)`` for each task (a task may go on staging its next
+        rows there: they belong to the next checkpoint). A checkpoint
         aborted on the way (a timeout) is retried with a new one, after a
         pause; nothing staged is lost. Safe to call again after it raised
         half-way: a task that already acked this checkpoint is not asked
@@ -118,16 +122,19 @@ class Processor:
                 status = "pending"
                 acked = self._acked.setdefault(checkpoint_id, set())
                 waiting = [task for task in self.tasks if task not in acked]
-                barriers = {task: _handle(barrier(task)) for task in waiting}
-                if len(barriers) == 1:
-                    task, (offsets, state) = next(iter(barriers.items()))
-                    status = self.client.ack(checkpoint_id, task, self.epoch, offsets, state).status
-                elif barriers:
-                    # Every task of this process in one request, all or none.
-                    status = self.client.ack_batch(checkpoint_id, self.epoch, barriers).status
-                for task in waiting:
-                    acked.add(task)
-                    if after_ack is not None:
+                # The process's tasks in as few requests as the service
+                # takes (each all or none), each recorded as acked at once.
+                for start in range(0, len(waiting), MAX_BATCH_ACKS):
+                    group = waiting[start : start + MAX_BATCH_ACKS]
+                    barriers = {task: _handle(barrier(task)) for task in group}
+                    if len(barriers) == 1:
+                        task, (offsets, state) = next(iter(barriers.items()))
+                        status = self.client.ack(checkpoint_id, task, self.epoch, offsets, state).status
+                    else:
+                        status = self.client.ack_batch(checkpoint_id, self.epoch, barriers).status
+                    acked.update(group)
+                if after_ack is not None:
+                    for task in waiting:
                         after_ack(task)
                 status = self._wait_for_commit(checkpoint_id, status, promotion_patience)
                 if status == "committed":
